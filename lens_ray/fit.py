@@ -1,0 +1,145 @@
+"""Single-process training loops for the VAE and the reward head: the math of a fit, with hooks for
+the data-parallel layer (`ray_train.py`) to shard batches and average gradients. No Ray import.
+
+`shard` picks a worker's part of each global batch; `wrap` turns the model into the module that
+runs the training forward pass (DistributedDataParallel under Ray Train, which averages gradients;
+the identity in one process). Every worker draws the same global permutation from the same seed, so
+workers agree on the batches and on early-stopping decisions without talking.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from lens_ray.config import RewardConfig, VAEConfig
+from lens_ray.evaluate import preference_accuracy
+from lens_ray.models.reward import RewardHead, bradley_terry_loss
+from lens_ray.models.vae import PreferenceVAE, lens_vae_loss, relative_reconstruction_error
+
+Shard = Callable[[np.ndarray], np.ndarray]
+Wrap = Callable[[nn.Module], nn.Module]
+
+
+def whole(idx: np.ndarray) -> np.ndarray:
+    return idx
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    return model
+
+
+def fit_vae(cfg: VAEConfig, train_pos: torch.Tensor, train_neg: torch.Tensor, seed: int,
+            shard: Shard = whole, wrap: Wrap = unwrapped,
+            log: Callable[[dict], None] | None = None) -> tuple[PreferenceVAE, dict]:
+    """Fit a PreferenceVAE on training pairs (n, d) x2; returns the model and its fit metrics."""
+    torch.manual_seed(seed)
+    vae = PreferenceVAE(train_pos.shape[1], cfg.latent_dim, cfg.hidden_dims)
+    vae.norm.fit(torch.cat([train_pos, train_neg]))
+    net = wrap(vae)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(seed)
+    n = len(train_pos)
+    for epoch in range(cfg.epochs):
+        vae.train()
+        order = rng.permutation(n)
+        for start in range(0, n, cfg.batch_pairs):
+            idx = shard(order[start:start + cfg.batch_pairs])
+            if len(idx) == 0:
+                continue
+            loss = lens_vae_loss(vae, train_pos[idx], train_neg[idx], cfg.beta, cfg.gamma, cfg.recon,
+                                 cfg.recon_reduction, cfg.div_bound, cfg.div_max, forward=net)
+            opt.zero_grad(set_to_none=True)
+            loss.total.backward()
+            opt.step()
+        if log and (epoch + 1) % max(1, cfg.epochs // 5) == 0:
+            log({"epoch": epoch + 1, "loss": float(loss.total), "recon": float(loss.recon),
+                 "kl": float(loss.kl), "w2": float(loss.w2)})
+    vae.eval()
+    with torch.no_grad():
+        final = lens_vae_loss(vae, train_pos, train_neg, cfg.beta, cfg.gamma, cfg.recon, cfg.recon_reduction,
+                              cfg.div_bound, cfg.div_max)
+    metrics = {"loss": float(final.total), "kl": float(final.kl), "w2": float(final.w2),
+               "rel_recon_train": relative_reconstruction_error(vae, torch.cat([train_pos, train_neg]))}
+    return vae, metrics
+
+
+@dataclass
+class PairSet:
+    """Training pairs as embeddings: chosen, rejected (P, d); weight (P,) per pair in the BT loss."""
+    pos: torch.Tensor
+    neg: torch.Tensor
+    weight: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+
+@dataclass
+class HeadFit:
+    head: RewardHead
+    best_val_acc: float
+    best_step: int
+    steps: int
+    history: list[dict] = field(default_factory=list)
+
+
+def fit_head(cfg: RewardConfig, train: PairSet, val: PairSet, seed: int, norm_pos: torch.Tensor,
+             norm_neg: torch.Tensor, shard: Shard = whole, wrap: Wrap = unwrapped) -> HeadFit:
+    """Bradley-Terry fit of a RewardHead with a fixed step budget and early stopping on `val`.
+
+    The head standardizes with statistics of the seed's real training embeddings (norm_pos,
+    norm_neg), identical across methods, so synthetic data cannot shift the input scale.
+    Returns the head at its best validation accuracy (ties: the earlier step).
+    """
+    torch.manual_seed(seed)
+    head = RewardHead(train.pos.shape[1], cfg.hidden_dim, cfg.depth, cfg.dropout)
+    head.norm.fit(torch.cat([norm_pos, norm_neg]))
+    net = wrap(head)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(seed)
+    n = len(train)
+    steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+    best = (-1.0, 0, copy.deepcopy(head.state_dict()))
+    history, bad_evals, order, step = [], 0, rng.permutation(n), 0
+    while step < cfg.max_steps:
+        pos_in_epoch = step % steps_per_epoch
+        if pos_in_epoch == 0 and step > 0:
+            order = rng.permutation(n)
+        idx = shard(order[pos_in_epoch * cfg.batch_size:(pos_in_epoch + 1) * cfg.batch_size])
+        head.train()
+        w = None if train.weight is None else train.weight[idx]
+        r = net(torch.cat([train.pos[idx], train.neg[idx]]))   # one forward pass, as DDP wants
+        loss = bradley_terry_loss(r[:len(idx)], r[len(idx):], w)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            acc = score_accuracy(head, val.pos, val.neg)
+            history.append({"step": step, "loss": float(loss), "val_acc": acc})
+            if acc > best[0]:
+                best, bad_evals = (acc, step, copy.deepcopy(head.state_dict())), 0
+            else:
+                bad_evals += 1
+                if bad_evals >= cfg.patience:
+                    break
+    head.load_state_dict(best[2])
+    head.eval()
+    return HeadFit(head, best[0], best[1], step, history)
+
+
+@torch.no_grad()
+def score(model: nn.Module, e: torch.Tensor, batch: int = 4096) -> np.ndarray:
+    """Rewards (n,) for embeddings (n, d), in eval mode."""
+    model.eval()
+    return torch.cat([model(e[i:i + batch]) for i in range(0, len(e), batch)]).numpy() if len(e) else np.zeros(0)
+
+
+def score_accuracy(model: nn.Module, pos: torch.Tensor, neg: torch.Tensor) -> float:
+    return preference_accuracy(score(model, pos), score(model, neg))

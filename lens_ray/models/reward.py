@@ -1,0 +1,64 @@
+"""RewardHead and the Bradley-Terry loss. Pure torch, no Ray.
+
+Shapes: B = batch of pairs, d = embedding dim.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lens_ray.models.vae import Standardizer, mlp
+
+
+class RewardHead(nn.Module):
+    """r(e): (..., d) -> (...). An MLP on standardized embeddings."""
+
+    def __init__(self, dim: int, hidden_dim: int = 256, depth: int = 1, dropout: float = 0.1):
+        super().__init__()
+        self.dim, self.hidden_dim, self.depth, self.dropout = dim, hidden_dim, depth, dropout
+        self.norm = Standardizer(dim)
+        self.net = mlp([dim] + [hidden_dim] * depth + [1], dropout=dropout)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return self.net(self.norm(e)).squeeze(-1)
+
+    def config(self) -> dict:
+        return {"kind": "mlp", "dim": self.dim, "hidden_dim": self.hidden_dim, "depth": self.depth,
+                "dropout": self.dropout}
+
+
+class LinearScorer(nn.Module):
+    """r(e) = w . e, for the zero-training `mean_diff` scorer: w = mean(chosen) - mean(rejected)."""
+
+    def __init__(self, w: torch.Tensor):  # w: (d,)
+        super().__init__()
+        self.register_buffer("w", w.clone())
+        self.dim = w.shape[0]
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return e @ self.w
+
+    def config(self) -> dict:
+        return {"kind": "linear", "dim": self.dim}
+
+
+def mean_diff_direction(e_pos: torch.Tensor, e_neg: torch.Tensor) -> torch.Tensor:
+    """(n, d) x2 -> (d,): the mean chosen minus the mean rejected embedding."""
+    return e_pos.mean(0) - e_neg.mean(0)
+
+
+def bradley_terry_loss(r_pos: torch.Tensor, r_neg: torch.Tensor,
+                       weight: torch.Tensor | None = None) -> torch.Tensor:
+    """-E[w * log sigmoid(r+ - r-)] / E[w]: (B,) x2 [+ (B,)] -> scalar."""
+    nll = -F.logsigmoid(r_pos - r_neg)
+    if weight is None:
+        return nll.mean()
+    return (nll * weight).sum() / weight.sum().clamp_min(1e-12)
+
+
+def build_head(config: dict) -> nn.Module:
+    """Rebuild a head from its saved `config()` (weights loaded separately)."""
+    if config["kind"] == "linear":
+        return LinearScorer(torch.zeros(config["dim"]))
+    return RewardHead(config["dim"], config["hidden_dim"], config["depth"], config["dropout"])

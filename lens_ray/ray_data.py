@@ -1,0 +1,149 @@
+"""Ray Data pipelines: sharded embedding extraction and batch synthesis.
+
+Only distribution lives here: the math is `embed.Embedder` and `augment.Augmenter`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import ray
+import torch
+from ray.data import ActorPoolStrategy
+
+from lens_ray.augment import Augmenter
+from lens_ray.config import EmbedConfig, SynthConfig
+from lens_ray.embed import Embedder
+from lens_ray.synth import synth_per_side
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class EmbedItem:
+    key: str
+    prompt: list[dict[str, str]]
+    response: str
+
+
+@dataclass
+class EmbedStats:
+    rows: int = 0
+    tokens: int = 0
+    truncated: int = 0
+    response_truncated: int = 0
+    seconds: float = 0.0
+
+
+def split_frame(df: pd.DataFrame, n_blocks: int) -> list[pd.DataFrame]:
+    """Contiguous, non-empty row blocks (Ray Data blocks) of a frame, order kept."""
+    bounds = np.linspace(0, len(df), max(1, n_blocks) + 1).astype(int)
+    return [df.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def gpus_per_actor(cfg_value: float | None) -> float:
+    if cfg_value is not None:
+        return cfg_value
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def embed_items(items: list[EmbedItem], cfg: EmbedConfig, log: Log = print) -> tuple[dict[str, np.ndarray], EmbedStats]:
+    """Embed items with an actor pool; batches hold texts of similar length (sorted by size)."""
+    stats = EmbedStats()
+    if not items:
+        return {}, stats
+    t0 = time.time()
+    df = pd.DataFrame({"key": [i.key for i in items],
+                       "prompt_json": [json.dumps(i.prompt, ensure_ascii=False) for i in items],
+                       "response": [i.response for i in items]})
+    # length-sorted batching: consecutive rows have similar length, so little padding per batch
+    df = df.assign(_len=df.prompt_json.str.len() + df.response.str.len()).sort_values("_len", kind="stable")
+    df = df.drop(columns="_len").reset_index(drop=True)
+    n_blocks = max(2 * cfg.num_actors, min(64, len(df) // (cfg.batch_size * 4) + 1))
+    ds = ray.data.from_pandas(split_frame(df, n_blocks))
+    gpus = gpus_per_actor(cfg.gpus_per_actor)
+    out = ds.map_batches(
+        Embedder,
+        fn_constructor_kwargs=dict(model=cfg.model, pooling=cfg.pooling, max_length=cfg.max_length, dtype=cfg.dtype,
+                                   padding_side=cfg.padding_side, torch_threads=cfg.torch_threads),
+        batch_size=cfg.batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=cfg.num_actors),
+        num_cpus=cfg.cpus_per_actor, num_gpus=gpus)
+    found: dict[str, np.ndarray] = {}
+    next_report = 0.1
+    for batch in out.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"):
+        for k, v in zip(batch["key"], batch["embedding"]):
+            found[str(k)] = np.asarray(v, dtype=np.float32)
+        stats.tokens += int(batch["n_tokens"].sum())
+        stats.truncated += int(batch["truncated"].sum())
+        stats.response_truncated += int(batch["response_truncated"].sum())
+        if len(found) / len(items) >= next_report:
+            rate = stats.tokens / max(time.time() - t0, 1e-9)
+            log(f"  embedded {len(found)}/{len(items)} texts ({rate:.0f} tokens/s)")
+            next_report += 0.1
+    missing = [i.key for i in items if i.key not in found]
+    if missing:
+        raise RuntimeError(f"embedding lost {len(missing)} rows (first key {missing[0]})")
+    stats.rows, stats.seconds = len(found), time.time() - t0
+    return found, stats
+
+
+class SynthesizeBatch:
+    """Ray Data callable: rows (job, pair_id) -> one row per synthetic embedding.
+
+    Each actor holds every job's Augmenter and the seed's training embeddings once, so rows carry
+    ids only. Output: job, pair_id, side (0 chosen, 1 rejected), slot (1..k), embedding (d,).
+    """
+
+    def __init__(self, jobs: dict[int, tuple[Augmenter, int]], train: dict[int, tuple[np.ndarray, np.ndarray]]):
+        torch.set_num_threads(1)
+        self.jobs = jobs            # job -> (augmenter, factor)
+        self.train = train          # seed -> (pos, neg) (n, d)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out: dict[str, list] = {"job": [], "pair_id": [], "side": [], "slot": [], "embedding": []}
+        for job in np.unique(batch["job"]):
+            aug, factor = self.jobs[int(job)]
+            ids = batch["pair_id"][batch["job"] == job]
+            pos, neg = self.train[aug.seed]
+            syn_pos, syn_neg, _ = aug.synthesize(torch.from_numpy(pos[ids]), torch.from_numpy(neg[ids]), ids, factor)
+            k = syn_pos.shape[1]
+            for side, syn in ((0, syn_pos), (1, syn_neg)):
+                out["job"].append(np.full(len(ids) * k, job))
+                out["pair_id"].append(np.repeat(ids, k))
+                out["side"].append(np.full(len(ids) * k, side))
+                out["slot"].append(np.tile(np.arange(1, k + 1), len(ids)))
+                out["embedding"].append(syn.reshape(-1, syn.shape[-1]).numpy())
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def synthesize_jobs(jobs: dict[int, tuple[Augmenter, int]], train: dict[int, tuple[np.ndarray, np.ndarray]],
+                    cfg: SynthConfig, log: Log = print) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """All jobs in one Ray Data pass -> job -> (syn_pos, syn_neg), each (n_pairs, k, d), pair-ordered."""
+    rows = pd.DataFrame([(job, pid) for job, (aug, _) in jobs.items() for pid in range(len(train[aug.seed][0]))],
+                        columns=["job", "pair_id"])
+    n_blocks = max(2 * cfg.num_actors, len(rows) // cfg.batch_size + 1)
+    ds = ray.data.from_pandas(split_frame(rows, n_blocks))
+    out = ds.map_batches(SynthesizeBatch, fn_constructor_kwargs={"jobs": jobs, "train": train},
+                         batch_size=cfg.batch_size, batch_format="numpy",
+                         compute=ActorPoolStrategy(size=cfg.num_actors), num_cpus=cfg.cpus_per_actor)
+    parts: dict[int, list[dict[str, np.ndarray]]] = {j: [] for j in jobs}
+    for batch in out.iter_batches(batch_size=4096, batch_format="numpy"):
+        for job in np.unique(batch["job"]):
+            sel = batch["job"] == job
+            parts[int(job)].append({k: batch[k][sel] for k in ("pair_id", "side", "slot", "embedding")})
+    result = {}
+    for job, (aug, factor) in jobs.items():
+        n, d = train[aug.seed][0].shape
+        k = synth_per_side(factor)
+        syn = np.full((2, n, k, d), np.nan, dtype=np.float32)
+        for p in parts[job]:
+            syn[p["side"], p["pair_id"], p["slot"] - 1] = p["embedding"]
+        if k and np.isnan(syn).any():
+            raise RuntimeError(f"synthesis job {job}: {int(np.isnan(syn[..., 0]).sum())} embeddings missing")
+        result[job] = (syn[0], syn[1])
+    log(f"  synthesized {sum(len(rows[rows.job == j]) for j in jobs)} source pairs across {len(jobs)} jobs")
+    return result

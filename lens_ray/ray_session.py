@@ -1,0 +1,25 @@
+"""Join a running Ray cluster when there is one (ray job submit, RAY_ADDRESS), else start a local one."""
+from __future__ import annotations
+
+import os
+
+import ray
+
+
+def connect(address: str | None = None, log=print) -> None:
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from ray.data import DataContext
+    DataContext.get_current().enable_progress_bars = False   # the job logs its own progress per stage
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        log(f"joined Ray cluster at {address}")
+        return
+    try:
+        ray.init(address="auto", log_to_driver=True)
+        log("joined the running Ray cluster")
+    except ConnectionError:
+        ray.init(include_dashboard=False, log_to_driver=True)
+        log(f"started a local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")

@@ -1,0 +1,166 @@
+"""Ray Train (TorchTrainer, DDP) for the VAEs and the reward heads.
+
+Start-up of a trainer costs seconds on a small machine, so one trainer run fits many models in turn
+(every seed's VAE; every method x factor x seed head). After each model, rank 0 attaches a checkpoint
+holding all models finished so far; a restarted worker group (FailureConfig) or a re-run with the
+same run name resumes from it and skips finished models. Run names carry a fingerprint of their
+inputs, so a checkpoint from other data or settings is never resumed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import ray.train
+import torch
+from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer, prepare_model
+from safetensors.torch import load_file, save_file
+
+from lens_ray.config import RewardConfig, VAEConfig
+from lens_ray.artifacts import read_synthetic
+from lens_ray.fit import PairSet, fit_head, fit_vae
+from lens_ray.models.vae import relative_reconstruction_error
+from lens_ray.storage import Storage
+from lens_ray.synth import combinatorial_pairs, gather_pairs, synth_per_side
+
+STATE, META = "models.safetensors", "models.json"
+
+
+def save_models(folder: str, states: dict[str, dict[str, torch.Tensor]], meta: dict[str, dict]) -> None:
+    flat = {f"{name}/{k}": v.detach().cpu().contiguous() for name, sd in states.items() for k, v in sd.items()}
+    save_file(flat, os.path.join(folder, STATE))
+    with open(os.path.join(folder, META), "w") as fh:
+        json.dump(meta, fh)
+
+
+def load_models(folder: str) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict]]:
+    """safetensors + json only: nothing from storage is unpickled."""
+    with open(os.path.join(folder, META)) as fh:
+        meta = json.load(fh)
+    states: dict[str, dict[str, torch.Tensor]] = {name: {} for name in meta}
+    for key, v in load_file(os.path.join(folder, STATE)).items():
+        name, _, param = key.partition("/")
+        states[name][param] = v
+    return states, meta
+
+
+def _resume() -> tuple[dict, dict]:
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return {}, {}
+    with ckpt.as_directory() as d:
+        return load_models(d)
+
+
+def _report(metrics: dict, states: dict, meta: dict) -> None:
+    """Every worker reports (it is collective); rank 0 attaches the checkpoint."""
+    if ray.train.get_context().get_world_rank() == 0:
+        with tempfile.TemporaryDirectory() as d:
+            save_models(d, states, meta)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+    else:
+        ray.train.report(metrics)
+
+
+def _shard():
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    return lambda idx: idx[rank::world]
+
+
+def _wrap(model):
+    return prepare_model(model, move_to_device=False) if ray.train.get_context().get_world_size() > 1 else model
+
+
+# ------------------------------------------------------------------ VAE
+
+def _vae_loop(config: dict) -> None:
+    cfg = VAEConfig(**config["vae"])
+    states, meta = _resume()
+    for seed, (pos, neg, val_pos, val_neg) in config["data"].items():
+        name = f"seed-{seed}"
+        if name in states:
+            continue
+        torch.set_num_threads(max(1, int(config["threads"])))
+        vae, metrics = fit_vae(cfg, torch.tensor(pos), torch.tensor(neg), int(seed),
+                               shard=_shard(), wrap=_wrap)
+        metrics["rel_recon_val"] = relative_reconstruction_error(vae, torch.tensor(np.concatenate([val_pos, val_neg])))
+        states[name], meta[name] = vae.state_dict(), {"config": vae.config(), "metrics": metrics}
+        _report({"model": name, **metrics}, states, meta)
+
+
+def fit_vaes(cfg: VAEConfig, data: dict[int, tuple[np.ndarray, ...]], run_name: str, storage: Storage,
+             max_failures: int = 1) -> tuple[dict, dict]:
+    """data: seed -> (train_pos, train_neg, val_pos, val_neg), each (n, d) -> states, meta by 'seed-<s>'."""
+    config = {"vae": asdict(cfg), "data": data, "threads": _threads(cfg.num_workers)}
+    return _fit(_vae_loop, config, cfg.num_workers, cfg.cpus_per_worker, run_name, storage, max_failures)
+
+
+# ------------------------------------------------------------------ reward heads
+
+@dataclass
+class HeadJob:
+    name: str                  # e.g. lens-f8-s2
+    method: str
+    factor: int
+    seed: int
+    synthetic: str | None      # file in <run>/synthetic holding (n_train, k, d) x2, or None
+
+
+def _head_loop(config: dict) -> None:
+    cfg = RewardConfig(**config["reward"])
+    states, meta = _resume()
+    store = Storage(config["run_uri"])
+    torch.set_num_threads(max(1, int(config["threads"])))
+    for job in (HeadJob(**j) for j in config["jobs"]):
+        if job.name in states:
+            continue
+        pos, neg, val_pos, val_neg = (torch.tensor(a) for a in config["data"][job.seed])
+        train = PairSet(pos, neg)
+        if job.synthetic:
+            syn_pos, syn_neg = (torch.from_numpy(a) for a in read_synthetic(store, job.synthetic))
+            ids = np.arange(len(pos))
+            pairs = combinatorial_pairs(ids, synth_per_side(job.factor), job.factor, job.seed)
+            p, n, is_orig = gather_pairs(pos, neg, syn_pos, syn_neg, pairs)
+            w = torch.where(is_orig, torch.tensor(1.0), torch.tensor(cfg.synthetic_weight))
+            train = PairSet(p, n, w)
+        fit = fit_head(cfg, train, PairSet(val_pos, val_neg), job.seed, pos, neg, shard=_shard(), wrap=_wrap)
+        states[job.name] = fit.head.state_dict()
+        meta[job.name] = {"config": fit.head.config(), "job": asdict(job),
+                          "metrics": {"val_acc": fit.best_val_acc, "best_step": fit.best_step, "steps": fit.steps,
+                                      "train_pairs": len(train)}}
+        _report({"model": job.name, "val_acc": fit.best_val_acc}, states, meta)
+
+
+def fit_heads(cfg: RewardConfig, jobs: list[HeadJob], data: dict[int, tuple[np.ndarray, ...]], run_uri: str,
+              run_name: str, storage: Storage, max_failures: int = 1) -> tuple[dict, dict]:
+    """Every head in one trainer run. data: seed -> (train_pos, train_neg, val_pos, val_neg)."""
+    config = {"reward": asdict(cfg), "jobs": [asdict(j) for j in jobs], "data": data, "run_uri": run_uri,
+              "threads": _threads(cfg.num_workers)}
+    return _fit(_head_loop, config, cfg.num_workers, cfg.cpus_per_worker, run_name, storage, max_failures)
+
+
+# ------------------------------------------------------------------ shared
+
+def _threads(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def _fit(loop, config: dict, workers: int, cpus: float, run_name: str, storage: Storage, max_failures: int):
+    if storage.protocol == "file":
+        os.makedirs(storage.path(), exist_ok=True)
+    trainer = TorchTrainer(
+        loop, train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus}),
+        run_config=RunConfig(name=run_name, storage_path=storage.path(), storage_filesystem=storage.fs,
+                             failure_config=FailureConfig(max_failures=max_failures)),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {run_name} finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        return load_models(d)

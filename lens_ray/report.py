@@ -1,0 +1,69 @@
+"""Report: aggregate results across seeds, print a table, write report.json and report.md. No Ray."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from lens_ray.storage import Storage
+
+ORDER = ("mean_diff", "original", "direct_perturbation", "gaussian_sampling", "lens")
+
+
+def _ms(values: list[float]) -> dict | None:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    return {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, "n": len(vals)}
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """Per (method, factor): accuracy and BoN gold, mean and std over seeds, and the gain over
+    `original` paired by seed (same validation split, same budget)."""
+    by_key: dict[tuple[str, int], dict[int, dict]] = defaultdict(dict)
+    for r in results:
+        by_key[(r["method"], r["factor"])][r["seed"]] = r
+    base = by_key.get(("original", 1), {})
+    rank = {m: i for i, m in enumerate(ORDER)}
+    out = []
+    for (method, factor), seeds in sorted(by_key.items(), key=lambda kv: (rank.get(kv[0][0], 99), kv[0][1])):
+        row = {"method": method, "factor": factor}
+        for metric in ("accuracy", "bon_gold"):
+            row[metric] = _ms([r[metric] for r in seeds.values()])
+            paired = [r[metric] - base[s][metric] for s, r in seeds.items()
+                      if s in base and r[metric] is not None and base[s][metric] is not None]
+            row[f"{metric}_vs_original"] = _ms(paired) if method != "original" else None
+        out.append(row)
+    return out
+
+
+def _fmt(cell: dict | None, scale: float = 1.0, signed: bool = False) -> str:
+    if cell is None:
+        return "-"
+    sign = "+" if signed and cell["mean"] >= 0 else ""
+    return f"{sign}{cell['mean'] * scale:.3f} ± {cell['std'] * scale:.3f}"
+
+
+def table(report: dict) -> str:
+    """A markdown table of the summary (mean ± std over seeds)."""
+    lines = [f"model {report['model']} (d={report['embedding_dim']}), {report['seed_pairs']} seed pairs, "
+             f"{report['eval_pairs']} eval pairs, {report.get('bon_prompts') or 0} BoN prompts",
+             "",
+             "| method | factor | accuracy | vs original | BoN gold | vs original |",
+             "|---|---|---|---|---|---|"]
+    for r in report["summary"]:
+        lines.append(f"| {r['method']} | {r['factor']}x | {_fmt(r['accuracy'])} | "
+                     f"{_fmt(r['accuracy_vs_original'], signed=True)} | {_fmt(r['bon_gold'])} | "
+                     f"{_fmt(r['bon_gold_vs_original'], signed=True)} |")
+    if report.get("bon_random") is not None:
+        lines.append(f"\nBest-of-{report['bon_n']}: random pick {report['bon_random']:.3f}, oracle pick "
+                     f"{report['bon_oracle']:.3f}")
+    lines.append("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["timings_s"].items()))
+    if report.get("quarantined"):
+        lines.append("quarantined: " + ", ".join(f"{k} x{v}" for k, v in report["quarantined"].items()))
+    return "\n".join(lines)
+
+
+def write(out: Storage, report: dict) -> None:
+    out.write_json("report.json", report)
+    out.write_bytes("report.md", (table(report) + "\n").encode())

@@ -1,0 +1,192 @@
+"""Storage: one layer for every artifact, over a local path, file:// or s3://bucket/prefix. No Ray.
+
+- S3 goes through pyarrow's S3FileSystem. Endpoint and region come from AWS_ENDPOINT_URL and
+  AWS_REGION / AWS_DEFAULT_REGION, credentials from the usual AWS chain; none are ever logged.
+- Writes are atomic: a local file is written beside its target and renamed into place; an S3 object
+  becomes visible only when its upload completes. A killed writer leaves no half-file to trust.
+- Parquet shards carry a sha256 in their directory's manifest; reads verify it, so a corrupt or
+  truncated shard is detected and recomputed, never read as data.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+class StorageError(IOError):
+    pass
+
+
+class ChecksumError(StorageError):
+    pass
+
+
+def _s3_filesystem() -> pafs.S3FileSystem:
+    kwargs: dict[str, Any] = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str, str]:
+    """URI -> (filesystem, path on it, protocol). Paths and file:// are local; s3:// is S3."""
+    if uri.startswith("s3://"):
+        return _s3_filesystem(), uri[len("s3://"):].rstrip("/"), "s3"
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    if "://" in uri:
+        raise StorageError(f"{uri}: unsupported scheme; use a path, file:// or s3://")
+    return pafs.LocalFileSystem(), os.path.abspath(uri), "file"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Storage:
+    """A folder of artifacts at `uri`; every method takes a path relative to it ('' is the folder)."""
+
+    def __init__(self, uri: str):
+        self.fs, self.root, self.protocol = resolve(uri)
+        # local URIs become absolute: Ray workers run in other working directories
+        self.uri = self.root if self.protocol == "file" else uri.rstrip("/")
+
+    def child(self, rel: str) -> "Storage":
+        return Storage(self.uri_of(rel))
+
+    def path(self, rel: str = "") -> str:
+        return posixpath.join(self.root, rel) if rel else self.root
+
+    def uri_of(self, rel: str = "") -> str:
+        return f"{self.uri}/{rel}" if rel else self.uri
+
+    def local_path(self, rel: str = "") -> str:
+        if self.protocol != "file":
+            raise StorageError(f"{self.uri_of(rel)} is not local")
+        return self.path(rel)
+
+    # ---- queries
+    def exists(self, rel: str = "") -> bool:
+        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+
+    def isdir(self, rel: str = "") -> bool:
+        return self.fs.get_file_info(self.path(rel)).type == pafs.FileType.Directory
+
+    def listdir(self, rel: str = "") -> list[str]:
+        if not self.exists(rel):
+            return []
+        sel = pafs.FileSelector(self.path(rel), allow_not_found=True)
+        return sorted(posixpath.basename(i.path) for i in self.fs.get_file_info(sel))
+
+    # ---- bytes
+    def read_bytes(self, rel: str = "") -> bytes:
+        try:
+            with self.fs.open_input_stream(self.path(rel)) as fh:
+                return fh.read()
+        except (FileNotFoundError, OSError) as exc:
+            raise StorageError(f"cannot read {self.uri_of(rel)}: {exc}") from exc
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Atomic: readers see the old file, or the whole new one."""
+        target = self.path(rel)
+        parent = posixpath.dirname(target)
+        if self.protocol == "file":
+            self.fs.create_dir(parent, recursive=True)
+            tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+            with self.fs.open_output_stream(tmp) as fh:
+                fh.write(data)
+            os.replace(tmp, target)
+        else:
+            with self.fs.open_output_stream(target) as fh:   # visible only once the upload completes
+                fh.write(data)
+
+    def delete(self, rel: str) -> None:
+        info = self.fs.get_file_info(self.path(rel))
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(self.path(rel))
+        elif info.type == pafs.FileType.File:
+            self.fs.delete_file(self.path(rel))
+
+    # ---- json
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel))
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+    # ---- parquet
+    def write_parquet(self, rel: str, table: pa.Table) -> dict[str, Any]:
+        """Atomic parquet write; returns {sha256, rows, bytes} for a manifest."""
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        data = buf.getvalue()
+        self.write_bytes(rel, data)
+        return {"sha256": sha256(data), "rows": table.num_rows, "bytes": len(data)}
+
+    def read_parquet(self, rel: str, expect_sha256: str | None = None) -> pa.Table:
+        data = self.read_bytes(rel)
+        if expect_sha256 is not None and sha256(data) != expect_sha256:
+            raise ChecksumError(f"{self.uri_of(rel)}: checksum mismatch (corrupt or truncated)")
+        return pq.read_table(io.BytesIO(data))
+
+
+def split_uri(uri: str) -> tuple[Storage, str]:
+    """A URI of a single file or folder -> (Storage at it, '')."""
+    return Storage(uri), ""
+
+
+@dataclass
+class Manifest:
+    """manifest.json in a folder: settings (`meta`) and committed files with checksums.
+
+    A file counts only once committed here, after it was written in full.
+    """
+    store: Storage
+    meta: dict[str, Any]
+    files: dict[str, dict[str, Any]]
+
+    NAME = "manifest.json"
+
+    @classmethod
+    def open(cls, store: Storage, meta: dict[str, Any]) -> "Manifest":
+        """Open (or start) the manifest; refuse one written under other settings."""
+        if store.exists(cls.NAME):
+            doc = store.read_json(cls.NAME)
+            if doc.get("meta") != meta:
+                diff = {k: (doc.get("meta", {}).get(k), meta.get(k)) for k in set(meta) | set(doc.get("meta", {}))
+                        if doc.get("meta", {}).get(k) != meta.get(k)}
+                raise StorageError(
+                    f"{store.uri_of(cls.NAME)} was written with other settings {diff} (stored, requested); "
+                    "use another output location or delete it")
+            return cls(store, meta, doc.get("files", {}))
+        return cls(store, meta, {})
+
+    def commit(self, name: str, info: dict[str, Any]) -> None:
+        self.files[name] = info
+        self.store.write_json(self.NAME, {"meta": self.meta, "files": self.files})
+
+    def read_parquet(self, name: str) -> pa.Table | None:
+        """The committed shard, verified; None (and forgotten) when missing or corrupt."""
+        info = self.files.get(name)
+        if info is None:
+            return None
+        try:
+            return self.store.read_parquet(name, info["sha256"])
+        except StorageError:
+            del self.files[name]
+            return None

@@ -21,7 +21,8 @@ class ConfigError(ValueError):
 class DataConfig:
     data: str = "../shared/data/hh_harmless_dev.jsonl.gz"
     eval_data: str | None = None        # preference pairs for accuracy; None: held out from `data`
-    bon_data: str | None = None         # scored completions for Best-of-N; None: no BoN
+    bon_data: str | None = None         # scored completions for Best-of-N; None: `data` itself when it is
+                                        # scored completions (prompts split), else no BoN
     seed_pairs: int = 1000              # pairs the method may learn from (picked with split_seed)
     eval_pairs: int | None = None       # cap on held-out eval pairs; None: all that remain
     val_fraction: float = 0.15          # of the seed pairs, for early stopping (never eval data)

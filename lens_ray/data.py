@@ -87,7 +87,7 @@ def read_records(uri: str) -> list[dict[str, Any]]:
             ds = ds[sorted(ds.keys())[0]] if "train" not in ds else ds["train"]
         return ds.to_list()
     raw = store.read_bytes(path)
-    name = path.lower()
+    name = uri.lower()
     if name.endswith(".gz"):
         raw, name = gzip.decompress(raw), name[:-3]
     if name.endswith(".parquet"):
@@ -331,7 +331,7 @@ def load_datasets(cfg, storage: Storage | None = None) -> Datasets:
     bon_prompts: list[ScoredPrompt] = []
     if rows and detect_format(rows[0]) == "scored":
         scored = to_scored(rows, q)
-        if cfg.bon_data and cfg.bon_data == cfg.data:
+        if cfg.bon_data is None or cfg.bon_data == cfg.data:
             # one scored set for both: pairs from some prompts, Best-of-N on the others
             order = np.random.default_rng(cfg.split_seed).permutation(len(scored))
             n_bon = int(round(len(scored) * cfg.bon_prompt_fraction))
@@ -358,7 +358,7 @@ def load_datasets(cfg, storage: Storage | None = None) -> Datasets:
         eval_pairs = eval_pairs[: cfg.eval_pairs]
     if not eval_pairs:
         raise DataError(f"{cfg.data}: no pairs left for evaluation; lower seed_pairs or give eval_data")
-    if cfg.bon_data and cfg.bon_data != cfg.data:
+    if cfg.bon_data and cfg.bon_data != cfg.data and not bon_prompts:
         bon_prompts = to_scored(read_records(cfg.bon_data), q)
     if bon_prompts:
         short = [sp for sp in bon_prompts if len(sp.outputs) < cfg.bon_n]

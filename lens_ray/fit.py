@@ -122,7 +122,7 @@ def fit_head(cfg: RewardConfig, train: PairSet, val: PairSet, seed: int, norm_po
         step += 1
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             acc = score_accuracy(head, val.pos, val.neg)
-            history.append({"step": step, "loss": float(loss), "val_acc": acc})
+            history.append({"step": step, "loss": loss.item(), "val_acc": acc})
             if acc > best[0]:
                 best, bad_evals = (acc, step, copy.deepcopy(head.state_dict())), 0
             else:

@@ -5,6 +5,7 @@ Only distribution lives here: the math is `embed.Embedder` and `augment.Augmente
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -66,10 +67,12 @@ def embed_items(items: list[EmbedItem], cfg: EmbedConfig, log: Log = print) -> t
     n_blocks = max(2 * cfg.num_actors, min(64, len(df) // (cfg.batch_size * 4) + 1))
     ds = ray.data.from_pandas(split_frame(df, n_blocks))
     gpus = gpus_per_actor(cfg.gpus_per_actor)
+    # Ray caps OMP threads at an actor's CPU share (1 for 0.5); on CPU give each actor its share of cores
+    threads = cfg.torch_threads or (1 if gpus else max(1, (os.cpu_count() or 1) // cfg.num_actors))
     out = ds.map_batches(
         Embedder,
         fn_constructor_kwargs=dict(model=cfg.model, pooling=cfg.pooling, max_length=cfg.max_length, dtype=cfg.dtype,
-                                   padding_side=cfg.padding_side, torch_threads=cfg.torch_threads),
+                                   padding_side=cfg.padding_side, torch_threads=threads),
         batch_size=cfg.batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=cfg.cpus_per_actor, num_gpus=gpus)
     found: dict[str, np.ndarray] = {}

@@ -96,7 +96,7 @@ class Storage:
     # ---- bytes
     def read_bytes(self, rel: str = "") -> bytes:
         try:
-            with self.fs.open_input_stream(self.path(rel)) as fh:
+            with self.fs.open_input_stream(self.path(rel), compression=None) as fh:   # bytes as stored
                 return fh.read()
         except (FileNotFoundError, OSError) as exc:
             raise StorageError(f"cannot read {self.uri_of(rel)}: {exc}") from exc
@@ -108,11 +108,11 @@ class Storage:
         if self.protocol == "file":
             self.fs.create_dir(parent, recursive=True)
             tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-            with self.fs.open_output_stream(tmp) as fh:
+            with self.fs.open_output_stream(tmp, compression=None) as fh:
                 fh.write(data)
             os.replace(tmp, target)
         else:
-            with self.fs.open_output_stream(target) as fh:   # visible only once the upload completes
+            with self.fs.open_output_stream(target, compression=None) as fh:   # visible once the upload completes
                 fh.write(data)
 
     def delete(self, rel: str) -> None:

@@ -67,6 +67,25 @@ class LatentNoise:
     residual: bool = False       # e + g(z+eta) - g(z) instead of g(z+eta)
 
 
+def perturb_and_select(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor, k: int,
+                       noise: LatentNoise) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent draws and top-k: mu, logvar (B, lat); eps (B, m + 1, lat) standard normals
+    -> kept latents (B, k, lat) and the z they perturb (B, lat).
+
+    Candidates are z + eta with eta = sqrt(noise_var) * eps[:, :m]; eps[:, m] samples z under
+    encode="sample". The k candidates with the highest log-density (prior N(0, I) or posterior) stay.
+    """
+    m, lat = eps.shape[1] - 1, mu.shape[-1]
+    z = mu if noise.encode == "mean" else mu + (0.5 * logvar).exp() * eps[:, m]
+    cand = z[:, None, :] + math.sqrt(noise.noise_var) * eps[:, :m]         # (B, m, lat)
+    if noise.select == "prior":
+        score = log_normal_density(cand)                                  # (B, m)
+    else:
+        score = log_normal_density(cand, mu[:, None], logvar[:, None])
+    top = score.topk(k, dim=1).indices                                     # (B, k)
+    return torch.gather(cand, 1, top[..., None].expand(-1, -1, lat)), z
+
+
 @torch.no_grad()
 def lens_synthesize(vae: PreferenceVAE, e_pos: torch.Tensor, e_neg: torch.Tensor, pair_ids: np.ndarray,
                     k: int, noise: LatentNoise, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,20 +99,12 @@ def lens_synthesize(vae: PreferenceVAE, e_pos: torch.Tensor, e_neg: torch.Tensor
         return empty, empty.clone()
     vae.eval()
     m = max(k, noise.oversample * k)
-    lat = vae.latent_dim
     # one generator per pair: (B, 2 sides, m draws + 1 for the posterior sample, latent)
-    eps = torch.from_numpy(pair_normals(seed, STREAM_NOISE, pair_ids, (2, m + 1, lat))).to(e_pos)
+    eps = torch.from_numpy(pair_normals(seed, STREAM_NOISE, pair_ids, (2, m + 1, vae.latent_dim))).to(e_pos)
     outs = []
     for side, e in enumerate((e_pos, e_neg)):
         mu, logvar = vae.encode(e)                                        # (B, lat)
-        z = mu if noise.encode == "mean" else mu + (0.5 * logvar).exp() * eps[:, side, m]
-        cand = z[:, None, :] + math.sqrt(noise.noise_var) * eps[:, side, :m]   # (B, m, lat)
-        if noise.select == "prior":
-            score = log_normal_density(cand)                              # (B, m)
-        else:
-            score = log_normal_density(cand, mu[:, None], logvar[:, None])
-        top = score.topk(k, dim=1).indices                                 # (B, k)
-        kept = torch.gather(cand, 1, top[..., None].expand(-1, -1, lat))   # (B, k, lat)
+        kept, z = perturb_and_select(mu, logvar, eps[:, side], k, noise)
         synth = vae.decode(kept)                                           # (B, k, d)
         if noise.residual:
             synth = e[:, None, :] + synth - vae.decode(z)[:, None, :]

@@ -1,0 +1,111 @@
+"""Shared fixtures: one local Ray per session, one moto S3 server on loopback, tiny real models."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+HH = SHARED_DATA / "hh_harmless_dev.jsonl.gz"
+BON = SHARED_DATA / "alpaca_bon_dev.jsonl.gz"
+
+
+@pytest.fixture(scope="session")
+def hh_path() -> Path:
+    if not HH.exists():
+        pytest.skip(f"real data not found at {HH} (../shared/data beside the checkout)")
+    return HH
+
+
+@pytest.fixture(scope="session")
+def bon_path() -> Path:
+    if not BON.exists():
+        pytest.skip(f"real data not found at {BON} (../shared/data beside the checkout)")
+    return BON
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server as a real HTTP endpoint on 127.0.0.1 (a random port), with a bucket.
+
+    Its environment is set before Ray starts, so Ray workers reach the same endpoint.
+    """
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    os.environ.update(env)
+    import boto3
+    deadline = time.time() + 30
+    while True:
+        try:
+            boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="lens-test")
+            break
+        except Exception:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("moto S3 server did not start")
+            time.sleep(0.3)
+    yield {"endpoint": endpoint, "bucket": "lens-test"}
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
+    """The session's one local Ray (2 CPUs), started after the S3 environment is set."""
+    import ray
+    from ray.data import DataContext
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                 "{% endfor %}")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    """A tiny random Llama with a real byte-level BPE tokenizer and chat template, saved as a folder."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = ["How do I bake bread? Mix flour, water and yeast.", "I can't help with that request.",
+              "Human: hello Assistant: hi there, how can I help you today?"] * 20
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", pad_token="<pad>",
+                                  bos_token="<|im_start|>", eos_token="<|im_end|>")
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      pad_token_id=tok.pad_token_id, architectures=["LlamaForCausalLM"])
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return str(folder)

@@ -1,0 +1,100 @@
+import math
+
+import torch
+
+from lens_ray.models.vae import (PreferenceVAE, bounded_divergence, kl_to_standard_normal, lens_vae_loss,
+                                 log_normal_density, reconstruction, relative_reconstruction_error,
+                                 w2_diag_gaussians)
+
+
+def test_shapes():
+    vae = PreferenceVAE(dim=24, latent_dim=4, hidden_dims=(8,))
+    e = torch.randn(5, 24)
+    x_hat, mu, logvar = vae(e)
+    assert x_hat.shape == (5, 24) and mu.shape == (5, 4) and logvar.shape == (5, 4)
+    assert vae.decode(mu).shape == (5, 24)
+
+
+def test_standardizer_round_trip():
+    vae = PreferenceVAE(dim=6, latent_dim=2, hidden_dims=(4,))
+    e = torch.randn(50, 6) * torch.tensor([1, 10, 100, 0.1, 1, 5.0]) + 3
+    vae.norm.fit(e)
+    x = vae.norm(e)
+    assert torch.allclose(x.mean(0), torch.zeros(6), atol=1e-4)
+    assert torch.allclose(vae.norm.inverse(x), e, atol=1e-3)
+
+
+def test_kl_zero_at_prior_and_positive_elsewhere():
+    assert torch.allclose(kl_to_standard_normal(torch.zeros(3, 4), torch.zeros(3, 4)), torch.zeros(3))
+    mu = torch.tensor([[1.0, 0.0]])
+    # KL(N(mu, I) || N(0, I)) = ||mu||^2 / 2
+    assert math.isclose(float(kl_to_standard_normal(mu, torch.zeros(1, 2))), 0.5, rel_tol=1e-6)
+
+
+def test_w2_closed_form():
+    mu_a, mu_b = torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0]])
+    same = torch.zeros(1, 2)
+    # equal covariances: W2 = ||mu_a - mu_b||
+    assert math.isclose(float(w2_diag_gaussians(mu_a, same, mu_b, same)), 5.0, rel_tol=1e-6)
+    # equal means: W2^2 = sum (sigma_a - sigma_b)^2 ; sigma = exp(logvar / 2)
+    lv_a, lv_b = torch.log(torch.tensor([[1.0, 4.0]])), torch.log(torch.tensor([[9.0, 4.0]]))
+    assert math.isclose(float(w2_diag_gaussians(mu_a, lv_a, mu_a, lv_b)), 2.0, rel_tol=1e-6)
+    # symmetric, and differentiable at 0
+    mu = torch.zeros(1, 2, requires_grad=True)
+    w = w2_diag_gaussians(mu, same, mu_a, same)
+    w.sum().backward()
+    assert torch.isfinite(mu.grad).all()
+
+
+def test_divergence_is_bounded():
+    w2 = torch.tensor([0.5, 3.0, 50.0], requires_grad=True)
+    d = bounded_divergence(w2, "clamp", div_max=5.0)
+    assert torch.allclose(d, torch.tensor([-0.5, -3.0, -5.0]))
+    d.sum().backward()
+    assert w2.grad.tolist() == [-1.0, -1.0, 0.0]       # no push beyond the bound
+    m = bounded_divergence(torch.tensor([0.5, 50.0]), "margin", 5.0)
+    assert torch.allclose(m, torch.tensor([4.5, 0.0]))
+
+
+def test_reconstruction_reductions():
+    x, y = torch.zeros(2, 4), torch.ones(2, 4)
+    assert torch.allclose(reconstruction(x, y, "mse", "sum"), torch.tensor([4.0, 4.0]))
+    assert torch.allclose(reconstruction(x, y, "mse", "mean"), torch.tensor([1.0, 1.0]))
+
+
+def test_log_normal_density_matches_torch():
+    x, mu, lv = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+    ref = torch.distributions.Normal(mu, (0.5 * lv).exp()).log_prob(x).sum(-1)
+    assert torch.allclose(log_normal_density(x, mu, lv), ref, atol=1e-5)
+    ref0 = torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(-1)
+    assert torch.allclose(log_normal_density(x), ref0, atol=1e-5)
+
+
+def _train(gamma: float, steps: int = 300) -> float:
+    torch.manual_seed(0)
+    pos, neg = torch.randn(64, 16), torch.randn(64, 16)
+    neg = pos + 0.5 * neg           # pairs close together: the divergence term must push them apart
+    vae = PreferenceVAE(16, 4, (16,))
+    vae.norm.fit(torch.cat([pos, neg]))
+    opt = torch.optim.Adam(vae.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = lens_vae_loss(vae, pos, neg, beta=1.0, gamma=gamma, div_max=5.0)
+        opt.zero_grad()
+        loss.total.backward()
+        opt.step()
+    vae.eval()
+    with torch.no_grad():
+        return float(lens_vae_loss(vae, pos, neg, gamma=gamma).w2)
+
+
+def test_divergence_term_separates_pairs():
+    assert _train(gamma=5.0) > 1.5 * _train(gamma=0.0)
+
+
+def test_relative_reconstruction_error_is_one_for_mean_decoder():
+    vae = PreferenceVAE(8, 2, (4,))
+    e = torch.randn(100, 8)
+    vae.norm.fit(e)
+    for p in vae.decoder.parameters():
+        torch.nn.init.zeros_(p)        # decoder outputs 0 = the standardized mean
+    assert abs(relative_reconstruction_error(vae, e) - 1.0) < 0.05

@@ -1,0 +1,106 @@
+import gzip
+import json
+
+import pytest
+
+from lens_ray.config import DataConfig
+from lens_ray.data import (DataError, Quarantine, load_datasets, pairs_from_scored, parse_hh_transcript,
+                           read_records, split_by_group, to_pairs, to_scored)
+
+HH_ROW = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how to bake bread?\n\nAssistant: Mix flour.",
+          "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how to bake bread?\n\nAssistant: No."}
+
+
+def test_parse_hh_transcript():
+    prompt, response = parse_hh_transcript(HH_ROW["chosen"])
+    assert response == "Mix flour."
+    assert prompt == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                      {"role": "user", "content": "how to bake bread?"}]
+
+
+def test_formats_to_pairs():
+    rows = [HH_ROW,
+            {"prompt": "Q?", "chosen": "good", "rejected": "bad"},
+            {"prompt": [{"role": "user", "content": "Q2"}],
+             "chosen": [{"role": "user", "content": "Q2"}, {"role": "assistant", "content": "yes"}],
+             "rejected": [{"role": "user", "content": "Q2"}, {"role": "assistant", "content": "no"}]}]
+    q = Quarantine()
+    pairs = to_pairs(rows, q)
+    assert [(p.chosen, p.rejected) for p in pairs] == [("Mix flour.", "No."), ("good", "bad"), ("yes", "no")]
+    assert pairs[1].prompt == [{"role": "user", "content": "Q?"}]
+    assert not q.counts
+
+
+def test_bad_rows_error_names_row_and_field():
+    rows = [{"prompt": "Q", "chosen": "a", "rejected": "b"}, {"prompt": "Q", "chosen": "", "rejected": "b"}]
+    with pytest.raises(DataError, match=r"row 1: field 'chosen': empty response"):
+        to_pairs(rows, Quarantine("error"))
+
+
+def test_bad_rows_are_counted_not_dropped_silently():
+    rows = [{"prompt": "Q", "chosen": "a", "rejected": "a"},
+            {"prompt": "Q", "chosen": "", "rejected": "b"},
+            {"chosen": "\n\nHuman: x\n\nAssistant: y", "rejected": "\n\nHuman: OTHER\n\nAssistant: z"},
+            {"foo": 1},
+            {"prompt": "Q", "chosen": "a", "rejected": "b"}]
+    q = Quarantine()
+    pairs = to_pairs(rows, q)
+    assert len(pairs) == 1
+    assert sum(q.counts.values()) == 4
+    assert q.counts["rejected: identical to chosen"] == 1
+    assert any("differs from chosen" in k for k in q.counts)
+
+
+def test_scored_to_pairs_by_margin():
+    rows = [{"instruction": "I", "responses": [{"output": "a", "gold": 0.9}, {"output": "b", "gold": 0.1},
+                                                {"output": "c", "gold": 0.85}, {"output": "", "gold": 0.5},
+                                                {"output": "d", "gold": None}]}]
+    q = Quarantine()
+    scored = to_scored(rows, q)
+    assert len(scored[0].outputs) == 3 and sum(q.counts.values()) == 2
+    pairs = pairs_from_scored(scored, margin=0.5, per_prompt=5, seed=0)
+    assert len(pairs) == 1                       # b can pair once; a and c are too close to each other
+    assert pairs[0].chosen in ("a", "c") and pairs[0].rejected == "b"
+
+
+def test_split_by_group_never_shares_a_prompt():
+    rows = [{"prompt": f"P{i // 3}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(30)]
+    pairs = to_pairs(rows, Quarantine())
+    first, rest, dropped = split_by_group(pairs, 10, seed=0)
+    assert len(first) == 10 and len(rest) + dropped + 10 == 30
+    assert not {p.group for p in first} & {p.group for p in rest}
+
+
+def test_read_formats(tmp_path):
+    rows = [{"prompt": f"Q{i}", "chosen": "a", "rejected": "b"} for i in range(3)]
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as fh:
+        fh.write("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "c.json").write_text(json.dumps(rows))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    import datasets
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "hf"))
+    for name in ("a.jsonl", "b.jsonl.gz", "c.json", "d.parquet", "hf"):
+        assert read_records(str(tmp_path / name)) == rows, name
+    (tmp_path / "bad.jsonl").write_text('{"prompt": 1}\nnot json\n')
+    with pytest.raises(DataError, match="line 2"):
+        read_records(str(tmp_path / "bad.jsonl"))
+
+
+def test_load_datasets_on_real_hh(hh_path):
+    ds = load_datasets(DataConfig(data=str(hh_path), seed_pairs=1000))
+    assert len(ds.seed_pairs) == 1000
+    assert len(ds.seed_pairs) + len(ds.eval_pairs) + sum(ds.quarantine.counts.values()) \
+        + ds.notes["pairs_dropped_group_overlap"] == 1800
+    assert not {p.group for p in ds.seed_pairs} & {p.group for p in ds.eval_pairs}
+    again = load_datasets(DataConfig(data=str(hh_path), seed_pairs=1000))
+    assert [p.chosen for p in again.seed_pairs] == [p.chosen for p in ds.seed_pairs]   # fixed seed
+
+
+def test_load_datasets_on_real_bon(bon_path):
+    ds = load_datasets(DataConfig(data=str(bon_path), seed_pairs=300, pairs_per_prompt=3))
+    assert len(ds.bon_prompts) == 200                   # half the prompts kept for Best-of-N
+    bon_texts = {sp.prompt[0]["content"] for sp in ds.bon_prompts}
+    assert not bon_texts & {p.prompt[0]["content"] for p in ds.seed_pairs + ds.eval_pairs}

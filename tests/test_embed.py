@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import torch
+
+from lens_ray.embed import Embedder, ModelLoadError, embed_ids, load_model, pad, pool, resolve_model, text_key, tokenize
+
+PROMPTS = [[{"role": "user", "content": "How do I bake bread?"}],
+           [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "Tell me a long story about a cat who can't sleep at night."}],
+           [{"role": "user", "content": "x"}]]
+RESPONSES = ["Mix flour, water and yeast, then bake.", "Once upon a time there was a cat.", "I can't help with that."]
+
+
+def test_pool_on_tensors():
+    h = torch.arange(2 * 3 * 2, dtype=torch.float32).reshape(2, 3, 2)
+    mask = torch.tensor([[1, 1, 0], [0, 1, 1]])
+    assert torch.equal(pool(h, mask, "last"), torch.stack([h[0, 1], h[1, 2]]))
+    assert torch.allclose(pool(h, mask, "mean"), torch.stack([h[0, :2].mean(0), h[1, 1:].mean(0)]))
+
+
+def test_pad_sides():
+    ids, mask = pad([[1, 2, 3], [4]], pad_id=0, side="left")
+    assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = pad([[1, 2, 3], [4]], pad_id=0, side="right")
+    assert ids.tolist() == [[1, 2, 3], [4, 0, 0]]
+
+
+def test_pooled_vector_ignores_padding_side_and_batch(tiny_llama):
+    lm = load_model(tiny_llama)
+    assert lm.kind == "causal" and lm.dim == 32
+    tk = tokenize(lm, PROMPTS, RESPONSES, max_length=512)
+    assert len({len(x) for x in tk.ids}) == 3                          # really ragged
+    alone = np.stack([embed_ids(lm, [ids], "auto") for ids in tk.ids])[:, 0]
+    right = embed_ids(lm, tk.ids, "auto", "right")
+    left = embed_ids(lm, tk.ids, "auto", "left")
+    mixed = embed_ids(lm, [tk.ids[2], tk.ids[0]], "auto", "left")
+    assert np.allclose(right, alone, atol=1e-5)
+    assert np.allclose(left, alone, atol=1e-5)
+    assert np.allclose(mixed, alone[[2, 0]], atol=1e-5)
+    assert not np.allclose(alone[0], alone[1], atol=1e-3)
+
+
+def test_left_truncation_keeps_the_response(tiny_llama):
+    lm = load_model(tiny_llama)
+    full = tokenize(lm, PROMPTS, RESPONSES, max_length=10_000)
+    short = tokenize(lm, PROMPTS, RESPONSES, max_length=40)
+    for f, s, t in zip(full.ids, short.ids, short.truncated):
+        assert len(s) == min(len(f), 40) and s == f[-len(s):]       # the end survives
+        assert t == (len(f) > 40)
+    assert short.truncated.sum() >= 1
+
+
+def test_embedder_batch(tiny_llama):
+    import json
+    emb = Embedder(tiny_llama, max_length=64)
+    out = emb({"prompt_json": np.array([json.dumps(p) for p in PROMPTS]), "response": np.array(RESPONSES),
+               "key": np.array(["a", "b", "c"])})
+    assert out["embedding"].shape == (3, 32) and out["embedding"].dtype == np.float32
+    assert out["truncated"].dtype == bool and (out["n_tokens"] <= 64).all()
+
+
+def test_minilm_mean_pooling_real_model():
+    pytest.importorskip("transformers")
+    lm = load_model("minilm")
+    assert lm.kind == "encoder" and lm.dim == 384
+    tk = tokenize(lm, PROMPTS, RESPONSES, max_length=128)
+    a = embed_ids(lm, tk.ids, "auto", "right")
+    b = embed_ids(lm, tk.ids, "auto", "left")
+    assert np.allclose(a, b, atol=1e-4)
+    same = embed_ids(lm, tokenize(lm, PROMPTS[:1], ["Mix flour and water, then bake it."], 128).ids, "auto")
+    other = embed_ids(lm, tokenize(lm, PROMPTS[:1], ["The stock market fell today."], 128).ids, "auto")
+    cos = lambda x, y: float(x[0] @ y[0] / np.linalg.norm(x[0]) / np.linalg.norm(y[0]))  # noqa: E731
+    assert cos(a[:1], same) > cos(a[:1], other)                      # real semantics, not noise
+
+
+def test_resolve_model_and_keys(tiny_llama):
+    src = resolve_model(tiny_llama)
+    assert src.gguf_file is None and src.model_id.startswith("local:")
+    assert resolve_model("smollm2").gguf_file.endswith(".gguf")
+    with pytest.raises(ModelLoadError):
+        resolve_model("./no/such/folder")
+    k = text_key("m", "last", 8, PROMPTS[0], "r")
+    assert k == text_key("m", "last", 8, PROMPTS[0], "r") and k != text_key("m", "last", 9, PROMPTS[0], "r")

@@ -1,0 +1,28 @@
+import numpy as np
+import pytest
+
+from lens_ray.evaluate import best_of_n_gold, bon_oracle, bon_random, draw_bon, preference_accuracy
+
+
+def test_accuracy_counts_ties_half():
+    assert preference_accuracy([2, 1, 1], [1, 2, 1]) == pytest.approx(0.5)
+    assert preference_accuracy([3, 3], [1, 1]) == 1.0
+    with pytest.raises(ValueError):
+        preference_accuracy([], [])
+
+
+def test_best_of_n():
+    gold = np.array([[0.1, 0.9, 0.5], [0.3, 0.2, 0.8]])
+    scores = np.array([[0.0, 1.0, 0.5], [5.0, 0.0, 1.0]])
+    assert best_of_n_gold(scores, gold) == pytest.approx((0.9 + 0.3) / 2)
+    assert bon_oracle(gold) == pytest.approx((0.9 + 0.8) / 2)
+    assert bon_random(gold) == pytest.approx(gold.mean())
+
+
+def test_draw_bon_fixed_seed():
+    a = draw_bon([20, 30], 16, seed=0)
+    b = draw_bon([20, 30], 16, seed=0)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(len(set(x)) == 16 for x in a)
+    with pytest.raises(ValueError, match="prompt 1"):
+        draw_bon([20, 3], 16, seed=0)

@@ -1,0 +1,95 @@
+"""The whole job on the session's local Ray: a tiny real model, real data, local storage and S3 (moto)."""
+import numpy as np
+import pytest
+import torch
+
+from lens_ray.artifacts import read_pair_embeddings, read_synthetic
+from lens_ray.cli import run_main
+from lens_ray.config import METHODS
+from lens_ray.embed import resolve_model
+from lens_ray.score import RewardModel
+from lens_ray.storage import Manifest, Storage, StorageError
+
+FAST = ["--set", "vae.epochs=5", "--set", "reward.max_steps=30", "--set", "reward.eval_every=10",
+        "--set", "embed.max_length=64", "--set", "embed.batch_size=16"]
+
+
+@pytest.fixture(scope="module")
+def local_run(ray_cluster, tiny_llama, hh_path, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("runs")
+    argv = ["--data", str(hh_path), "--model", tiny_llama, "--seed-pairs", "60", "--eval-pairs", "40",
+            "--seeds", "2", "--factors", "2,4", "--storage", str(storage), "--name", "t"] + FAST
+    return argv, run_main(argv), Storage(str(storage / "t"))
+
+
+def test_report_schema_and_contents(local_run):
+    _, report, out = local_run
+    assert report == out.read_json("report.json")
+    for key in ("model", "embedding_dim", "seed_pairs", "eval_pairs", "results", "bon_random", "bon_oracle",
+                "timings_s", "quarantined"):
+        assert key in report
+    assert report["embedding_dim"] == 32 and report["seed_pairs"] == 60 and report["eval_pairs"] == 40
+    combos = {(r["method"], r["factor"], r["seed"]) for r in report["results"]}
+    expected = {(m, 1, s) for m in ("original", "mean_diff") for s in (0, 1)} | \
+        {(m, f, s) for m in METHODS[2:] for f in (2, 4) for s in (0, 1)}
+    assert combos == expected
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in report["results"])
+    assert set(report["timings_s"]) >= {"ingest", "embed", "fit_vae", "synthesize", "train_reward", "evaluate"}
+    assert report["embedding"]["truncated"] > 0          # max_length 64 truncates real HH dialogues
+    # the real HH sample holds 9 bad rows: all counted, with their reasons
+    assert report["quarantined"] == {"rejected: its dialogue differs from chosen before the last Assistant turn": 5,
+                                     "chosen: empty response": 4}
+    assert out.exists("report.md") and "| lens | 4x |" in out.read_bytes("report.md").decode()
+
+
+def test_synthetic_sets_have_exact_shapes(local_run):
+    _, report, out = local_run
+    n_train = 60 - round(60 * 0.15)
+    sp, sn = read_synthetic(out, "lens-f4-s0")
+    assert sp.shape == (n_train, 1, 32) and sn.shape == sp.shape and np.isfinite(sp).all()
+    sp8, _ = read_synthetic(out, "gaussian_sampling-f4-s1")
+    assert sp8.shape == (n_train, 1, 32)
+
+
+def test_scoring_api_matches_stored_embeddings(local_run, tiny_llama):
+    argv, report, out = local_run
+    rm = RewardModel.from_run(out.uri, head="lens-f4-s0")
+    man = Manifest.open(out.child("embeddings"), {"model": resolve_model(tiny_llama).model_id, "pooling": "auto",
+                                                  "max_length": 64, "storage_dtype": "float32"})
+    pos, _ = read_pair_embeddings(man, "eval")
+    from lens_ray.cli import config_from_args, run_parser
+    from lens_ray.data import load_datasets
+    cfg = config_from_args(run_parser().parse_args(argv))
+    pairs = load_datasets(cfg.data).eval_pairs[:3]
+    rewards = rm.score([p.prompt for p in pairs], [p.chosen for p in pairs])
+    expected = rm.head(torch.from_numpy(pos[:3])).detach().numpy()
+    assert np.allclose(rewards, expected, atol=1e-4)
+
+
+def test_rerun_reuses_embeddings_and_refuses_other_settings(local_run):
+    argv, report, out = local_run
+    again = run_main(argv)
+    assert again["embedding"]["texts"] == 0                 # nothing re-embedded
+    assert [r["accuracy"] for r in again["results"]] == [r["accuracy"] for r in report["results"]]
+    with pytest.raises(StorageError, match="max_length"):
+        run_main(argv + ["--set", "embed.max_length=48"])
+
+
+def test_full_job_on_s3_with_best_of_n(ray_cluster, tiny_llama, bon_path, s3_server):
+    out_uri = f"s3://{s3_server['bucket']}/runs/bon"
+    report = run_main(["--data", str(bon_path), "--model", tiny_llama, "--seed-pairs", "40", "--eval-pairs", "30",
+                       "--bon-prompts", "4", "--seeds", "1", "--factors", "4", "--methods", "original,mean_diff,lens",
+                       "--storage", f"s3://{s3_server['bucket']}/runs", "--name", "bon",
+                       "--set", "data.pairs_per_prompt=1"] + FAST)
+    import boto3
+    keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_server["bucket"], Prefix="runs/bon/")["Contents"]}
+    assert {"runs/bon/report.json", "runs/bon/heads/lens-f4-s0.safetensors", "runs/bon/vae/seed-0.safetensors",
+            "runs/bon/synthetic/lens-f4-s0.parquet", "runs/bon/embeddings/manifest.json"} <= keys
+    assert any(k.startswith("runs/bon/ray_train/") for k in keys)   # Ray Train checkpoints went to S3 too
+    assert Storage(out_uri).read_json("report.json")["bon_prompts"] == 4
+    assert report["bon_n"] == 16 and report["bon_random"] <= report["bon_oracle"]
+    for r in report["results"]:
+        assert report["bon_random"] - 0.5 <= r["bon_gold"] <= report["bon_oracle"]
+    assert any(k.startswith("cache/embeddings/") for k in
+               (o["Key"][len("runs/"):] for o in boto3.client("s3").list_objects_v2(
+                   Bucket=s3_server["bucket"], Prefix="runs/cache/")["Contents"]))

@@ -84,3 +84,18 @@ def load_vae(store: Storage, name: str) -> PreferenceVAE:
     vae = PreferenceVAE(config["dim"], config["latent_dim"], tuple(config["hidden_dims"]))
     vae.load_state_dict(state)
     return vae.eval()
+
+
+def load_run_sources(run_uri: str, seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray, PreferenceVAE | None]:
+    """A finished run -> (its config, seed-pair embeddings (n, d) x2, its VAE for `seed` if it fit one)."""
+    store = Storage(run_uri)
+    if not store.exists("report.json"):
+        raise StorageError(f"{run_uri}: no report.json; is it a finished lens-ray run?")
+    config = store.read_json("report.json")["config"]
+    emb_store = store.child("embeddings")
+    man = Manifest(emb_store, {}, emb_store.read_json(Manifest.NAME)["files"])
+    pair = read_pair_embeddings(man, "seed")
+    if pair is None:
+        raise StorageError(f"{run_uri}/embeddings/seed.parquet: missing or corrupt")
+    vae = load_vae(store.child("vae"), f"seed-{seed}") if store.exists(f"vae/seed-{seed}.json") else None
+    return config, pair[0], pair[1], vae

@@ -46,13 +46,16 @@ class Augmenter:
                    factor: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """(B, d) x2, (B,) ids -> synthetic (B, k, d) x2 and (B * factor, 3) pairs (see synth.py)."""
         k = synth_per_side(factor)
+        syn_pos, syn_neg = self.draw(e_pos, e_neg, pair_ids, k)
+        return syn_pos, syn_neg, combinatorial_pairs(pair_ids, k, factor, self.seed)
+
+    def draw(self, e_pos: torch.Tensor, e_neg: torch.Tensor, pair_ids: np.ndarray,
+             k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, d) x2, (B,) ids -> k synthetic embeddings per side (B, k, d) x2, labels inherited."""
         if self.method == "lens":
             noise = LatentNoise(self.synth.noise_var, self.synth.encode, self.synth.select,
                                 self.synth.oversample, self.synth.residual)
-            syn_pos, syn_neg = lens_synthesize(self.vae, e_pos, e_neg, pair_ids, k, noise, self.seed)
-        elif self.method == "direct_perturbation":
-            syn_pos, syn_neg = direct_perturbation(e_pos, e_neg, pair_ids, k, self.std, self.synth.dp_noise_var,
-                                                   self.seed)
-        else:
-            syn_pos, syn_neg = gaussian_sampling(self.gauss_pos, self.gauss_neg, pair_ids, k, self.seed)
-        return syn_pos, syn_neg, combinatorial_pairs(pair_ids, k, factor, self.seed)
+            return lens_synthesize(self.vae, e_pos, e_neg, pair_ids, k, noise, self.seed)
+        if self.method == "direct_perturbation":
+            return direct_perturbation(e_pos, e_neg, pair_ids, k, self.std, self.synth.dp_noise_var, self.seed)
+        return gaussian_sampling(self.gauss_pos, self.gauss_neg, pair_ids, k, self.seed)

@@ -19,6 +19,9 @@ from ray.data import ActorPoolStrategy
 from lens_ray.augment import Augmenter
 from lens_ray.config import EmbedConfig, SynthConfig
 from lens_ray.embed import Embedder
+from lens_ray.embed_cache import embeddings_to_arrow
+from lens_ray.storage import Manifest, Storage
+from lens_ray.synth_stream import decode_seeded, materialize, seeded_pairs
 from lens_ray.synth import synth_per_side
 
 Log = Callable[[str], None]
@@ -150,3 +153,93 @@ def synthesize_jobs(jobs: dict[int, tuple[Augmenter, int]], train: dict[int, tup
         result[job] = (syn[0], syn[1])
     log(f"  synthesized {sum(len(rows[rows.job == j]) for j in jobs)} source pairs across {len(jobs)} jobs")
     return result
+
+
+# ------------------------------------------------------------------ synthesis at scale
+
+def shard_name(start: int, stop: int) -> str:
+    return f"part-{start:012d}-{stop:012d}.parquet"
+
+
+class WriteSynthShards:
+    """Ray Data callable: shard starts -> each shard's pairs written to storage (atomically, checksummed)
+    -> one manifest row per shard. Memory is bounded by the shard size, not by the total."""
+
+    def __init__(self, aug: Augmenter, src_pos: np.ndarray, src_neg: np.ndarray, k: int, mode: str, out_uri: str,
+                 total: int, shard_pairs: int, dtype: str):
+        torch.set_num_threads(1)
+        self.aug, self.k, self.mode, self.total, self.shard_pairs, self.dtype = aug, k, mode, total, shard_pairs, dtype
+        self.src_pos, self.src_neg = torch.from_numpy(src_pos), torch.from_numpy(src_neg)
+        self.store = Storage(out_uri)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import pyarrow as pa
+        rows: dict[str, list] = {"name": [], "rows": [], "sha256": [], "bytes": []}
+        for start in batch["start"]:
+            start = int(start)
+            stop = min(start + self.shard_pairs, self.total)
+            if self.mode == "materialized":
+                pos, neg = materialize(self.aug, self.src_pos, self.src_neg, start, stop, self.k)
+                table = pa.table({"pos": embeddings_to_arrow(pos.numpy(), self.dtype),
+                                  "neg": embeddings_to_arrow(neg.numpy(), self.dtype)})
+            else:
+                table = pa.table(seeded_pairs(start, stop, len(self.src_pos), self.k))
+            info = self.store.write_parquet(shard_name(start, stop), table)
+            for key in rows:
+                rows[key].append(shard_name(start, stop) if key == "name" else info[key])
+        return {k: np.asarray(v) for k, v in rows.items()}
+
+
+def synthesize_at_scale(aug: Augmenter, src_pos: np.ndarray, src_neg: np.ndarray, k: int, mode: str, out: Storage,
+                        total: int, meta: dict, shard_pairs: int = 16384, workers: int = 1,
+                        cpus_per_worker: float = 1.0, dtype: str = "float32", log: Log = print) -> Manifest:
+    """`total` synthetic pairs into <out>/manifest.json + part-*.parquet. Shards already committed are kept:
+    a re-run after a kill writes only the missing ones, so every pair is there exactly once."""
+    manifest = Manifest.open(out, meta)
+    starts = [s for s in range(0, total, shard_pairs) if shard_name(s, min(s + shard_pairs, total)) not in manifest.files]
+    log(f"  {len(starts)} of {-(-total // shard_pairs)} shards to write ({mode}, {workers} worker(s))")
+    if not starts:
+        return manifest
+    ds = ray.data.from_items([{"start": s} for s in starts], override_num_blocks=len(starts))
+    out_rows = ds.map_batches(
+        WriteSynthShards, fn_constructor_kwargs=dict(aug=aug, src_pos=src_pos, src_neg=src_neg, k=k, mode=mode,
+                                                     out_uri=out.uri, total=total, shard_pairs=shard_pairs, dtype=dtype),
+        batch_size=1, batch_format="numpy", compute=ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker)
+    done, t0 = 0, time.time()
+    for row in out_rows.iter_rows():
+        manifest.commit(str(row["name"]), {"rows": int(row["rows"]), "sha256": str(row["sha256"]),
+                                           "bytes": int(row["bytes"])})
+        done += int(row["rows"])
+        if done // max(1, total // 10) != (done - int(row["rows"])) // max(1, total // 10):
+            log(f"  {done:,} pairs written ({done / (time.time() - t0):,.0f} pairs/s)")
+    return manifest
+
+
+class DecodeSeeded:
+    """Ray Data callable: seeded pair ids -> {pos, neg} (n, d), decoded on the fly."""
+
+    def __init__(self, aug: Augmenter, src_pos: np.ndarray, src_neg: np.ndarray, k: int):
+        torch.set_num_threads(1)
+        self.aug, self.k = aug, k
+        self.src_pos, self.src_neg = torch.from_numpy(src_pos), torch.from_numpy(src_neg)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        pos, neg = decode_seeded(self.aug, self.src_pos, self.src_neg, batch["unit"], batch["a"], batch["b"], self.k)
+        return {"pos": pos.numpy(), "neg": neg.numpy()}
+
+
+def _fixed_lists_to_arrays(table):
+    from lens_ray.embed_cache import arrow_to_embeddings
+    return {"pos": arrow_to_embeddings(table.column("pos")), "neg": arrow_to_embeddings(table.column("neg"))}
+
+
+def pairs_dataset(manifest: Manifest, aug: Augmenter | None = None, src_pos: np.ndarray | None = None,
+                  src_neg: np.ndarray | None = None, k: int | None = None, decoders: int = 1,
+                  cpus_per_decoder: float = 0.5):
+    """A committed pair set (materialized or seeded) as a Ray Dataset of {pos, neg} batches."""
+    paths = [manifest.store.path(n) for n in sorted(manifest.files)]
+    ds = ray.data.read_parquet(paths, filesystem=manifest.store.fs)
+    if manifest.meta.get("mode") == "seeded":
+        return ds.map_batches(DecodeSeeded, fn_constructor_kwargs=dict(aug=aug, src_pos=src_pos, src_neg=src_neg, k=k),
+                              batch_format="numpy", compute=ActorPoolStrategy(size=decoders), num_cpus=cpus_per_decoder)
+    return ds.map_batches(_fixed_lists_to_arrays, batch_format="pyarrow")

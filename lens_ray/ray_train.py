@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from lens_ray.config import RewardConfig, VAEConfig
 from lens_ray.artifacts import read_synthetic
 from lens_ray.fit import PairSet, fit_head, fit_vae
+from lens_ray.models.reward import RewardHead, bradley_terry_loss
 from lens_ray.models.vae import relative_reconstruction_error
 from lens_ray.storage import Storage
 from lens_ray.synth import combinatorial_pairs, gather_pairs, synth_per_side
@@ -164,3 +165,51 @@ def _fit(loop, config: dict, workers: int, cpus: float, run_name: str, storage: 
         raise RuntimeError(f"training run {run_name} finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
         return load_models(d)
+
+
+# ------------------------------------------------------------------ streaming over millions of pairs
+
+def _stream_loop(config: dict) -> None:
+    import time
+    cfg = RewardConfig(**config["reward"])
+    torch.set_num_threads(max(1, int(config["threads"])))
+    torch.manual_seed(config["seed"])
+    head = RewardHead(config["dim"], cfg.hidden_dim, cfg.depth, cfg.dropout)
+    head.norm.mean.copy_(torch.tensor(config["norm_mean"]))
+    head.norm.std.copy_(torch.tensor(config["norm_std"]))
+    net = _wrap(head)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    shard = ray.train.get_dataset_shard("train")
+    seen, t0, loss = 0, time.time(), torch.tensor(0.0)
+    for _ in range(config["epochs"]):
+        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, dtypes=torch.float32):
+            n = len(batch["pos"])
+            r = net(torch.cat([batch["pos"], batch["neg"]]))
+            loss = bradley_terry_loss(r[:n], r[n:])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += n
+    secs = time.time() - t0
+    _report({"pairs": seen, "seconds": secs, "pairs_per_s": seen / max(secs, 1e-9), "loss": loss.item()},
+            {"head": head.state_dict()}, {"head": {"config": head.config(), "metrics": {"pairs": seen}}})
+
+
+def fit_head_streaming(cfg: RewardConfig, train_ds, dim: int, norm_mean: np.ndarray, norm_std: np.ndarray,
+                       run_name: str, storage: Storage, epochs: int = 1, seed: int = 0):
+    """Train one head by streaming a Ray Dataset of {pos, neg} (n, d) batches; returns (head, metrics)."""
+    config = {"reward": asdict(cfg), "dim": dim, "norm_mean": norm_mean.tolist(), "norm_std": norm_std.tolist(),
+              "epochs": epochs, "seed": seed, "threads": _threads(cfg.num_workers)}
+    if storage.protocol == "file":
+        os.makedirs(storage.path(), exist_ok=True)
+    trainer = TorchTrainer(
+        _stream_loop, train_loop_config=config, datasets={"train": train_ds},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(name=run_name, storage_path=storage.path(), storage_filesystem=storage.fs))
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as d:
+        states, meta = load_models(d)
+    head = RewardHead(dim, cfg.hidden_dim, cfg.depth, cfg.dropout)
+    head.load_state_dict(states["head"])
+    return head.eval(), result.metrics

@@ -46,7 +46,8 @@ def combinatorial_pairs(pair_ids: np.ndarray, k: int, factor: int, seed: int) ->
 
     Rows of source i are contiguous and start with the original (i, 0, 0).
     """
-    combos = np.array([(a, b) for a in range(k + 1) for b in range(k + 1) if (a, b) != (0, 0)], dtype=np.int64)
+    combos = np.array([(a, b) for a in range(k + 1) for b in range(k + 1) if (a, b) != (0, 0)],
+                      dtype=np.int64).reshape(-1, 2)
     if factor - 1 > len(combos):
         raise ValueError(f"factor {factor} needs more than {k} synthetic embeddings per side")
     out = np.empty((len(pair_ids), factor, 3), dtype=np.int64)

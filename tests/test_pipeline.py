@@ -93,3 +93,21 @@ def test_full_job_on_s3_with_best_of_n(ray_cluster, tiny_llama, bon_path, s3_ser
     assert any(k.startswith("cache/embeddings/") for k in
                (o["Key"][len("runs/"):] for o in boto3.client("s3").list_objects_v2(
                    Bucket=s3_server["bucket"], Prefix="runs/cache/")["Contents"]))
+
+
+def test_score_cli(local_run, tmp_path, capsys):
+    import json
+    from lens_ray.cli import score_main
+    _, _, out = local_run
+    f = tmp_path / "in.jsonl"
+    f.write_text(json.dumps({"prompt": "How do I bake bread?", "response": "Mix flour and water."}) + "\n"
+                 + json.dumps({"prompt": "How do I bake bread?", "response": "No."}) + "\n")
+    score_main(["--run", out.uri, "--head", "original-f1-s0", "--input", str(f)])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(rows) == 2 and all(isinstance(r["reward"], float) for r in rows)
+    rm = RewardModel.from_run(out.uri, head="original-f1-s0")
+    assert np.allclose([r["reward"] for r in rows], rm.score(["How do I bake bread?"] * 2,
+                                                             ["Mix flour and water.", "No."]), atol=1e-5)
+    f.write_text(json.dumps({"prompt": "x"}) + "\n")
+    with pytest.raises(SystemExit, match="row 0: field 'response'"):
+        score_main(["--run", out.uri, "--input", str(f)])

@@ -20,12 +20,15 @@ from lens_ray.storage import Manifest, Storage, StorageError, sha256
 SYNTHETIC = "synthetic"
 
 
-def write_pair_embeddings(manifest: Manifest, name: str, pos: np.ndarray, neg: np.ndarray | None, dtype: str) -> None:
-    """(n, d) [x2] -> <name>.parquet with columns pos [, neg] in row order (no neg: single responses)."""
+def write_pair_embeddings(manifest: Manifest, name: str, pos: np.ndarray, neg: np.ndarray | None, dtype: str,
+                          extra: dict | None = None) -> None:
+    """(n, d) [x2] -> <name>.parquet with columns pos [, neg] in row order (no neg: single responses).
+    `extra` goes into the manifest entry (e.g. a digest of the rows' content keys)."""
     cols = {"pos": embeddings_to_arrow(pos, dtype)}
     if neg is not None:
         cols["neg"] = embeddings_to_arrow(neg, dtype)
-    manifest.commit(f"{name}.parquet", manifest.store.write_parquet(f"{name}.parquet", pa.table(cols)))
+    info = manifest.store.write_parquet(f"{name}.parquet", pa.table(cols))
+    manifest.commit(f"{name}.parquet", {**info, **(extra or {})})
 
 
 def read_pair_embeddings(manifest: Manifest, name: str) -> tuple[np.ndarray, np.ndarray | None] | None:

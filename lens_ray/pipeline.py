@@ -91,51 +91,55 @@ def embed_stage(cfg: LensConfig, ds: Datasets, out: Storage, log: Log) -> Embedd
         "seed": [(p.prompt, p.chosen, p.rejected) for p in ds.seed_pairs],
         "eval": [(p.prompt, p.chosen, p.rejected) for p in ds.eval_pairs],
     }
-    done = {name: read_pair_embeddings(run_manifest, name) for name in list(tables) + (["bon"] if draws else [])}
-    expect = {**{k: len(v) for k, v in tables.items()}, "bon": len(draws) * cfg.data.bon_n}
-    done = {k: v for k, v in done.items() if v is not None and len(v[0]) == expect[k]}
-    items: dict[str, EmbedItem] = {}
 
     def key_of(prompt, response):
-        k = text_key(model_id, e.pooling, e.max_length, prompt, response)
-        items.setdefault(k, EmbedItem(k, prompt, response))
-        return k
+        return text_key(model_id, e.pooling, e.max_length, prompt, response)
 
-    keys = {name: [(key_of(pr, c), key_of(pr, r)) for pr, c, r in rows] for name, rows in tables.items() if name not in done}
-    bon_keys = [[key_of(sp.prompt, sp.outputs[j]) for j in d] for sp, d in zip(ds.bon_prompts, draws)] \
-        if draws and "bon" not in done else []
-    stats = {"texts": len(items), "cached": 0, "embedded": 0, "truncated": 0, "response_truncated": 0,
+    # every table's rows as content keys: a stored table is reused only when its keys match exactly
+    wanted: dict[str, list[str]] = {name: [key_of(pr, t) for pr, c, r in rows for t in (c, r)]
+                                    for name, rows in tables.items()}
+    texts: dict[str, tuple] = {key_of(pr, t): (pr, t) for rows in tables.values() for pr, c, r in rows for t in (c, r)}
+    if draws:
+        wanted["bon"] = [key_of(sp.prompt, sp.outputs[j]) for sp, d in zip(ds.bon_prompts, draws) for j in d]
+        texts.update({key_of(sp.prompt, sp.outputs[j]): (sp.prompt, sp.outputs[j])
+                      for sp, d in zip(ds.bon_prompts, draws) for j in d})
+    digests = {name: fingerprint(keys) for name, keys in wanted.items()}
+    done = {}
+    for name in wanted:
+        info = run_manifest.files.get(f"{name}.parquet")
+        if info and info.get("keys") == digests[name]:
+            stored = read_pair_embeddings(run_manifest, name)
+            if stored is not None:
+                done[name] = stored
+    needed = {k for name, keys in wanted.items() if name not in done for k in keys}
+    stats = {"texts": len(needed), "cached": 0, "embedded": 0, "truncated": 0, "response_truncated": 0,
              "tokens": 0, "tokens_per_s": None}
     vectors: dict[str, np.ndarray] = {}
-    if items:
+    if needed:
         cache = EmbeddingCache(Storage(cfg.cache_uri).child("embeddings"), settings) if e.cache else None
         if cache:
-            vectors = cache.lookup(list(items))
+            vectors = cache.lookup(sorted(needed))
         stats["cached"] = len(vectors)
-        todo = [it for k, it in items.items() if k not in vectors]
-        log(f"  {len(items)} distinct texts: {len(vectors)} cached, {len(todo)} to embed with {e.model}")
+        todo = [EmbedItem(k, *texts[k]) for k in sorted(needed) if k not in vectors]
+        log(f"  {len(needed)} distinct texts: {len(vectors)} cached, {len(todo)} to embed with {e.model}")
         if todo:
-            fresh, st = embed_items(todo, e, log)
+            # commit to the cache as batches arrive: a killed run keeps what it embedded
+            on_chunk = (lambda ks, vs: cache.add(ks, vs)) if cache else None
+            fresh, st = embed_items(todo, e, log, on_chunk=on_chunk)
             vectors.update(fresh)
-            if cache:
-                cache.add(list(fresh), np.stack(list(fresh.values())))
             stats.update(embedded=st.rows, truncated=st.truncated, response_truncated=st.response_truncated,
                          tokens=st.tokens, tokens_per_s=round(st.tokens / max(st.seconds, 1e-9), 1))
             if st.truncated:
                 log(f"  {st.truncated} texts were longer than {e.max_length} tokens and lost prompt tokens from "
                     f"the left ({st.response_truncated} of them lost response tokens too)")
-    for name, pairs in keys.items():
-        pos = np.stack([vectors[a] for a, _ in pairs])
-        neg = np.stack([vectors[b] for _, b in pairs])
-        write_pair_embeddings(run_manifest, name, pos, neg, e.storage_dtype)
+    for name, keys in wanted.items():
+        if name in done:
+            continue
+        flat = np.stack([vectors[k] for k in keys])
+        pos, neg = (flat, None) if name == "bon" else (flat[0::2], flat[1::2])
+        write_pair_embeddings(run_manifest, name, pos, neg, e.storage_dtype, {"keys": digests[name]})
         done[name] = (pos, neg)
-    if bon_keys:
-        flat = np.stack([vectors[k] for row in bon_keys for k in row])
-        write_pair_embeddings(run_manifest, "bon", flat, None, e.storage_dtype)
-        done["bon"] = (flat, None)
-    bon = None
-    if draws:
-        bon = done["bon"][0].reshape(len(draws), cfg.data.bon_n, -1)
+    bon = done["bon"][0].reshape(len(draws), cfg.data.bon_n, -1) if draws else None
     return Embedded(*done["seed"], *done["eval"], bon, bon_gold, stats)
 
 

@@ -55,8 +55,13 @@ def gpus_per_actor(cfg_value: float | None) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def embed_items(items: list[EmbedItem], cfg: EmbedConfig, log: Log = print) -> tuple[dict[str, np.ndarray], EmbedStats]:
-    """Embed items with an actor pool; batches hold texts of similar length (sorted by size)."""
+def embed_items(items: list[EmbedItem], cfg: EmbedConfig, log: Log = print,
+                on_chunk: Callable[[list[str], np.ndarray], None] | None = None,
+                chunk: int = 256) -> tuple[dict[str, np.ndarray], EmbedStats]:
+    """Embed items with an actor pool; batches hold texts of similar length (sorted by size).
+
+    `on_chunk(keys, vectors)` receives the results every `chunk` rows as they stream in (e.g. to
+    commit them to the cache, so a killed run keeps what it embedded)."""
     stats = EmbedStats()
     if not items:
         return {}, stats
@@ -79,10 +84,15 @@ def embed_items(items: list[EmbedItem], cfg: EmbedConfig, log: Log = print) -> t
         batch_size=cfg.batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=cfg.cpus_per_actor, num_gpus=gpus)
     found: dict[str, np.ndarray] = {}
+    pending: list[str] = []
     next_report = 0.1
     for batch in out.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"):
         for k, v in zip(batch["key"], batch["embedding"]):
             found[str(k)] = np.asarray(v, dtype=np.float32)
+            pending.append(str(k))
+        if on_chunk and len(pending) >= chunk:
+            on_chunk(pending, np.stack([found[k] for k in pending]))
+            pending = []
         stats.tokens += int(batch["n_tokens"].sum())
         stats.truncated += int(batch["truncated"].sum())
         stats.response_truncated += int(batch["response_truncated"].sum())
@@ -90,6 +100,8 @@ def embed_items(items: list[EmbedItem], cfg: EmbedConfig, log: Log = print) -> t
             rate = stats.tokens / max(time.time() - t0, 1e-9)
             log(f"  embedded {len(found)}/{len(items)} texts ({rate:.0f} tokens/s)")
             next_report += 0.1
+    if on_chunk and pending:
+        on_chunk(pending, np.stack([found[k] for k in pending]))
     missing = [i.key for i in items if i.key not in found]
     if missing:
         raise RuntimeError(f"embedding lost {len(missing)} rows (first key {missing[0]})")

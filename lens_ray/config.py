@@ -41,7 +41,7 @@ class EmbedConfig:
     pooling: str = "auto"               # auto: last token for causal LMs, mean for encoders; or last|mean
     max_length: int = 256               # tokens; longer inputs lose prompt tokens from the left
     batch_size: int = 16
-    dtype: str = "auto"                 # auto: bf16 on GPU, fp32 on CPU
+    dtype: str = "auto"                 # auto: bf16 on GPUs and CPUs with native bf16 (AVX512-BF16/AMX), else fp32
     storage_dtype: str = "float32"      # float32 | float16 for the parquet shards
     num_actors: int = 1
     cpus_per_actor: float = 0.5         # fractional, so Ray Data read tasks are never starved

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from lens_ray import report as reporting
+from lens_ray import report_html
 from lens_ray.artifacts import read_pair_embeddings, save_model, write_pair_embeddings, write_synthetic
 from lens_ray.augment import AUGMENTING, Augmenter
 from lens_ray.config import LensConfig
 from lens_ray.data import Datasets, Pair, load_datasets, split_by_group
-from lens_ray.embed import resolve_model, text_key
+from lens_ray.embed import resolve_dtype, resolve_model, text_key
 from lens_ray.embed_cache import EmbeddingCache
 from lens_ray.evaluate import best_of_n_gold, bon_oracle, bon_random, draw_bon, preference_accuracy
 from lens_ray.fit import score
@@ -79,11 +80,14 @@ class Embedded:
 
 
 def embed_stage(cfg: LensConfig, ds: Datasets, out: Storage, log: Log) -> Embedded:
-    from lens_ray.ray_data import EmbedItem, embed_items
+    from lens_ray.ray_data import EmbedItem, embed_items, gpus_per_actor
 
     e = cfg.embed
     model_id = resolve_model(e.model).model_id
+    dtype = resolve_dtype(e.dtype, "cuda" if gpus_per_actor(e.gpus_per_actor) else "cpu")
     settings = {"model": model_id, "pooling": e.pooling, "max_length": e.max_length, "storage_dtype": e.storage_dtype}
+    if dtype != "float32":       # fp32 runs keep the settings (and cache) they always had
+        settings["dtype"] = dtype
     run_manifest = Manifest.open(out.child("embeddings"), settings)   # refuses other settings, clearly
     draws = draw_bon([len(sp.outputs) for sp in ds.bon_prompts], cfg.data.bon_n, seed=cfg.data.split_seed)
     bon_gold = np.stack([sp.gold[d] for sp, d in zip(ds.bon_prompts, draws)]) if ds.bon_prompts else None
@@ -93,7 +97,7 @@ def embed_stage(cfg: LensConfig, ds: Datasets, out: Storage, log: Log) -> Embedd
     }
 
     def key_of(prompt, response):
-        return text_key(model_id, e.pooling, e.max_length, prompt, response)
+        return text_key(model_id, e.pooling, e.max_length, prompt, response, dtype)
 
     # every table's rows as content keys: a stored table is reused only when its keys match exactly
     wanted: dict[str, list[str]] = {name: [key_of(pr, t) for pr, c, r in rows for t in (c, r)]
@@ -251,6 +255,13 @@ def run(cfg: LensConfig, log: Log = print) -> dict:
     }
     report["summary"] = reporting.summarize(results)
     reporting.write(out, report)
+    proj = None
+    lens_jobs = [j for j in aug_names.values() if j.startswith("lens-") and j.endswith("-s0")]
+    if lens_jobs:
+        name = max(lens_jobs, key=lambda j: int(j.split("-f")[1].split("-")[0]))
+        sp, sn = synthesized[next(k for k, v in aug_names.items() if v == name)]
+        proj = report_html.projection(data[0][0], data[0][1], sp, sn)
+    out.write_bytes("report.html", report_html.render(report, proj).encode())
     log(reporting.table(report))
-    log(f"artifacts: {out.uri}  (report.json, report.md, heads/, vae/, embeddings/, synthetic/)")
+    log(f"artifacts: {out.uri}  (report.html, report.json, report.md, heads/, vae/, embeddings/, synthetic/)")
     return report

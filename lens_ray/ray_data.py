@@ -18,7 +18,7 @@ from ray.data import ActorPoolStrategy
 
 from lens_ray.augment import Augmenter
 from lens_ray.config import EmbedConfig, SynthConfig
-from lens_ray.embed import Embedder
+from lens_ray.embed import Embedder, resolve_dtype
 from lens_ray.embed_cache import embeddings_to_arrow
 from lens_ray.storage import Manifest, Storage
 from lens_ray.synth_stream import decode_seeded, materialize, seeded_pairs
@@ -79,7 +79,8 @@ def embed_items(items: list[EmbedItem], cfg: EmbedConfig, log: Log = print,
     threads = cfg.torch_threads or (1 if gpus else max(1, (os.cpu_count() or 1) // cfg.num_actors))
     out = ds.map_batches(
         Embedder,
-        fn_constructor_kwargs=dict(model=cfg.model, pooling=cfg.pooling, max_length=cfg.max_length, dtype=cfg.dtype,
+        fn_constructor_kwargs=dict(model=cfg.model, pooling=cfg.pooling, max_length=cfg.max_length,
+                                   dtype=resolve_dtype(cfg.dtype, "cuda" if gpus else "cpu"),
                                    padding_side=cfg.padding_side, torch_threads=threads),
         batch_size=cfg.batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=cfg.cpus_per_actor, num_gpus=gpus)

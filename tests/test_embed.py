@@ -26,7 +26,7 @@ def test_pad_sides():
 
 
 def test_pooled_vector_ignores_padding_side_and_batch(tiny_llama):
-    lm = load_model(tiny_llama)
+    lm = load_model(tiny_llama, "float32")
     assert lm.kind == "causal" and lm.dim == 32
     tk = tokenize(lm, PROMPTS, RESPONSES, max_length=512)
     assert len({len(x) for x in tk.ids}) == 3                          # really ragged
@@ -41,7 +41,7 @@ def test_pooled_vector_ignores_padding_side_and_batch(tiny_llama):
 
 
 def test_left_truncation_keeps_the_response(tiny_llama):
-    lm = load_model(tiny_llama)
+    lm = load_model(tiny_llama, "float32")
     full = tokenize(lm, PROMPTS, RESPONSES, max_length=10_000)
     short = tokenize(lm, PROMPTS, RESPONSES, max_length=40)
     for f, s, t in zip(full.ids, short.ids, short.truncated):
@@ -61,7 +61,7 @@ def test_embedder_batch(tiny_llama):
 
 def test_minilm_mean_pooling_real_model():
     pytest.importorskip("transformers")
-    lm = load_model("minilm")
+    lm = load_model("minilm", "float32")
     assert lm.kind == "encoder" and lm.dim == 384
     tk = tokenize(lm, PROMPTS, RESPONSES, max_length=128)
     a = embed_ids(lm, tk.ids, "auto", "right")
@@ -81,3 +81,21 @@ def test_resolve_model_and_keys(tiny_llama):
         resolve_model("./no/such/folder")
     k = text_key("m", "last", 8, PROMPTS[0], "r")
     assert k == text_key("m", "last", 8, PROMPTS[0], "r") and k != text_key("m", "last", 9, PROMPTS[0], "r")
+
+
+def test_bf16_embeddings_close_to_fp32(tiny_llama):
+    """bf16 (the CPU default where it is native) moves vectors by rounding only, whatever the padding."""
+    fp32, bf16 = load_model(tiny_llama, "float32"), load_model(tiny_llama, "bfloat16")
+    ids = tokenize(fp32, PROMPTS, RESPONSES, 512).ids
+    a = embed_ids(fp32, ids, "auto")
+    for side in ("right", "left"):
+        b = embed_ids(bf16, ids, "auto", side)
+        assert b.dtype == np.float32
+        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        assert (cos > 0.99).all()
+
+
+def test_resolve_dtype():
+    from lens_ray.embed import resolve_dtype
+    assert resolve_dtype("float32") == "float32" and resolve_dtype("auto", "cuda") == "bfloat16"
+    assert resolve_dtype("auto", "cpu") in ("float32", "bfloat16")

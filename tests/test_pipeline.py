@@ -11,7 +11,7 @@ from lens_ray.score import RewardModel
 from lens_ray.storage import Manifest, Storage, StorageError
 
 FAST = ["--set", "vae.epochs=5", "--set", "reward.max_steps=30", "--set", "reward.eval_every=10",
-        "--set", "embed.max_length=64", "--set", "embed.batch_size=16"]
+        "--set", "embed.max_length=64", "--set", "embed.batch_size=16", "--set", "embed.dtype=float32"]
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,18 @@ def test_report_schema_and_contents(local_run):
     assert report["quarantined"] == {"rejected: its dialogue differs from chosen before the last Assistant turn": 5,
                                      "chosen: empty response": 4}
     assert out.exists("report.md") and "| lens | 4x |" in out.read_bytes("report.md").decode()
+
+
+def test_report_html_holds_the_runs_figures(local_run):
+    import base64
+    import re
+    _, report, out = local_run
+    page = out.read_bytes("report.html").decode()
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    assert len(images) == 2                       # accuracy vs factor, embedding projection (no BoN here)
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    lens4 = next(r for r in report["summary"] if r["method"] == "lens" and r["factor"] == 4)
+    assert f"{lens4['accuracy']['mean']:.3f}" in page   # the page carries the run's own numbers
 
 
 def test_synthetic_sets_have_exact_shapes(local_run):

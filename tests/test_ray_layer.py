@@ -17,10 +17,10 @@ PROMPT = [{"role": "user", "content": "How do I bake bread?"}]
 def test_embed_items_equals_direct_embedder(ray_cluster, tiny_llama):
     import json
     items = [EmbedItem(f"k{i}", PROMPT, "word " * (i % 7 + 1) + str(i)) for i in range(40)]
-    cfg = EmbedConfig(model=tiny_llama, batch_size=8, max_length=32, num_actors=2, cpus_per_actor=0.5)
+    cfg = EmbedConfig(model=tiny_llama, batch_size=8, max_length=32, num_actors=2, cpus_per_actor=0.5, dtype="float32")
     found, stats = embed_items(items, cfg, log=lambda m: None)
     assert stats.rows == 40 and set(found) == {i.key for i in items}
-    direct = Embedder(tiny_llama, max_length=32)
+    direct = Embedder(tiny_llama, max_length=32, dtype="float32")
     ref = direct({"prompt_json": np.array([json.dumps(PROMPT)] * 3), "response": np.array([i.response for i in items[:3]]),
                   "key": np.array(["a", "b", "c"])})["embedding"]
     assert np.allclose(np.stack([found[f"k{i}"] for i in range(3)]), ref, atol=1e-5)

@@ -67,3 +67,35 @@ def test_killed_train_worker_restarts_from_checkpoint(ray_cluster, tmp_path):
     t.join()
     assert killed, "no Train worker was found to kill"
     assert set(states) == {f"seed-{s}" for s in range(4)}
+
+
+def test_killed_embedding_actor_is_replaced(ray_cluster, tiny_llama):
+    import threading
+
+    import psutil
+
+    from lens_ray.config import EmbedConfig
+    from lens_ray.ray_data import EmbedItem, embed_items
+
+    prompt = [{"role": "user", "content": "How do I bake bread?"}]
+    items = [EmbedItem(f"k{i}", prompt, "word " * (i % 40 + 1) + str(i)) for i in range(3000)]
+    cfg = EmbedConfig(model=tiny_llama, batch_size=4, max_length=96, num_actors=1, cpus_per_actor=0.5, dtype="float32")
+    killed, seen = [], []
+
+    def kill_the_actor():
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if seen:                                         # the actor has produced output: kill it mid-run
+                for p in psutil.process_iter(["cmdline"]):
+                    if "MapBatches(Embedder)" in " ".join(p.info["cmdline"] or []):
+                        p.kill()
+                        killed.append(p.pid)
+                        return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=kill_the_actor)
+    t.start()
+    found, stats = embed_items(items, cfg, log=seen.append, on_chunk=lambda k, v: seen.append(len(k)), chunk=64)
+    t.join()
+    assert killed, "no embedding actor was found to kill"
+    assert set(found) == {i.key for i in items} and stats.rows == len(items)    # every row, exactly once

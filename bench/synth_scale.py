@@ -101,7 +101,7 @@ def main() -> None:
         # streaming reward training over the materialized set: 1 vs 2 DDP workers
         stats = torch.cat([torch.from_numpy(pos), torch.from_numpy(neg)])
         for workers in (1, 2):
-            cfg = RewardConfig(batch_size=512, num_workers=workers, cpus_per_worker=1.0)
+            cfg = RewardConfig(batch_size=512, num_workers=workers, cpus_per_worker=0.5)   # leave CPU for reads
             ds = pairs_dataset(keep["materialized"]).limit(args.train_pairs)
             t0 = time.time()
             _, metrics = fit_head_streaming(cfg, ds, pos.shape[1], stats.mean(0).numpy(), stats.std(0).numpy(),

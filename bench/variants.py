@@ -37,13 +37,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--seed-pairs", type=int, default=1000)
     ap.add_argument("--storage", default="runs")
-    ap.add_argument("--only", help="comma list of variant names")
+    ap.add_argument("--only", help="variant names separated by |")
     args = ap.parse_args()
     from lens_ray.pipeline import run
     from lens_ray.ray_session import connect
     connect()
     rows = []
-    names = args.only.split(",") if args.only else list(VARIANTS)
+    names = args.only.split("|") if args.only else list(VARIANTS)
     for i, name in enumerate(names):
         overrides = {"data.data": args.data, "embed.model": args.model, "seeds": args.seeds,
                      "data.seed_pairs": args.seed_pairs, "storage": args.storage, "name": f"variant-{i}",

@@ -40,7 +40,7 @@ class Quarantine:
         msg = f"row {row}: field '{fld}': {reason}"
         if self.mode == "error":
             raise DataError(msg)
-        key = f"{fld}: {reason}"
+        key = _INDEX.sub("[]", fld) + f": {reason}"     # counted by reason; the example keeps the index
         self.counts[key] += 1
         self.examples.setdefault(key, msg)
 
@@ -120,6 +120,7 @@ def _read_hub(spec: str) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------- formats
 
+_INDEX = re.compile(r"\[\d+\]")
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 
 

@@ -208,7 +208,7 @@ def synthesize_at_scale(aug: Augmenter, src_pos: np.ndarray, src_neg: np.ndarray
                         cpus_per_worker: float = 1.0, dtype: str = "float32", log: Log = print) -> Manifest:
     """`total` synthetic pairs into <out>/manifest.json + part-*.parquet. Shards already committed are kept:
     a re-run after a kill writes only the missing ones, so every pair is there exactly once."""
-    manifest = Manifest.open(out, meta)
+    manifest = Manifest.open(out, {**meta, "mode": mode, "pairs": total, "k": k})   # readers rely on these
     starts = [s for s in range(0, total, shard_pairs) if shard_name(s, min(s + shard_pairs, total)) not in manifest.files]
     log(f"  {len(starts)} of {-(-total // shard_pairs)} shards to write ({mode}, {workers} worker(s))")
     if not starts:
@@ -248,11 +248,15 @@ def _fixed_lists_to_arrays(table):
 
 def pairs_dataset(manifest: Manifest, aug: Augmenter | None = None, src_pos: np.ndarray | None = None,
                   src_neg: np.ndarray | None = None, k: int | None = None, decoders: int = 1,
-                  cpus_per_decoder: float = 0.5):
-    """A committed pair set (materialized or seeded) as a Ray Dataset of {pos, neg} batches."""
+                  cpus_per_decoder: float = 0.25, cpus_per_read: float = 0.25):
+    """A committed pair set (materialized or seeded) as a Ray Dataset of {pos, neg} batches.
+
+    Reads and decoders ask for fractional CPUs: trainer workers usually hold the whole CPUs, and a
+    read task waiting for a full free CPU would starve the training loop forever.
+    """
     paths = [manifest.store.path(n) for n in sorted(manifest.files)]
-    ds = ray.data.read_parquet(paths, filesystem=manifest.store.fs)
+    ds = ray.data.read_parquet(paths, filesystem=manifest.store.fs, ray_remote_args={"num_cpus": cpus_per_read})
     if manifest.meta.get("mode") == "seeded":
         return ds.map_batches(DecodeSeeded, fn_constructor_kwargs=dict(aug=aug, src_pos=src_pos, src_neg=src_neg, k=k),
                               batch_format="numpy", compute=ActorPoolStrategy(size=decoders), num_cpus=cpus_per_decoder)
-    return ds.map_batches(_fixed_lists_to_arrays, batch_format="pyarrow")
+    return ds.map_batches(_fixed_lists_to_arrays, batch_format="pyarrow", num_cpus=cpus_per_read)

@@ -1,4 +1,5 @@
-"""Join a running Ray cluster when there is one (ray job submit, RAY_ADDRESS), else start a local one."""
+"""Join the Ray cluster named by --ray-address or RAY_ADDRESS (what `ray job submit` sets for its driver),
+else start a local Ray for this job. No guessing: a job never joins some other local cluster by accident."""
 from __future__ import annotations
 
 import os
@@ -16,10 +17,6 @@ def connect(address: str | None = None, log=print) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         log(f"joined Ray cluster at {address}")
-        return
-    try:
-        ray.init(address="auto", log_to_driver=True)
-        log("joined the running Ray cluster")
-    except ConnectionError:
+    else:
         ray.init(include_dashboard=False, log_to_driver=True)
         log(f"started a local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")

@@ -170,6 +170,7 @@ def _fit(loop, config: dict, workers: int, cpus: float, run_name: str, storage: 
 # ------------------------------------------------------------------ streaming over millions of pairs
 
 def _stream_loop(config: dict) -> None:
+    """One head over a streamed dataset; a checkpoint (head + optimizer) after every epoch, resumed on restart."""
     import time
     cfg = RewardConfig(**config["reward"])
     torch.set_num_threads(max(1, int(config["threads"])))
@@ -177,11 +178,18 @@ def _stream_loop(config: dict) -> None:
     head = RewardHead(config["dim"], cfg.hidden_dim, cfg.depth, cfg.dropout)
     head.norm.mean.copy_(torch.tensor(config["norm_mean"]))
     head.norm.std.copy_(torch.tensor(config["norm_std"]))
-    net = _wrap(head)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    states, meta = _resume()
+    first_epoch = 0
+    if "head" in states:
+        head.load_state_dict(states["head"])
+        opt_state = states["optimizer"]
+        opt.load_state_dict(_unflatten_optimizer(opt_state, meta["optimizer"]["layout"]))
+        first_epoch = meta["head"]["metrics"]["epochs_done"]
+    net = _wrap(head)
     shard = ray.train.get_dataset_shard("train")
     seen, t0, loss = 0, time.time(), torch.tensor(0.0)
-    for _ in range(config["epochs"]):
+    for epoch in range(first_epoch, config["epochs"]):
         for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, dtypes=torch.float32):
             n = len(batch["pos"])
             r = net(torch.cat([batch["pos"], batch["neg"]]))
@@ -190,14 +198,39 @@ def _stream_loop(config: dict) -> None:
             loss.backward()
             opt.step()
             seen += n
-    secs = time.time() - t0
-    _report({"pairs": seen, "seconds": secs, "pairs_per_s": seen / max(secs, 1e-9), "loss": loss.item()},
-            {"head": head.state_dict()}, {"head": {"config": head.config(), "metrics": {"pairs": seen}}})
+        secs = time.time() - t0
+        flat, layout = _flatten_optimizer(opt.state_dict())
+        _report({"epoch": epoch + 1, "pairs": seen, "seconds": secs, "pairs_per_s": seen / max(secs, 1e-9),
+                 "loss": loss.item()},
+                {"head": head.state_dict(), "optimizer": flat},
+                {"head": {"config": head.config(), "metrics": {"pairs": seen, "epochs_done": epoch + 1}},
+                 "optimizer": {"layout": layout}})
+
+
+def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer state dict as tensors (for safetensors) plus a JSON layout: no pickle in checkpoints."""
+    tensors, layout = {}, {"param_groups": sd["param_groups"], "state": {}}
+    for pid, st in sd["state"].items():
+        layout["state"][str(pid)] = {}
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v.detach().clone().contiguous()
+                layout["state"][str(pid)][k] = "tensor"
+            else:
+                layout["state"][str(pid)][k] = v
+    return tensors, layout
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], layout: dict) -> dict:
+    state = {int(pid): {k: tensors[f"{pid}.{k}"] if v == "tensor" else v for k, v in st.items()}
+             for pid, st in layout["state"].items()}
+    return {"state": state, "param_groups": layout["param_groups"]}
 
 
 def fit_head_streaming(cfg: RewardConfig, train_ds, dim: int, norm_mean: np.ndarray, norm_std: np.ndarray,
-                       run_name: str, storage: Storage, epochs: int = 1, seed: int = 0):
-    """Train one head by streaming a Ray Dataset of {pos, neg} (n, d) batches; returns (head, metrics)."""
+                       run_name: str, storage: Storage, epochs: int = 1, seed: int = 0, max_failures: int = 1):
+    """Train one head by streaming a Ray Dataset of {pos, neg} (n, d) batches; returns (head, metrics).
+    A checkpoint after every epoch: a lost worker (FailureConfig) or a re-run with the same name resumes."""
     config = {"reward": asdict(cfg), "dim": dim, "norm_mean": norm_mean.tolist(), "norm_std": norm_std.tolist(),
               "epochs": epochs, "seed": seed, "threads": _threads(cfg.num_workers)}
     if storage.protocol == "file":
@@ -206,7 +239,8 @@ def fit_head_streaming(cfg: RewardConfig, train_ds, dim: int, norm_mean: np.ndar
         _stream_loop, train_loop_config=config, datasets={"train": train_ds},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name=run_name, storage_path=storage.path(), storage_filesystem=storage.fs))
+        run_config=RunConfig(name=run_name, storage_path=storage.path(), storage_filesystem=storage.fs,
+                             failure_config=FailureConfig(max_failures=max_failures)))
     result = trainer.fit()
     with result.checkpoint.as_directory() as d:
         states, meta = load_models(d)

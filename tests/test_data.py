@@ -58,6 +58,7 @@ def test_scored_to_pairs_by_margin():
     q = Quarantine()
     scored = to_scored(rows, q)
     assert len(scored[0].outputs) == 3 and sum(q.counts.values()) == 2
+    assert q.counts["responses[].output: missing or empty"] == 1 and "responses[3]" in str(q.examples)
     pairs = pairs_from_scored(scored, margin=0.5, per_prompt=5, seed=0)
     assert len(pairs) == 1                       # b can pair once; a and c are too close to each other
     assert pairs[0].chosen in ("a", "c") and pairs[0].rejected == "b"

@@ -103,7 +103,8 @@ def test_synthesis_at_scale_exactly_once_and_resumes(ray_cluster, tmp_path):
     from lens_ray.fit import score_accuracy
     from lens_ray.ray_data import pairs_dataset
     from lens_ray.ray_train import fit_head_streaming
-    rcfg = RewardConfig(hidden_dim=8, batch_size=32, num_workers=2, dropout=0.0)
+    # workers leave CPU for the dataset's reads and decoders (2 CPUs in all here)
+    rcfg = RewardConfig(hidden_dim=8, batch_size=32, num_workers=2, cpus_per_worker=0.5, dropout=0.0)
     stats = torch.cat([pos, neg])
     for name, manifest in (("mat", man2), ("seeded", sd)):
         ds = pairs_dataset(manifest, aug, pos.numpy(), neg.numpy(), 2)
@@ -111,3 +112,11 @@ def test_synthesis_at_scale_exactly_once_and_resumes(ray_cluster, tmp_path):
                                            Storage(str(tmp_path / "train")), epochs=2)
         assert 400 <= metrics["pairs"] <= 1200            # rank 0's share of 2 epochs over 1,000 pairs
         assert score_accuracy(head, pos, neg) > 0.8
+    # a checkpoint per epoch: the same run name asked for one more epoch trains only that epoch
+    ds = pairs_dataset(man2)
+    args = (rcfg, ds, 8, stats.mean(0).numpy(), stats.std(0).numpy(), "stream-resume", Storage(str(tmp_path / "train")))
+    _, first = fit_head_streaming(*args, epochs=1)
+    head, second = fit_head_streaming(*args, epochs=2)
+    assert first["epoch"] == 1 and second["epoch"] == 2
+    assert second["pairs"] <= 600                       # one epoch's share of rank 0, not two
+    assert score_accuracy(head, pos, neg) > 0.8

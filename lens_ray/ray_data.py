@@ -182,7 +182,7 @@ class WriteSynthShards:
                  total: int, shard_pairs: int, dtype: str):
         torch.set_num_threads(1)
         self.aug, self.k, self.mode, self.total, self.shard_pairs, self.dtype = aug, k, mode, total, shard_pairs, dtype
-        self.src_pos, self.src_neg = torch.from_numpy(src_pos), torch.from_numpy(src_neg)
+        self.src_pos, self.src_neg = torch.tensor(src_pos), torch.tensor(src_neg)
         self.store = Storage(out_uri)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -234,16 +234,21 @@ class DecodeSeeded:
     def __init__(self, aug: Augmenter, src_pos: np.ndarray, src_neg: np.ndarray, k: int):
         torch.set_num_threads(1)
         self.aug, self.k = aug, k
-        self.src_pos, self.src_neg = torch.from_numpy(src_pos), torch.from_numpy(src_neg)
+        self.src_pos, self.src_neg = torch.tensor(src_pos), torch.tensor(src_neg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pos, neg = decode_seeded(self.aug, self.src_pos, self.src_neg, batch["unit"], batch["a"], batch["b"], self.k)
         return {"pos": pos.numpy(), "neg": neg.numpy()}
 
 
-def _fixed_lists_to_arrays(table):
+def _read_shards(batch: dict[str, np.ndarray], uri: str, sha: dict[str, str]) -> dict[str, np.ndarray]:
+    """Shard names -> their rows, each shard verified against its manifest checksum."""
     from lens_ray.embed_cache import arrow_to_embeddings
-    return {"pos": arrow_to_embeddings(table.column("pos")), "neg": arrow_to_embeddings(table.column("neg"))}
+    store = Storage(uri)
+    tables = [store.read_parquet(str(n), sha[str(n)]) for n in batch["name"]]
+    if "pos" in tables[0].column_names:
+        return {c: np.concatenate([arrow_to_embeddings(t.column(c)) for t in tables]) for c in ("pos", "neg")}
+    return {c: np.concatenate([t.column(c).to_numpy() for t in tables]) for c in tables[0].column_names}
 
 
 def pairs_dataset(manifest: Manifest, aug: Augmenter | None = None, src_pos: np.ndarray | None = None,
@@ -254,9 +259,13 @@ def pairs_dataset(manifest: Manifest, aug: Augmenter | None = None, src_pos: np.
     Reads and decoders ask for fractional CPUs: trainer workers usually hold the whole CPUs, and a
     read task waiting for a full free CPU would starve the training loop forever.
     """
-    paths = [manifest.store.path(n) for n in sorted(manifest.files)]
-    ds = ray.data.read_parquet(paths, filesystem=manifest.store.fs, ray_remote_args={"num_cpus": cpus_per_read})
+    names = sorted(manifest.files)
+    sha = {n: manifest.files[n]["sha256"] for n in names}
+    # one read task per committed shard (not read_parquet: its file-listing step wants a whole CPU)
+    ds = ray.data.from_items([{"name": n} for n in names], override_num_blocks=len(names)).map_batches(
+        _read_shards, fn_kwargs={"uri": manifest.store.uri, "sha": sha}, batch_size=1, batch_format="numpy",
+        num_cpus=cpus_per_read)
     if manifest.meta.get("mode") == "seeded":
         return ds.map_batches(DecodeSeeded, fn_constructor_kwargs=dict(aug=aug, src_pos=src_pos, src_neg=src_neg, k=k),
                               batch_format="numpy", compute=ActorPoolStrategy(size=decoders), num_cpus=cpus_per_decoder)
-    return ds.map_batches(_fixed_lists_to_arrays, batch_format="pyarrow", num_cpus=cpus_per_read)
+    return ds

@@ -82,13 +82,15 @@ def main() -> None:
         load_t0 = time.time()
         load_model(args.model)
         load_s = time.time() - load_t0
-        rows.append({"path": "Ray Data actor pool (1 actor), length-sorted", "dtype": "float32",
+        from lens_ray.embed import resolve_dtype
+        ray_dtype = resolve_dtype(cfg.dtype, "cpu")
+        rows.append({"path": "Ray Data actor pool (1 actor), length-sorted", "dtype": ray_dtype,
                      "tokens_per_s": round(st.tokens / wall, 1),
                      "tokens_per_s_excl_model_load": round(st.tokens / max(wall - load_s, 1e-9), 1),
                      "model_load_s": round(load_s, 1)})
         print(json.dumps(rows[-1]), flush=True)
         ray.shutdown()
-        base = next(r for r in rows if r["path"].startswith("plain loop, length") and r["dtype"] == "float32")
+        base = next(r for r in rows if r["path"].startswith("plain loop, length") and r["dtype"] == ray_dtype)
         overhead = 1 - rows[-1]["tokens_per_s_excl_model_load"] / base["tokens_per_s"]
         print(f"Ray Data overhead vs plain loop (excluding model load): {overhead * 100:.1f}%")
     record = {"bench": "embed_throughput", "model": args.model, "texts": len(pairs), "batch": args.batch,

@@ -11,6 +11,20 @@ from lens_ray.storage import Storage
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def kill_when_ready(ready, process_marker: str, killed: list, timeout: float = 120, poll: float = 0.1) -> None:
+    """Once ready() is true, SIGKILL the first process whose command line holds process_marker."""
+    import psutil
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if ready():
+            for p in psutil.process_iter(["cmdline"]):
+                if process_marker in " ".join(p.info["cmdline"] or []):
+                    p.kill()
+                    killed.append(p.pid)
+                    return
+        time.sleep(poll)
+
+
 def test_killed_driver_rerun_finishes_and_reuses_work(ray_cluster, tiny_llama, hh_path, tmp_path):
     cmd = [sys.executable, str(ROOT / "jobs" / "full.py"), "--data", str(hh_path), "--model", tiny_llama,
            "--seed-pairs", "40", "--eval-pairs", "20", "--seeds", "1", "--factors", "4",
@@ -39,7 +53,6 @@ def test_killed_train_worker_restarts_from_checkpoint(ray_cluster, tmp_path):
     import threading
 
     import numpy as np
-    import psutil
 
     from lens_ray.config import VAEConfig
     from lens_ray.ray_train import fit_vaes
@@ -47,20 +60,8 @@ def test_killed_train_worker_restarts_from_checkpoint(ray_cluster, tmp_path):
     rng = np.random.default_rng(0)
     data = {s: tuple(rng.standard_normal((n, 16)).astype(np.float32) for n in (400, 400, 50, 50)) for s in range(4)}
     killed = []
-
-    def kill_a_worker():
-        deadline = time.time() + 120
-        while time.time() < deadline and not killed:
-            ckpts = list((tmp_path / "t" / "vae-kill").glob("**/models.json"))
-            if ckpts:                                        # at least one seed checkpointed
-                for p in psutil.process_iter(["cmdline"]):
-                    if "RayTrainWorker" in " ".join(p.info["cmdline"] or []):
-                        p.kill()
-                        killed.append(p.pid)
-                        return
-            time.sleep(0.2)
-
-    t = threading.Thread(target=kill_a_worker)
+    checkpointed = lambda: any((tmp_path / "t" / "vae-kill").glob("**/models.json"))  # noqa: E731  one seed done
+    t = threading.Thread(target=kill_when_ready, args=(checkpointed, "RayTrainWorker", killed))
     t.start()
     states, meta = fit_vaes(VAEConfig(latent_dim=2, hidden_dims=(8,), epochs=60, num_workers=2), data, "vae-kill",
                             Storage(str(tmp_path / "t")), max_failures=2)
@@ -72,8 +73,6 @@ def test_killed_train_worker_restarts_from_checkpoint(ray_cluster, tmp_path):
 def test_killed_embedding_actor_is_replaced(ray_cluster, tiny_llama):
     import threading
 
-    import psutil
-
     from lens_ray.config import EmbedConfig
     from lens_ray.ray_data import EmbedItem, embed_items
 
@@ -81,19 +80,9 @@ def test_killed_embedding_actor_is_replaced(ray_cluster, tiny_llama):
     items = [EmbedItem(f"k{i}", prompt, "word " * (i % 40 + 1) + str(i)) for i in range(3000)]
     cfg = EmbedConfig(model=tiny_llama, batch_size=4, max_length=96, num_actors=1, cpus_per_actor=0.5, dtype="float32")
     killed, seen = [], []
-
-    def kill_the_actor():
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if seen:                                         # the actor has produced output: kill it mid-run
-                for p in psutil.process_iter(["cmdline"]):
-                    if "MapBatches(Embedder)" in " ".join(p.info["cmdline"] or []):
-                        p.kill()
-                        killed.append(p.pid)
-                        return
-            time.sleep(0.05)
-
-    t = threading.Thread(target=kill_the_actor)
+    # once the actor has produced output, kill it mid-run
+    t = threading.Thread(target=kill_when_ready, args=(lambda: bool(seen), "MapBatches(Embedder)", killed),
+                         kwargs={"poll": 0.05})
     t.start()
     found, stats = embed_items(items, cfg, log=seen.append, on_chunk=lambda k, v: seen.append(len(k)), chunk=64)
     t.join()

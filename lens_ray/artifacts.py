@@ -95,9 +95,7 @@ def load_run_sources(run_uri: str, seed: int = 0) -> tuple[dict, np.ndarray, np.
     if not store.exists("report.json"):
         raise StorageError(f"{run_uri}: no report.json; is it a finished lens-ray run?")
     config = store.read_json("report.json")["config"]
-    emb_store = store.child("embeddings")
-    man = Manifest(emb_store, {}, emb_store.read_json(Manifest.NAME)["files"])
-    pair = read_pair_embeddings(man, "seed")
+    pair = read_pair_embeddings(Manifest.load(store.child("embeddings")), "seed")
     if pair is None:
         raise StorageError(f"{run_uri}/embeddings/seed.parquet: missing or corrupt")
     vae = load_vae(store.child("vae"), f"seed-{seed}") if store.exists(f"vae/seed-{seed}.json") else None

@@ -176,6 +176,12 @@ class Manifest:
             return cls(store, meta, doc.get("files", {}))
         return cls(store, meta, {})
 
+    @classmethod
+    def load(cls, store: Storage) -> "Manifest":
+        """Read an existing manifest with whatever settings it holds (for readers of a finished run)."""
+        doc = store.read_json(cls.NAME)
+        return cls(store, doc.get("meta", {}), doc.get("files", {}))
+
     def commit(self, name: str, info: dict[str, Any]) -> None:
         self.files[name] = info
         self.store.write_json(self.NAME, {"meta": self.meta, "files": self.files})

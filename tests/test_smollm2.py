@@ -15,9 +15,8 @@ def test_smollm2_on_real_hh(ray_cluster, hh_path, tmp_path):
     assert report["embedding_dim"] == 576 and report["model_id"].endswith(".gguf")
     assert report["embedding"]["embedded"] == 72 and report["embedding"]["truncated"] > 0
     assert {r["method"] for r in report["results"]} == {"original", "mean_diff", "lens"}
-    man = Manifest.open(Storage(str(tmp_path / "smol")).child("embeddings"),
-                        {"model": resolve_model("smollm2").model_id, "pooling": "auto", "max_length": 128,
-                         "storage_dtype": "float32"})
+    man = Manifest.load(Storage(str(tmp_path / "smol")).child("embeddings"))
+    assert man.meta["model"] == resolve_model("smollm2").model_id and man.meta["max_length"] == 128
     pos, neg = read_pair_embeddings(man, "seed")
     assert pos.shape == (24, 576) and np.isfinite(pos).all()
     # real hidden states: distinct per text, and chosen differs from rejected in every pair

@@ -100,13 +100,21 @@ def embed_stage(cfg: LensConfig, ds: Datasets, out: Storage, log: Log) -> Embedd
         return text_key(model_id, e.pooling, e.max_length, prompt, response, dtype)
 
     # every table's rows as content keys: a stored table is reused only when its keys match exactly
-    wanted: dict[str, list[str]] = {name: [key_of(pr, t) for pr, c, r in rows for t in (c, r)]
-                                    for name, rows in tables.items()}
-    texts: dict[str, tuple] = {key_of(pr, t): (pr, t) for rows in tables.values() for pr, c, r in rows for t in (c, r)}
-    if draws:
-        wanted["bon"] = [key_of(sp.prompt, sp.outputs[j]) for sp, d in zip(ds.bon_prompts, draws) for j in d]
-        texts.update({key_of(sp.prompt, sp.outputs[j]): (sp.prompt, sp.outputs[j])
-                      for sp, d in zip(ds.bon_prompts, draws) for j in d})
+    wanted: dict[str, list[str]] = {name: [] for name in tables}
+    texts: dict[str, tuple] = {}
+
+    def want(name, prompt, response):
+        k = key_of(prompt, response)
+        wanted.setdefault(name, []).append(k)
+        texts[k] = (prompt, response)
+
+    for name, rows in tables.items():
+        for pr, c, r in rows:
+            want(name, pr, c)
+            want(name, pr, r)
+    for sp, d in zip(ds.bon_prompts, draws):
+        for j in d:
+            want("bon", sp.prompt, sp.outputs[j])
     digests = {name: fingerprint(keys) for name, keys in wanted.items()}
     done = {}
     for name in wanted:

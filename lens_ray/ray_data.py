@@ -19,7 +19,7 @@ from ray.data import ActorPoolStrategy
 from lens_ray.augment import Augmenter
 from lens_ray.config import EmbedConfig, SynthConfig
 from lens_ray.embed import Embedder, resolve_dtype
-from lens_ray.embed_cache import embeddings_to_arrow
+from lens_ray.embed_cache import arrow_to_embeddings, embeddings_to_arrow
 from lens_ray.storage import Manifest, Storage
 from lens_ray.synth_stream import decode_seeded, materialize, seeded_pairs
 from lens_ray.synth import synth_per_side
@@ -243,7 +243,6 @@ class DecodeSeeded:
 
 def _read_shards(batch: dict[str, np.ndarray], uri: str, sha: dict[str, str]) -> dict[str, np.ndarray]:
     """Shard names -> their rows, each shard verified against its manifest checksum."""
-    from lens_ray.embed_cache import arrow_to_embeddings
     store = Storage(uri)
     tables = [store.read_parquet(str(n), sha[str(n)]) for n in batch["name"]]
     if "pos" in tables[0].column_names:

@@ -151,11 +151,13 @@ def _threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def _fit(loop, config: dict, workers: int, cpus: float, run_name: str, storage: Storage, max_failures: int):
+def _fit(loop, config: dict, workers: int, cpus: float, run_name: str, storage: Storage, max_failures: int,
+         datasets: dict | None = None, with_metrics: bool = False):
+    """One TorchTrainer run -> the models of its last checkpoint (and its last metrics, if asked)."""
     if storage.protocol == "file":
         os.makedirs(storage.path(), exist_ok=True)
     trainer = TorchTrainer(
-        loop, train_loop_config=config,
+        loop, train_loop_config=config, datasets=datasets,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus}),
         run_config=RunConfig(name=run_name, storage_path=storage.path(), storage_filesystem=storage.fs,
                              failure_config=FailureConfig(max_failures=max_failures)),
@@ -164,7 +166,8 @@ def _fit(loop, config: dict, workers: int, cpus: float, run_name: str, storage: 
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name} finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
-        return load_models(d)
+        states, meta = load_models(d)
+    return (states, meta, result.metrics) if with_metrics else (states, meta)
 
 
 # ------------------------------------------------------------------ streaming over millions of pairs
@@ -183,8 +186,7 @@ def _stream_loop(config: dict) -> None:
     first_epoch = 0
     if "head" in states:
         head.load_state_dict(states["head"])
-        opt_state = states["optimizer"]
-        opt.load_state_dict(_unflatten_optimizer(opt_state, meta["optimizer"]["layout"]))
+        opt.load_state_dict(_unflatten_optimizer(states["optimizer"], meta["optimizer"]["layout"]))
         first_epoch = meta["head"]["metrics"]["epochs_done"]
     net = _wrap(head)
     shard = ray.train.get_dataset_shard("train")
@@ -233,17 +235,8 @@ def fit_head_streaming(cfg: RewardConfig, train_ds, dim: int, norm_mean: np.ndar
     A checkpoint after every epoch: a lost worker (FailureConfig) or a re-run with the same name resumes."""
     config = {"reward": asdict(cfg), "dim": dim, "norm_mean": norm_mean.tolist(), "norm_std": norm_std.tolist(),
               "epochs": epochs, "seed": seed, "threads": _threads(cfg.num_workers)}
-    if storage.protocol == "file":
-        os.makedirs(storage.path(), exist_ok=True)
-    trainer = TorchTrainer(
-        _stream_loop, train_loop_config=config, datasets={"train": train_ds},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name=run_name, storage_path=storage.path(), storage_filesystem=storage.fs,
-                             failure_config=FailureConfig(max_failures=max_failures)))
-    result = trainer.fit()
-    with result.checkpoint.as_directory() as d:
-        states, meta = load_models(d)
+    states, _, metrics = _fit(_stream_loop, config, cfg.num_workers, cfg.cpus_per_worker, run_name, storage,
+                              max_failures, datasets={"train": train_ds}, with_metrics=True)
     head = RewardHead(dim, cfg.hidden_dim, cfg.depth, cfg.dropout)
     head.load_state_dict(states["head"])
-    return head.eval(), result.metrics
+    return head.eval(), metrics

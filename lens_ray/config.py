@@ -100,6 +100,24 @@ class RewardConfig:
     cpus_per_worker: float = 1.0
 
 
+@dataclass
+class TuneConfig:
+    """The Ray Tune search (`jobs/tune.py`): what it spans, how it measures, what it may spend."""
+    name: str | None = None             # None: <run name>-tune; a re-run with the same name resumes
+    num_samples: int = 24               # trials
+    max_concurrent: int = 2             # trials at once
+    cpus_per_trial: float = 1.0
+    folds: int = 4                      # k-fold over the seed pairs (whole prompts per fold)
+    repeats: int = 2                    # seeds per fold: each trial fits folds * repeats paired heads
+    grace_period: int = 2               # fold units a trial runs before ASHA may stop it
+    reduction_factor: float = 3.0       # ASHA: keep the top 1/reduction_factor at each rung
+    methods: tuple[str, ...] = ("lens", "direct_perturbation", "gaussian_sampling")
+    factors: tuple[int, ...] = (2, 4, 8)
+    open_choices: bool = True           # also span the choices the paper leaves open (VAE shape, residual, ...)
+    searcher_seed: int = 0
+    test_seeds: int = 5                 # seeds for the chosen configuration's test accuracy
+
+
 METHODS = ("original", "mean_diff", "direct_perturbation", "gaussian_sampling", "lens")
 
 
@@ -112,12 +130,14 @@ class LensConfig:
     methods: tuple[str, ...] = METHODS
     factors: tuple[int, ...] = (4, 8)
     seeds: int = 5
-    ray_address: str | None = None      # None: join a running cluster if there is one, else local
+    ray_address: str | None = None      # None: RAY_ADDRESS (set by `ray job submit`), else a local Ray
+    from_tune: str | None = None        # a search's output URI whose chosen settings this run uses
     data: DataConfig = field(default_factory=DataConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     @property
     def out_uri(self) -> str:
@@ -157,6 +177,15 @@ class LensConfig:
             raise ConfigError("synth.select: prior|posterior and synth.encode: mean|sample")
         if self.synth.gs_covariance not in ("full", "diag"):
             raise ConfigError(f"synth.gs_covariance: full|diag, got {self.synth.gs_covariance!r}")
+        t = self.tune
+        bad = [m for m in t.methods if m not in METHODS or m in ("original", "mean_diff")]
+        if bad or not t.methods:
+            raise ConfigError(f"tune.methods: augmenting methods only (lens, direct_perturbation, gaussian_sampling), "
+                              f"got {list(t.methods)}")
+        if t.folds < 2 or t.repeats < 1 or t.num_samples < 1 or t.max_concurrent < 1:
+            raise ConfigError("tune: folds >= 2, repeats >= 1, num_samples >= 1, max_concurrent >= 1")
+        if any(f < 1 for f in t.factors) or not t.factors:
+            raise ConfigError(f"tune.factors: each must be >= 1, got {list(t.factors)}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -208,15 +237,15 @@ def _fill(obj: Any, values: dict[str, Any], where: str) -> None:
             setattr(obj, key, _coerce(known[key].type, value, f"{where}{key}"))
 
 
-def load_config(yaml_path: str | None = None, overrides: dict[str, Any] | None = None) -> LensConfig:
-    """Defaults <- YAML file <- overrides (dotted keys such as ``"vae.beta"``)."""
+def config_from_dict(values: dict[str, Any]) -> LensConfig:
+    """A stored `LensConfig.to_dict()` (e.g. a report's) -> LensConfig; sections it lacks keep defaults."""
     cfg = LensConfig()
-    if yaml_path:
-        with open(yaml_path) as fh:
-            loaded = yaml.safe_load(fh) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{yaml_path}: expected a mapping at the top level")
-        _fill(cfg, loaded, "")
+    _fill(cfg, values, "")
+    return cfg.validate()
+
+
+def apply_overrides(cfg: LensConfig, overrides: dict[str, Any] | None) -> LensConfig:
+    """Dotted overrides (``{"vae.beta": 0.5}``; None values skipped) onto cfg, validated."""
     nested: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
         if value is None:
@@ -228,3 +257,16 @@ def load_config(yaml_path: str | None = None, overrides: dict[str, Any] | None =
         node[last] = value
     _fill(cfg, nested, "")
     return cfg.validate()
+
+
+def load_config(yaml_path: str | None = None, overrides: dict[str, Any] | None = None,
+                base: LensConfig | None = None) -> LensConfig:
+    """base (default: the defaults) <- YAML file <- overrides (dotted keys such as ``"vae.beta"``)."""
+    cfg = base or LensConfig()
+    if yaml_path:
+        with open(yaml_path) as fh:
+            loaded = yaml.safe_load(fh) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{yaml_path}: expected a mapping at the top level")
+        _fill(cfg, loaded, "")
+    return apply_overrides(cfg, overrides)

@@ -192,6 +192,12 @@ def text_key(model_id: str, pooling: str, max_length: int, prompt: list[dict[str
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def settings_key(settings: dict, prompt: list[dict[str, str]], response: str) -> str:
+    """text_key under an embeddings manifest's settings (model, pooling, max_length[, dtype])."""
+    return text_key(settings["model"], settings["pooling"], settings["max_length"], prompt, response,
+                    settings.get("dtype", "float32"))
+
+
 class Embedder:
     """Callable on a batch {"prompt_json", "response", "key"} -> adds "embedding" (B, H) and truncation flags.
 

@@ -21,6 +21,7 @@ from lens_ray.config import RewardConfig, VAEConfig
 from lens_ray.evaluate import preference_accuracy
 from lens_ray.models.reward import RewardHead, bradley_terry_loss
 from lens_ray.models.vae import PreferenceVAE, lens_vae_loss, relative_reconstruction_error
+from lens_ray.synth import combinatorial_pairs, gather_pairs, synth_per_side
 
 Shard = Callable[[np.ndarray], np.ndarray]
 Wrap = Callable[[nn.Module], nn.Module]
@@ -78,6 +79,15 @@ class PairSet:
 
     def __len__(self) -> int:
         return len(self.pos)
+
+
+def augmented_set(pos: torch.Tensor, neg: torch.Tensor, syn_pos: torch.Tensor, syn_neg: torch.Tensor,
+                  factor: int, seed: int, synthetic_weight: float) -> PairSet:
+    """Real pairs (n, d) x2 and their synthetic embeddings (n, k, d) x2 -> the n * factor training pairs
+    (originals included, see synth.combinatorial_pairs), synthetic ones weighted `synthetic_weight`."""
+    pairs = combinatorial_pairs(np.arange(len(pos)), synth_per_side(factor), factor, seed)
+    p, n, is_orig = gather_pairs(pos, neg, syn_pos, syn_neg, pairs)
+    return PairSet(p, n, torch.where(is_orig, torch.tensor(1.0), torch.tensor(synthetic_weight)))
 
 
 @dataclass

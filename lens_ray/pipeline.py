@@ -20,13 +20,14 @@ from lens_ray.artifacts import read_pair_embeddings, save_model, write_pair_embe
 from lens_ray.augment import AUGMENTING, Augmenter
 from lens_ray.config import LensConfig
 from lens_ray.data import Datasets, Pair, load_datasets, split_by_group
-from lens_ray.embed import resolve_dtype, resolve_model, text_key
+from lens_ray.embed import resolve_dtype, resolve_model, settings_key
 from lens_ray.embed_cache import EmbeddingCache
 from lens_ray.evaluate import best_of_n_gold, bon_oracle, bon_random, draw_bon, preference_accuracy
 from lens_ray.fit import score
 from lens_ray.models.reward import LinearScorer, build_head, mean_diff_direction
 from lens_ray.models.vae import PreferenceVAE
 from lens_ray.storage import Manifest, Storage
+from lens_ray.tune_results import read_trials
 
 Log = Callable[[str], None]
 
@@ -68,6 +69,17 @@ def fingerprint(*parts) -> str:
 
 # ------------------------------------------------------------------ embedding
 
+def bon_draws(cfg: LensConfig, ds: Datasets) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """The N responses drawn per BoN prompt (fixed by split_seed) and their gold scores (Q, N)."""
+    draws = draw_bon([len(sp.outputs) for sp in ds.bon_prompts], cfg.data.bon_n, seed=cfg.data.split_seed)
+    return draws, (np.stack([sp.gold[d] for sp, d in zip(ds.bon_prompts, draws)]) if ds.bon_prompts else None)
+
+
+def pair_digest(settings: dict, pairs: list[Pair]) -> str:
+    """Digest of a pair table's content keys (chosen, rejected per row): what its stored embeddings must match."""
+    return fingerprint([settings_key(settings, p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)])
+
+
 @dataclass
 class Embedded:
     seed_pos: np.ndarray   # (n_seed, d)
@@ -89,15 +101,14 @@ def embed_stage(cfg: LensConfig, ds: Datasets, out: Storage, log: Log) -> Embedd
     if dtype != "float32":       # fp32 runs keep the settings (and cache) they always had
         settings["dtype"] = dtype
     run_manifest = Manifest.open(out.child("embeddings"), settings)   # refuses other settings, clearly
-    draws = draw_bon([len(sp.outputs) for sp in ds.bon_prompts], cfg.data.bon_n, seed=cfg.data.split_seed)
-    bon_gold = np.stack([sp.gold[d] for sp, d in zip(ds.bon_prompts, draws)]) if ds.bon_prompts else None
+    draws, bon_gold = bon_draws(cfg, ds)
     tables = {
         "seed": [(p.prompt, p.chosen, p.rejected) for p in ds.seed_pairs],
         "eval": [(p.prompt, p.chosen, p.rejected) for p in ds.eval_pairs],
     }
 
     def key_of(prompt, response):
-        return text_key(model_id, e.pooling, e.max_length, prompt, response, dtype)
+        return settings_key(settings, prompt, response)
 
     # every table's rows as content keys: a stored table is reused only when its keys match exactly
     wanted: dict[str, list[str]] = {name: [] for name in tables}
@@ -269,7 +280,8 @@ def run(cfg: LensConfig, log: Log = print) -> dict:
         name = max(lens_jobs, key=lambda j: int(j.split("-f")[1].split("-")[0]))
         sp, sn = synthesized[next(k for k, v in aug_names.items() if v == name)]
         proj = report_html.projection(data[0][0], data[0][1], sp, sn)
-    out.write_bytes("report.html", report_html.render(report, proj).encode())
+    trials = read_trials(Storage(cfg.from_tune)) if cfg.from_tune else None
+    out.write_bytes("report.html", report_html.render(report, proj, trials).encode())
     log(reporting.table(report))
     log(f"artifacts: {out.uri}  (report.html, report.json, report.md, heads/, vae/, embeddings/, synthetic/)")
     return report

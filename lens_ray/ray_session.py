@@ -7,7 +7,8 @@ import os
 import ray
 
 
-def connect(address: str | None = None, log=print) -> None:
+def connect(address: str | None = None, log=print, dashboard: bool = False) -> None:
+    """dashboard: a local Ray also serves the dashboard on 127.0.0.1:8265 (to watch Tune trials live)."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -18,5 +19,6 @@ def connect(address: str | None = None, log=print) -> None:
         ray.init(address=address, log_to_driver=True)
         log(f"joined Ray cluster at {address}")
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
-        log(f"started a local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")
+        ctx = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True)
+        log(f"started a local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+            + (f"; dashboard: http://{ctx.dashboard_url}" if dashboard and ctx.dashboard_url else ""))

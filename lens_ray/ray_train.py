@@ -22,11 +22,10 @@ from safetensors.torch import load_file, save_file
 
 from lens_ray.config import RewardConfig, VAEConfig
 from lens_ray.artifacts import read_synthetic
-from lens_ray.fit import PairSet, fit_head, fit_vae
+from lens_ray.fit import PairSet, augmented_set, fit_head, fit_vae
 from lens_ray.models.reward import RewardHead, bradley_terry_loss
 from lens_ray.models.vae import relative_reconstruction_error
 from lens_ray.storage import Storage
-from lens_ray.synth import combinatorial_pairs, gather_pairs, synth_per_side
 
 STATE, META = "models.safetensors", "models.json"
 
@@ -124,11 +123,7 @@ def _head_loop(config: dict) -> None:
         train = PairSet(pos, neg)
         if job.synthetic:
             syn_pos, syn_neg = (torch.from_numpy(a) for a in read_synthetic(store, job.synthetic))
-            ids = np.arange(len(pos))
-            pairs = combinatorial_pairs(ids, synth_per_side(job.factor), job.factor, job.seed)
-            p, n, is_orig = gather_pairs(pos, neg, syn_pos, syn_neg, pairs)
-            w = torch.where(is_orig, torch.tensor(1.0), torch.tensor(cfg.synthetic_weight))
-            train = PairSet(p, n, w)
+            train = augmented_set(pos, neg, syn_pos, syn_neg, job.factor, job.seed, cfg.synthetic_weight)
         fit = fit_head(cfg, train, PairSet(val_pos, val_neg), job.seed, pos, neg, shard=_shard(), wrap=_wrap)
         states[job.name] = fit.head.state_dict()
         meta[job.name] = {"config": fit.head.config(), "job": asdict(job),

@@ -184,6 +184,9 @@ class Manifest:
 
     def commit(self, name: str, info: dict[str, Any]) -> None:
         self.files[name] = info
+        self.save()
+
+    def save(self) -> None:
         self.store.write_json(self.NAME, {"meta": self.meta, "files": self.files})
 
     def read_parquet(self, name: str) -> pa.Table | None:

@@ -109,3 +109,18 @@ def tiny_llama(tmp_path_factory) -> str:
                       pad_token_id=tok.pad_token_id, architectures=["LlamaForCausalLM"])
     LlamaForCausalLM(cfg).save_pretrained(folder)
     return str(folder)
+
+
+FAST = ["--set", "vae.epochs=5", "--set", "reward.max_steps=30", "--set", "reward.eval_every=10",
+        "--set", "embed.max_length=64", "--set", "embed.batch_size=16", "--set", "embed.dtype=float32"]
+
+
+@pytest.fixture(scope="session")
+def local_run(ray_cluster, tiny_llama, hh_path, tmp_path_factory):
+    """One finished run of the whole job (tiny model, real HH data, local storage): (argv, report, Storage)."""
+    from lens_ray.cli import run_main
+    from lens_ray.storage import Storage
+    storage = tmp_path_factory.mktemp("runs")
+    argv = ["--data", str(hh_path), "--model", tiny_llama, "--seed-pairs", "60", "--eval-pairs", "40",
+            "--seeds", "2", "--factors", "2,4", "--storage", str(storage), "--name", "t"] + FAST
+    return argv, run_main(argv), Storage(str(storage / "t"))

@@ -10,17 +10,7 @@ from lens_ray.embed import resolve_model
 from lens_ray.score import RewardModel
 from lens_ray.storage import Manifest, Storage, StorageError
 
-FAST = ["--set", "vae.epochs=5", "--set", "reward.max_steps=30", "--set", "reward.eval_every=10",
-        "--set", "embed.max_length=64", "--set", "embed.batch_size=16", "--set", "embed.dtype=float32"]
-
-
-@pytest.fixture(scope="module")
-def local_run(ray_cluster, tiny_llama, hh_path, tmp_path_factory):
-    storage = tmp_path_factory.mktemp("runs")
-    argv = ["--data", str(hh_path), "--model", tiny_llama, "--seed-pairs", "60", "--eval-pairs", "40",
-            "--seeds", "2", "--factors", "2,4", "--storage", str(storage), "--name", "t"] + FAST
-    return argv, run_main(argv), Storage(str(storage / "t"))
-
+from conftest import FAST
 
 def test_report_schema_and_contents(local_run):
     _, report, out = local_run

@@ -1,0 +1,246 @@
+"""The Ray Tune search of the synthesis hyperparameters and the method's open choices.
+
+Composes the pure parts (tune_space: the space; tune_objective: the k-fold paired objective;
+run_inputs: a finished run's embeddings, never re-embedded) and adds only scheduling (ASHA stops
+trials whose first folds are poor), the searcher, storage and resume.
+
+Searcher: Optuna TPE rather than HyperOpt. Its define-by-run space draws a method's own knobs only
+for that method; it is maintained; and its journal storage (JSON lines) makes the searcher's state
+resumable without pickles.
+
+<out> (a path, file:// or s3://) holds:
+  manifest.json         the search's settings; a re-run with other settings is refused
+  optuna.journal        the searcher's state, copied after every finished trial
+  trials/<id>.json      every finished trial (tune_results.py)
+  ray_tune/<name>-<n>/  Tune's experiment folders (attempt n): per-trial TensorBoard events,
+                        result.json, progress.csv and checkpoints (the unit rows done so far)
+  best.json, report.json, report.html
+Re-running with the same name resumes: finished trials are kept (the searcher knows them from
+its journal), trials cut off by the kill start over, and the search runs the trials still missing.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import tempfile
+import time
+from typing import Callable
+
+import numpy as np
+import ray
+import torch
+from ray import tune
+from ray.tune import Checkpoint, FailureConfig, RunConfig, TuneConfig, Tuner
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from lens_ray import report_html
+from lens_ray.config import LensConfig, config_from_dict
+from lens_ray.run_inputs import RunInputs
+from lens_ray.storage import Manifest, Storage
+from lens_ray.tune_objective import kfold_by_group, paired_unit, summarize_units, score_choice, units
+from lens_ray.tune_results import BEST, TRIALS, read_trials
+from lens_ray.tune_space import apply_point, default_point, suggest, tuned_overrides
+
+Log = Callable[[str], None]
+RESOURCE_KEYS = ("num_samples", "max_concurrent", "cpus_per_trial", "test_seeds")
+UNIT_FIELDS = ("repeat", "fold", "accuracy", "accuracy_original", "delta")
+
+
+def _trial(point: dict, base: dict, sources: list, threads: int) -> None:
+    """One trial: its (repeat, fold) units in turn, a report and a checkpoint after each (ASHA's rungs)."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)   # one "checkpoint created" line per unit is noise
+    torch.set_num_threads(threads)
+    cfg, method, factor, src = apply_point(config_from_dict(base), point)
+    pos, neg, groups = sources[src]
+    t = cfg.tune
+    folds = kfold_by_group(groups, t.folds, seed=cfg.data.split_seed)
+    rows: list[dict] = []
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:                      # a restarted trial (FailureConfig) goes on from its last unit
+        with ckpt.as_directory() as d, open(os.path.join(d, "units.json")) as fh:
+            rows = json.load(fh)
+    for repeat, fold in units(t.folds, t.repeats)[len(rows):]:
+        rows.append(paired_unit(cfg, method, factor, pos, neg, groups, folds, repeat, fold))
+        metrics = summarize_units(rows)
+        if metrics["objective_se"] != metrics["objective_se"]:      # nan after one unit: no spread yet
+            metrics["objective_se"] = None
+        metrics.update({f"unit_{k}": v for k, v in rows[-1].items()})
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "units.json"), "w") as fh:
+                json.dump(rows, fh)
+            tune.report(metrics, checkpoint=Checkpoint.from_directory(d))
+
+
+class _Record(tune.Callback):
+    """Driver side: every finished trial to <out>/trials/<id>.json, and the searcher's journal to <out>."""
+
+    def __init__(self, out: Storage, journal: str, total_units: int, log: Log):
+        self.out, self.journal, self.total, self.log = out, journal, total_units, log
+        self.units: dict[str, list[dict]] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.units.setdefault(trial.trial_id, []).append({k: result.get(f"unit_{k}") for k in UNIT_FIELDS})
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._write(trial, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._write(trial, "error")
+
+    def _write(self, trial, status: str | None) -> None:
+        res = trial.last_result or {}
+        rows = self.units.get(trial.trial_id, [])
+        status = status or ("finished" if len(rows) >= self.total else "stopped_early")
+        doc = {"trial_id": trial.trial_id, "point": trial.config, "status": status, "units": rows,
+               **{k: res.get(k) for k in ("objective", "objective_se", "accuracy", "accuracy_original")},
+               "seconds": res.get("time_total_s")}
+        self.out.write_json(f"{TRIALS}/{trial.trial_id}.json", doc)
+        with open(self.journal, "rb") as fh:
+            self.out.write_bytes("optuna.journal", fh.read())
+        se = f" ± {doc['objective_se']:.4f}" if doc["objective_se"] is not None else ""
+        obj = f"{doc['objective']:+.4f}{se}" if doc["objective"] is not None else "n/a"
+        self.log(f"  trial {trial.trial_id} {status}: {_describe(trial.config)}  objective {obj} "
+                 f"({len(rows)}/{self.total} units)")
+
+
+def _describe(point: dict) -> str:
+    knobs = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in point.items() if k not in ("method", "factor"))
+    return f"{point['method']} x{point['factor']} [{knobs}]"
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+@ray.remote
+def _test(base: dict, point: dict, method: str, inputs: RunInputs, threads: int) -> list[dict]:
+    torch.set_num_threads(threads)
+    cfg, _, factor, _ = apply_point(config_from_dict(base), point)
+    return score_choice(cfg, method, factor if method != "original" else 1, inputs.seed_pairs, inputs.seed_pos,
+                       inputs.seed_neg, inputs.eval_pos, inputs.eval_neg, inputs.bon, inputs.bon_gold,
+                       cfg.tune.test_seeds)
+
+
+def search(cfg: LensConfig, sources: list[RunInputs], out_uri: str, log: Log = print) -> dict:
+    """Run (or resume) the search; choose; measure the choice on test data; write the report."""
+    t = cfg.tune
+    name = t.name or f"{cfg.name}-tune"
+    out = Storage(out_uri)
+    first = sources[0]
+    for s in sources[1:]:
+        if s.groups != first.groups:
+            raise ValueError(f"{s.uri}: its seed pairs differ from {first.uri}'s; runs searched together must share data")
+    # what defines the search; budget and resources (num_samples, concurrency, CPUs) may change on a re-run
+    as_dict = cfg.to_dict()
+    Manifest.open(out, {"name": name, "sources": [s.uri for s in sources],
+                        "tune": {k: v for k, v in as_dict["tune"].items() if k not in RESOURCE_KEYS},
+                        "base": {k: as_dict[k] for k in ("data", "embed", "vae", "synth", "reward", "factors")}}).save()
+    total = t.folds * t.repeats
+    done = read_trials(out)
+    todo = t.num_samples - len(done)
+    log(f"lens-ray search '{name}' -> {out.uri}: {t.num_samples} trials ({len(done)} done before), "
+        f"{t.folds}-fold x {t.repeats} repeats paired against original, ASHA + Optuna TPE, "
+        f"{t.max_concurrent} at once, {t.cpus_per_trial} CPU each")
+    base = cfg.to_dict()
+    default = default_point(cfg, len(sources))
+    t0 = time.time()
+    if todo > 0:
+        with tempfile.TemporaryDirectory() as tmp:
+            journal = os.path.join(tmp, "optuna.journal")
+            if out.exists("optuna.journal"):
+                with open(journal, "wb") as fh:
+                    fh.write(out.read_bytes("optuna.journal"))
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+            searcher = OptunaSearch(
+                space=functools.partial(suggest, tcfg=t, sources=len(sources), base=cfg), metric="objective", mode="max",
+                points_to_evaluate=None if any(d["point"] == default for d in done) else [default],
+                storage=JournalStorage(JournalFileBackend(journal)), study_name=name,
+                seed=t.searcher_seed + len(done))
+            scheduler = ASHAScheduler(time_attr="training_iteration", metric="objective", mode="max", max_t=total,
+                                      grace_period=min(t.grace_period, total), reduction_factor=t.reduction_factor)
+            threads = max(1, int(t.cpus_per_trial))
+            data = [(s.seed_pos, s.seed_neg, s.groups) for s in sources]
+            trainable = tune.with_resources(tune.with_parameters(_trial, base=base, sources=data, threads=threads),
+                                            {"cpu": t.cpus_per_trial})
+            store = out.child("ray_tune")
+            if store.protocol == "file":
+                os.makedirs(store.path(), exist_ok=True)
+            attempt = len(store.listdir())
+            tuner = Tuner(trainable, tune_config=TuneConfig(
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=t.max_concurrent), scheduler=scheduler,
+                num_samples=todo),
+                run_config=RunConfig(name=f"{name}-{attempt}", storage_path=store.path(), storage_filesystem=store.fs,
+                                     failure_config=FailureConfig(max_failures=1), verbose=0,
+                                     callbacks=[_Record(out, journal, total, log)]))
+            tuner.fit()
+    trials = read_trials(out)
+    seconds = time.time() - t0
+    report = choose_and_test(cfg, sources, trials, default, log)
+    report.update({"name": name, "sources": [s.uri for s in sources], "search_seconds_this_attempt": round(seconds, 1),
+                   "trial_seconds_total": round(sum(tr.get("seconds") or 0 for tr in trials), 1),
+                   "settings": base["tune"], "trials": trials})
+    out.write_json("report.json", report)
+    out.write_json(BEST, {k: report[k] for k in ("point", "overrides", "objective", "objective_se", "beats_original",
+                                                 "holds_on_test", "verdict", "test", "trial_id")} | {"search": out.uri})
+    out.write_bytes("report.html", report_html.render_search(report).encode())
+    log(report["verdict"])
+    log(f"artifacts: {out.uri}  (report.html, report.json, best.json, trials/, ray_tune/ with TensorBoard logs)")
+    return report
+
+
+def choose_and_test(cfg: LensConfig, sources: list[RunInputs], trials: list[dict], default: dict, log: Log) -> dict:
+    """The best finished trial by k-fold objective; then test accuracy, paired by seed, of original, the
+    run's default LENS point and the chosen point (the only time the search looks at test data)."""
+    t = cfg.tune
+    full = [tr for tr in trials if tr["status"] == "finished" and tr["objective"] is not None]
+    if not full:
+        raise RuntimeError("no trial finished all its folds; raise tune.num_samples or tune.grace_period")
+    best = max(full, key=lambda tr: tr["objective"])
+    obj, se = best["objective"], best["objective_se"] or 0.0
+    beats = obj - 2 * se > 0
+    verdict = (f"Best of {len(full)} finished trials: {_describe(best['point'])}, k-fold objective {obj:+.4f} ± {se:.4f} "
+               "(accuracy gain over original on the same folds). ")
+    verdict += ("It beats the original pairs beyond twice the objective's standard error." if beats else
+                "NOTHING beat the original pairs beyond the objective's noise (gain < 2 standard errors): on this data "
+                "latent synthesis did not pay off; the best trial is also a winner's-curse pick, see the test rows.")
+    base = cfg.to_dict()
+    src = sources[int(best["point"].get("source", 0))]
+    threads = max(1, int(t.cpus_per_trial))
+    jobs = {"original": (default, "original"), "default": (default, "lens"), "tuned": (best["point"], best["point"]["method"])}
+    if apply_point(cfg, best["point"])[0].reward != apply_point(cfg, default)[0].reward:
+        jobs["original_tuned_head"] = (best["point"], "original")   # the tuned head budget, without synthesis
+    log(f"testing original, default and tuned on the held-out test data ({t.test_seeds} seeds) ...")
+    refs = {k: _test.options(num_cpus=t.cpus_per_trial).remote(base, p, m, src if k in ("tuned", "original_tuned_head")
+                                                                 else sources[0], threads)
+            for k, (p, m) in jobs.items()}
+    rows = {k: ray.get(r) for k, r in refs.items()}
+    test = {k: _summary(v) for k, v in rows.items()}
+    for k, ref in (("default", "original"), ("tuned", "original_tuned_head" if "original_tuned_head" in rows else "original")):
+        for metric in ("accuracy", "bon_gold"):
+            if rows[k][0][metric] is not None:
+                d = np.array([a[metric] - b[metric] for a, b in zip(rows[k], rows[ref])])
+                test[k][f"{metric}_vs_original"] = {"mean": float(d.mean()), "std": float(d.std(ddof=1)) if len(d) > 1 else 0.0}
+    verdict += " Test accuracy (mean over seeds): " + ", ".join(
+        f"{k} {v['accuracy']['mean']:.3f}" + (f" ({v['accuracy_vs_original']['mean']:+.3f} vs original)"
+                                               if "accuracy_vs_original" in v else "") for k, v in test.items()) + ". "
+    gain = test["tuned"]["accuracy_vs_original"]
+    held = gain["mean"] > 2 * gain["std"] / np.sqrt(t.test_seeds)
+    verdict += ("The tuned gain holds on test data." if held else
+                "On test data the tuned configuration does not beat original beyond seed noise.")
+    return {"point": best["point"], "trial_id": best["trial_id"], "objective": obj, "objective_se": se,
+            "beats_original": beats, "holds_on_test": bool(held), "verdict": verdict, "default_point": default,
+            "overrides": tuned_overrides(best["point"], src.config.to_dict()["embed"]),
+            "test": test, "test_rows": rows}
+
+
+def _summary(rows: list[dict]) -> dict:
+    out = {}
+    for metric in ("accuracy", "bon_gold"):
+        vals = [r[metric] for r in rows if r[metric] is not None]
+        if vals:
+            out[metric] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
+    return out

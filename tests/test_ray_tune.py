@@ -1,0 +1,104 @@
+"""The Ray Tune search on the session's local Ray, from a finished run, results on S3 (moto); resume; --from-tune."""
+import base64
+import re
+
+import numpy as np
+import pytest
+
+from lens_ray.cli import run_main, tune_main
+from lens_ray.storage import Storage, StorageError
+from lens_ray.tune_results import read_trials
+
+SEARCH = ["--num-samples", "3", "--folds", "2", "--repeats", "1", "--name", "tt",
+          "--set", "tune.test_seeds=2", "--set", "tune.grace_period=1", "--set", "tune.max_concurrent=2",
+          "--set", "tune.cpus_per_trial=0.5"]
+
+
+def _keys(s3, prefix):
+    import boto3
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=s3["bucket"], Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+@pytest.fixture(scope="module")
+def search(local_run, s3_server):
+    _, _, run = local_run
+    out = f"s3://{s3_server['bucket']}/tune/tt"
+    report = tune_main(["--from-run", run.uri, "--out", out] + SEARCH)
+    return run, out, report
+
+
+def test_search_measures_trials_on_folds_and_chooses(search):
+    run, out, report = search
+    trials = read_trials(Storage(out))
+    assert len(trials) == 3 and report["trials"] == trials
+    assert trials[0]["point"] == report["default_point"] or report["default_point"] in [t["point"] for t in trials]
+    for t in trials:
+        assert t["status"] in ("finished", "stopped_early")
+        assert len(t["units"]) == (2 if t["status"] == "finished" else 1)
+        assert t["objective"] == pytest.approx(np.mean([u["delta"] for u in t["units"]]))
+        for u in t["units"]:
+            assert u["delta"] == pytest.approx(u["accuracy"] - u["accuracy_original"])
+    finished = [t for t in trials if t["status"] == "finished"]
+    best = max(finished, key=lambda t: t["objective"])
+    assert report["point"] == best["point"] and report["objective"] == best["objective"]
+    assert set(report["test"]) >= {"original", "default", "tuned"}
+    assert len(report["test_rows"]["tuned"]) == 2                      # test_seeds
+    assert ("beyond" in report["verdict"]) and ("NOTHING" in report["verdict"]) == (not report["beats_original"])
+    assert Storage(out).read_json("best.json")["point"] == report["point"]
+
+
+def test_search_writes_tensorboard_logs_and_checkpoints_to_s3(search, s3_server):
+    _, _, report = search
+    keys = _keys(s3_server, "tune/tt/")
+    for t in report["trials"]:
+        trial_files = [k for k in keys if f"_{t['trial_id']}_" in k]
+        assert any("events.out.tfevents" in k for k in trial_files), t["trial_id"]
+        assert any("/checkpoint_" in k and k.endswith("units.json") for k in trial_files)
+    assert {"tune/tt/optuna.journal", "tune/tt/best.json", "tune/tt/report.html", "tune/tt/manifest.json"} <= set(keys)
+
+
+def test_search_report_shows_the_landscape_and_the_verdict(search):
+    _, out, report = search
+    page = Storage(out).read_bytes("report.html").decode()
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    assert len(images) == 1 and base64.b64decode(images[0])[:4] == b"\x89PNG"
+    assert "Tuning landscape" in page and f"{report['objective']:+.4f}" in page
+    assert f"{report['test']['tuned']['accuracy']['mean']:.4f}" in page
+
+
+def test_rerun_with_the_same_name_resumes_and_refuses_other_settings(search):
+    run, out, report = search
+    before = {t["trial_id"]: t for t in report["trials"]}
+    again = tune_main(["--from-run", run.uri, "--out", out] + SEARCH[2:] + ["--num-samples", "4"])
+    after = {t["trial_id"]: t for t in again["trials"]}
+    assert len(after) == 4 and all(after[k] == v for k, v in before.items())   # finished trials kept as they were
+    import tempfile
+
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    with tempfile.NamedTemporaryFile(suffix=".journal") as fh:
+        fh.write(Storage(out).read_bytes("optuna.journal"))
+        fh.flush()
+        study = optuna.load_study(study_name="tt", storage=JournalStorage(JournalFileBackend(fh.name)))
+        assert len(study.trials) == 4                                      # the searcher knew the first three
+    assert Storage(out).listdir("ray_tune") == ["tt-0", "tt-1"]
+    with pytest.raises(StorageError, match="other settings"):
+        tune_main(["--from-run", run.uri, "--out", out] + SEARCH + ["--folds", "3"])
+
+
+def test_full_run_from_tune_uses_the_chosen_settings(search, local_run):
+    argv, _, _ = local_run
+    _, out, report = search
+    tuned = run_main(argv + ["--from-tune", out, "--name", "t-tuned", "--seeds", "1"])
+    cfg = tuned["config"]
+    assert cfg["from_tune"] == out
+    for key, value in report["overrides"].items():
+        section, field = key.split(".")
+        want = tuple(int(h) for h in value.split(",")) if field == "hidden_dims" else value
+        got = tuple(cfg[section][field]) if field == "hidden_dims" else cfg[section][field]
+        assert got == want, key
+    assert report["point"]["factor"] in cfg["factors"]
+    assert tuned["embedding"]["embedded"] == 0                 # the cache held every text: nothing re-embedded
+    page = Storage(argv[argv.index("--storage") + 1]).child("t-tuned").read_bytes("report.html").decode()
+    assert "Tuning landscape" in page and len(re.findall(r"data:image/png;base64", page)) == 3

@@ -1,0 +1,98 @@
+"""The search's objective on tensors: folds by prompt, pairing against original, the objective's noise."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lens_ray.config import LensConfig
+from lens_ray.data import Pair
+from lens_ray.tune_objective import (inner_split, kfold_by_group, paired_unit, summarize_units, score_choice,
+                                     units)
+
+
+def _groups(n_prompts: int, rng: np.random.Generator) -> list[str]:
+    return [f"p{i}" for i in range(n_prompts) for _ in range(int(rng.integers(1, 4)))]
+
+
+def test_kfold_keeps_prompts_whole_and_balances_folds():
+    groups = _groups(120, np.random.default_rng(0))
+    folds = kfold_by_group(groups, 4, seed=3)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(len(groups)))      # a partition
+    owner = {}
+    for f, idx in enumerate(folds):
+        for i in idx:
+            assert owner.setdefault(groups[i], f) == f                               # a prompt in one fold
+    sizes = [len(f) for f in folds]
+    assert max(sizes) - min(sizes) <= 3                                              # at most one group apart
+    assert [f.tolist() for f in kfold_by_group(groups, 4, seed=3)] == [f.tolist() for f in folds]
+    assert [f.tolist() for f in kfold_by_group(groups, 4, seed=4)] != [f.tolist() for f in folds]
+    with pytest.raises(ValueError, match="3 distinct prompts cannot make 4 folds"):
+        kfold_by_group(["a", "b", "c"], 4, seed=0)
+
+
+def test_inner_split_is_by_prompt_and_disjoint():
+    groups = _groups(80, np.random.default_rng(1))
+    idx = np.arange(0, len(groups), 2)
+    tr, va = inner_split(groups, idx, 0.2, seed=0)
+    assert set(tr) | set(va) == set(idx) and not set(tr) & set(va)
+    assert not {groups[i] for i in tr} & {groups[i] for i in va}
+    assert abs(len(va) - 0.2 * len(idx)) <= 3
+
+
+def test_units_are_repeat_major():
+    assert units(3, 2) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+
+
+def test_summary_is_mean_and_standard_error_of_paired_deltas():
+    rows = [{"accuracy": a, "accuracy_original": o, "delta": a - o} for a, o in ((0.7, 0.6), (0.6, 0.6), (0.65, 0.7))]
+    s = summarize_units(rows)
+    d = np.array([0.1, 0.0, -0.05])
+    assert s["objective"] == pytest.approx(d.mean())
+    assert s["objective_se"] == pytest.approx(d.std(ddof=1) / math.sqrt(3))
+    assert s["units"] == 3 and s["accuracy_original"] == pytest.approx(19 / 30)
+    assert math.isnan(summarize_units(rows[:1])["objective_se"])
+
+
+def _separable(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """chosen = rejected + a fixed direction: learnable preference data, (n, d) x2."""
+    g = torch.Generator().manual_seed(seed)
+    neg = torch.randn(n, d, generator=g)
+    w = torch.randn(d, generator=g)
+    return (neg + 0.5 * w / w.norm() + 0.3 * torch.randn(n, d, generator=g)).numpy(), neg.numpy()
+
+
+def _small_cfg() -> LensConfig:
+    cfg = LensConfig()
+    cfg.reward.max_steps, cfg.reward.eval_every, cfg.reward.hidden_dim = 60, 20, 32
+    cfg.vae.epochs, cfg.vae.latent_dim = 5, 4
+    return cfg
+
+
+def test_original_against_itself_pairs_to_exactly_zero():
+    """The pairing is real: the same method on the same fold and seed gives the same head."""
+    pos, neg = _separable(90, 12, 0)
+    groups = [f"p{i // 2}" for i in range(90)]
+    folds = kfold_by_group(groups, 3, seed=0)
+    row = paired_unit(_small_cfg(), "original", 1, pos, neg, groups, folds, repeat=0, fold=1)
+    assert row["delta"] == 0.0 and row["accuracy"] == row["accuracy_original"] > 0.6
+
+
+@pytest.mark.parametrize("method", ["lens", "direct_perturbation", "gaussian_sampling"])
+def test_augmenting_methods_give_a_paired_delta(method):
+    pos, neg = _separable(90, 12, 1)
+    groups = [f"p{i}" for i in range(90)]
+    folds = kfold_by_group(groups, 3, seed=0)
+    row = paired_unit(_small_cfg(), method, 4, pos, neg, groups, folds, repeat=1, fold=2)
+    assert row["delta"] == pytest.approx(row["accuracy"] - row["accuracy_original"])
+    assert 0.0 <= row["accuracy"] <= 1.0 and (row["repeat"], row["fold"]) == (1, 2)
+
+
+def test_test_choice_scores_each_seed_on_the_test_data():
+    pos, neg = _separable(120, 12, 2)
+    pairs = [Pair(i, [{"role": "user", "content": f"q{i}"}], "a", "b", i) for i in range(80)]
+    bon = np.random.default_rng(0).standard_normal((5, 4, 12)).astype(np.float32)
+    gold = np.random.default_rng(1).random((5, 4))
+    rows = score_choice(_small_cfg(), "lens", 2, pairs, pos[:80], neg[:80], pos[80:], neg[80:], bon, gold, seeds=2)
+    assert [r["seed"] for r in rows] == [0, 1]
+    assert all(r["accuracy"] > 0.6 and gold.max(1).mean() >= r["bon_gold"] >= gold.min(1).mean() for r in rows)

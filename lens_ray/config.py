@@ -109,8 +109,8 @@ class TuneConfig:
     cpus_per_trial: float = 1.0
     folds: int = 4                      # k-fold over the seed pairs (whole prompts per fold)
     repeats: int = 2                    # seeds per fold: each trial fits folds * repeats paired heads
-    grace_period: int = 2               # fold units a trial runs before ASHA may stop it
-    reduction_factor: float = 3.0       # ASHA: keep the top 1/reduction_factor at each rung
+    grace_period: int | None = None     # units a trial runs before ASHA may stop it; None: one pass over the folds
+    reduction_factor: float = 2.0       # ASHA: keep the top 1/reduction_factor at each rung
     methods: tuple[str, ...] = ("lens", "direct_perturbation", "gaussian_sampling")
     factors: tuple[int, ...] = (2, 4, 8)
     open_choices: bool = True           # also span the choices the paper leaves open (VAE shape, residual, ...)

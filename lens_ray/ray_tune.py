@@ -26,6 +26,7 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import asdict
 from typing import Callable
 
 import numpy as np
@@ -161,7 +162,7 @@ def search(cfg: LensConfig, sources: list[RunInputs], out_uri: str, log: Log = p
                 storage=JournalStorage(JournalFileBackend(journal)), study_name=name,
                 seed=t.searcher_seed + len(done))
             scheduler = ASHAScheduler(time_attr="training_iteration", metric="objective", mode="max", max_t=total,
-                                      grace_period=min(t.grace_period, total), reduction_factor=t.reduction_factor)
+                                      grace_period=min(t.grace_period or t.folds, total), reduction_factor=t.reduction_factor)
             threads = max(1, int(t.cpus_per_trial))
             data = [(s.seed_pos, s.seed_neg, s.groups) for s in sources]
             trainable = tune.with_resources(tune.with_parameters(_trial, base=base, sources=data, threads=threads),
@@ -211,7 +212,9 @@ def choose_and_test(cfg: LensConfig, sources: list[RunInputs], trials: list[dict
     src = sources[int(best["point"].get("source", 0))]
     threads = max(1, int(t.cpus_per_trial))
     jobs = {"original": (default, "original"), "default": (default, "lens"), "tuned": (best["point"], best["point"]["method"])}
-    if apply_point(cfg, best["point"])[0].reward != apply_point(cfg, default)[0].reward:
+    head = lambda point: {k: v for k, v in asdict(apply_point(cfg, point)[0].reward).items()  # noqa: E731
+                          if k != "synthetic_weight"}                      # original has no synthetic pairs
+    if head(best["point"]) != head(default):
         jobs["original_tuned_head"] = (best["point"], "original")   # the tuned head budget, without synthesis
     log(f"testing original, default and tuned on the held-out test data ({t.test_seeds} seeds) ...")
     refs = {k: _test.options(num_cpus=t.cpus_per_trial).remote(base, p, m, src if k in ("tuned", "original_tuned_head")

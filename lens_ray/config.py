@@ -182,8 +182,10 @@ class LensConfig:
         if bad or not t.methods:
             raise ConfigError(f"tune.methods: augmenting methods only (lens, direct_perturbation, gaussian_sampling), "
                               f"got {list(t.methods)}")
-        if t.folds < 2 or t.repeats < 1 or t.num_samples < 1 or t.max_concurrent < 1:
-            raise ConfigError("tune: folds >= 2, repeats >= 1, num_samples >= 1, max_concurrent >= 1")
+        if t.folds < 2 or t.repeats < 1 or t.num_samples < 1 or t.max_concurrent < 1 or t.test_seeds < 1:
+            raise ConfigError("tune: folds >= 2, repeats >= 1, num_samples >= 1, max_concurrent >= 1, test_seeds >= 1")
+        if (t.grace_period is not None and t.grace_period < 1) or t.reduction_factor <= 1 or t.cpus_per_trial <= 0:
+            raise ConfigError("tune: grace_period >= 1 (or unset), reduction_factor > 1, cpus_per_trial > 0")
         if any(f < 1 for f in t.factors) or not t.factors:
             raise ConfigError(f"tune.factors: each must be >= 1, got {list(t.factors)}")
         return self

@@ -180,8 +180,10 @@ def search(cfg: LensConfig, sources: list[RunInputs], out_uri: str, log: Log = p
             tuner.fit()
     trials = read_trials(out)
     seconds = time.time() - t0
+    before = out.read_json("report.json").get("search_seconds_total", 0.0) if out.exists("report.json") else 0.0
     report = choose_and_test(cfg, sources, trials, default, log)
     report.update({"name": name, "sources": [s.uri for s in sources], "search_seconds_this_attempt": round(seconds, 1),
+                   "search_seconds_total": round(before + seconds, 1),
                    "trial_seconds_total": round(sum(tr.get("seconds") or 0 for tr in trials), 1),
                    "settings": base["tune"], "trials": trials})
     out.write_json("report.json", report)

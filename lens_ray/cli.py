@@ -116,7 +116,7 @@ def tune_main(argv: list[str] | None = None, prog: str = "lens-ray tune") -> dic
     out = args.out or join_uri(sources[0].uri.rsplit("/", 1)[0], name)
     from lens_ray.ray_session import connect
     from lens_ray.ray_tune import search
-    connect(cfg.ray_address, dashboard=True)
+    connect(cfg.ray_address)
     return search(cfg, sources, out, log=log)
 
 

@@ -7,8 +7,8 @@ import os
 import ray
 
 
-def connect(address: str | None = None, log=print, dashboard: bool = False) -> None:
-    """dashboard: a local Ray also serves the dashboard on 127.0.0.1:8265 (to watch Tune trials live)."""
+def connect(address: str | None = None, log=print, dashboard: bool = True) -> None:
+    """A local Ray also serves the dashboard on 127.0.0.1 (to watch the job; Ray Train's state queries need it)."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

@@ -9,6 +9,7 @@ inputs, so a checkpoint from other data or settings is never resumed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import asdict, dataclass
@@ -48,7 +49,13 @@ def load_models(folder: str) -> tuple[dict[str, dict[str, torch.Tensor]], dict[s
     return states, meta
 
 
+def quiet_train_logs() -> None:
+    """Our loops report per model; Ray Train's own line per checkpoint and report drowns `ray job logs`."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+
+
 def _resume() -> tuple[dict, dict]:
+    quiet_train_logs()
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
         return {}, {}

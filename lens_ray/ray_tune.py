@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import tempfile
 import time
@@ -40,6 +39,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from lens_ray import report_html
 from lens_ray.config import LensConfig, config_from_dict
+from lens_ray.ray_train import quiet_train_logs
 from lens_ray.run_inputs import RunInputs
 from lens_ray.storage import Manifest, Storage
 from lens_ray.tune_objective import kfold_by_group, paired_unit, summarize_units, score_choice, units
@@ -53,7 +53,7 @@ UNIT_FIELDS = ("repeat", "fold", "accuracy", "accuracy_original", "delta")
 
 def _trial(point: dict, base: dict, sources: list, threads: int) -> None:
     """One trial: its (repeat, fold) units in turn, a report and a checkpoint after each (ASHA's rungs)."""
-    logging.getLogger("ray.train").setLevel(logging.WARNING)   # one "checkpoint created" line per unit is noise
+    quiet_train_logs()                        # one "checkpoint created" line per unit is noise
     torch.set_num_threads(threads)
     cfg, method, factor, src = apply_point(config_from_dict(base), point)
     pos, neg, groups = sources[src]
@@ -213,20 +213,23 @@ def choose_and_test(cfg: LensConfig, sources: list[RunInputs], trials: list[dict
                 "NOTHING beat the original pairs beyond the objective's noise (gain < 2 standard errors): on this data "
                 "latent synthesis did not pay off.")
     base = cfg.to_dict()
-    src = sources[int(best["point"].get("source", 0))]
+    src_index = int(best["point"].get("source", 0))
+    src = sources[src_index]
     threads = max(1, int(t.cpus_per_trial))
-    jobs = {"original": (default, "original"), "default": (default, "lens"), "tuned": (best["point"], best["point"]["method"])}
+    # (point, method, embeddings) per row; the pick is paired with an original that has its head budget
+    # and its embeddings ("original_matched") whenever those differ from the run's own
+    jobs = {"original": (default, "original", sources[0]), "default": (default, "lens", sources[0]),
+            "tuned": (best["point"], best["point"]["method"], src)}
     head = lambda point: {k: v for k, v in asdict(apply_point(cfg, point)[0].reward).items()  # noqa: E731
                           if k != "synthetic_weight"}                      # original has no synthetic pairs
-    if head(best["point"]) != head(default):
-        jobs["original_tuned_head"] = (best["point"], "original")   # the tuned head budget, without synthesis
+    if head(best["point"]) != head(default) or src_index != 0:
+        jobs["original_matched"] = (best["point"], "original", src)
     log(f"testing original, default and tuned on the held-out test data ({t.test_seeds} seeds) ...")
-    refs = {k: _test.options(num_cpus=t.cpus_per_trial).remote(base, p, m, src if k in ("tuned", "original_tuned_head")
-                                                                 else sources[0], threads)
-            for k, (p, m) in jobs.items()}
+    refs = {k: _test.options(num_cpus=t.cpus_per_trial).remote(base, p, m, inputs, threads)
+            for k, (p, m, inputs) in jobs.items()}
     rows = {k: ray.get(r) for k, r in refs.items()}
     test = {k: _summary(v) for k, v in rows.items()}
-    for k, ref in (("default", "original"), ("tuned", "original_tuned_head" if "original_tuned_head" in rows else "original")):
+    for k, ref in (("default", "original"), ("tuned", "original_matched" if "original_matched" in rows else "original")):
         for metric in ("accuracy", "bon_gold"):
             if rows[k][0][metric] is not None:
                 d = np.array([a[metric] - b[metric] for a, b in zip(rows[k], rows[ref])])

@@ -103,3 +103,23 @@ def test_full_run_from_tune_uses_the_chosen_settings(search, local_run):
     assert tuned["embedding"]["embedded"] == 0                 # the cache held every text: nothing re-embedded
     page = Storage(argv[argv.index("--storage") + 1]).child("t-tuned").read_bytes("report.html").decode()
     assert "Tuning landscape" in page and len(re.findall(r"data:image/png;base64", page)) == 3
+
+
+def test_search_spans_several_runs_embeddings(local_run, s3_server):
+    """Two runs on the same data (last-token vs mean pooling): the search draws which embeddings to use,
+    and a pick's overrides carry its run's embedding settings."""
+    argv, _, run = local_run
+    from lens_ray.cli import config_from_args, run_parser
+    storage = argv[argv.index("--storage") + 1]
+    run_main(argv + ["--name", "t-mean", "--set", "embed.pooling=mean", "--methods", "original", "--seeds", "1"])
+    out = f"s3://{s3_server['bucket']}/tune/two"
+    report = tune_main(["--from-run", run.uri, "--from-run", f"{storage}/t-mean", "--out", out, "--name", "two",
+                        "--num-samples", "4", "--folds", "2", "--repeats", "1", "--set", "tune.test_seeds=2",
+                        "--set", "tune.methods=direct_perturbation", "--set", "tune.cpus_per_trial=0.5"])
+    sources = {t["point"]["source"] for t in report["trials"]}
+    assert sources <= {0, 1} and all("source" in t["point"] for t in report["trials"])
+    pooling = {0: "auto", 1: "mean"}[report["point"]["source"]]
+    assert report["overrides"]["embed.pooling"] == pooling
+    assert config_from_args(run_parser().parse_args(argv + ["--from-tune", out])).embed.pooling == pooling
+    if report["point"]["source"] == 1:
+        assert "original_matched" in report["test"]

@@ -158,7 +158,8 @@ def search(cfg: LensConfig, sources: list[RunInputs], out_uri: str, log: Log = p
             from optuna.storages.journal import JournalFileBackend, JournalStorage
             searcher = OptunaSearch(
                 space=functools.partial(suggest, tcfg=t, sources=len(sources), base=cfg), metric="objective", mode="max",
-                points_to_evaluate=None if any(d["point"] == default for d in done) else [default],
+                points_to_evaluate=None if "lens" not in t.methods or any(d["point"] == default for d in done)
+                else [default],
                 storage=JournalStorage(JournalFileBackend(journal)), study_name=name,
                 seed=t.searcher_seed + len(done))
             scheduler = ASHAScheduler(time_attr="training_iteration", metric="objective", mode="max", max_t=total,

@@ -92,6 +92,8 @@ def test_full_run_from_tune_uses_the_chosen_settings(search, local_run):
     argv, _, _ = local_run
     _, out, _ = search
     best = Storage(out).read_json("best.json")           # the latest pick (the resume test may change it)
+    i = argv.index("--factors")
+    argv = argv[:i] + argv[i + 2:]                      # a --factors flag would replace the pick's factor
     tuned = run_main(argv + ["--from-tune", out, "--name", "t-tuned", "--seeds", "1"])
     cfg = tuned["config"]
     assert cfg["from_tune"] == out
@@ -101,7 +103,7 @@ def test_full_run_from_tune_uses_the_chosen_settings(search, local_run):
         want = tuple(int(h) for h in value.split(",")) if field == "hidden_dims" else value
         got = tuple(cfg[section][field]) if field == "hidden_dims" else cfg[section][field]
         assert got == (type(got)(flags[key]) if key in flags else want), key
-    assert best["point"]["factor"] in cfg["factors"]
+    assert best["point"]["factor"] in cfg["factors"] and set(cfg["factors"]) >= {4, 8}   # the defaults, plus the pick's
     assert tuned["embedding"]["embedded"] == 0                 # the cache held every text: nothing re-embedded
     page = Storage(argv[argv.index("--storage") + 1]).child("t-tuned").read_bytes("report.html").decode()
     assert "Tuning landscape" in page and len(re.findall(r"data:image/png;base64", page)) == 3

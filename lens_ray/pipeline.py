@@ -75,9 +75,14 @@ def bon_draws(cfg: LensConfig, ds: Datasets) -> tuple[list[np.ndarray], np.ndarr
     return draws, (np.stack([sp.gold[d] for sp, d in zip(ds.bon_prompts, draws)]) if ds.bon_prompts else None)
 
 
-def pair_digest(settings: dict, pairs: list[Pair]) -> str:
-    """Digest of a pair table's content keys (chosen, rejected per row): what its stored embeddings must match."""
-    return fingerprint([settings_key(settings, p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)])
+def table_texts(ds: Datasets, draws: list[np.ndarray]) -> dict[str, list[tuple]]:
+    """Each embedding table's (prompt, response) texts in row order: seed and eval pairs as chosen, rejected
+    per pair; then the drawn Best-of-N responses, if any. Their content keys are what a stored table must match."""
+    tables = {name: [(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)]
+              for name, pairs in (("seed", ds.seed_pairs), ("eval", ds.eval_pairs))}
+    if draws:
+        tables["bon"] = [(sp.prompt, sp.outputs[j]) for sp, d in zip(ds.bon_prompts, draws) for j in d]
+    return tables
 
 
 @dataclass
@@ -102,30 +107,12 @@ def embed_stage(cfg: LensConfig, ds: Datasets, out: Storage, log: Log) -> Embedd
         settings["dtype"] = dtype
     run_manifest = Manifest.open(out.child("embeddings"), settings)   # refuses other settings, clearly
     draws, bon_gold = bon_draws(cfg, ds)
-    tables = {
-        "seed": [(p.prompt, p.chosen, p.rejected) for p in ds.seed_pairs],
-        "eval": [(p.prompt, p.chosen, p.rejected) for p in ds.eval_pairs],
-    }
-
-    def key_of(prompt, response):
-        return settings_key(settings, prompt, response)
-
     # every table's rows as content keys: a stored table is reused only when its keys match exactly
-    wanted: dict[str, list[str]] = {name: [] for name in tables}
+    wanted: dict[str, list[str]] = {}
     texts: dict[str, tuple] = {}
-
-    def want(name, prompt, response):
-        k = key_of(prompt, response)
-        wanted.setdefault(name, []).append(k)
-        texts[k] = (prompt, response)
-
-    for name, rows in tables.items():
-        for pr, c, r in rows:
-            want(name, pr, c)
-            want(name, pr, r)
-    for sp, d in zip(ds.bon_prompts, draws):
-        for j in d:
-            want("bon", sp.prompt, sp.outputs[j])
+    for name, rows in table_texts(ds, draws).items():
+        wanted[name] = [settings_key(settings, prompt, response) for prompt, response in rows]
+        texts.update(zip(wanted[name], rows))
     digests = {name: fingerprint(keys) for name, keys in wanted.items()}
     done = {}
     for name in wanted:

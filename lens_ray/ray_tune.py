@@ -121,9 +121,8 @@ def _short(v) -> str:
 def _test(base: dict, point: dict, method: str, inputs: RunInputs, threads: int) -> list[dict]:
     torch.set_num_threads(threads)
     cfg, _, factor, _ = apply_point(config_from_dict(base), point)
-    return score_choice(cfg, method, factor if method != "original" else 1, inputs.seed_pairs, inputs.seed_pos,
-                       inputs.seed_neg, inputs.eval_pos, inputs.eval_neg, inputs.bon, inputs.bon_gold,
-                       cfg.tune.test_seeds)
+    return score_choice(cfg, method, factor if method != "original" else 1, inputs.seed_pairs, inputs.emb,
+                        cfg.tune.test_seeds)
 
 
 def search(cfg: LensConfig, sources: list[RunInputs], out_uri: str, log: Log = print) -> dict:
@@ -136,17 +135,16 @@ def search(cfg: LensConfig, sources: list[RunInputs], out_uri: str, log: Log = p
         if s.groups != first.groups:
             raise ValueError(f"{s.uri}: its seed pairs differ from {first.uri}'s; runs searched together must share data")
     # what defines the search; budget and resources (num_samples, concurrency, CPUs) may change on a re-run
-    as_dict = cfg.to_dict()
+    base = cfg.to_dict()
     Manifest.open(out, {"name": name, "sources": [s.uri for s in sources],
-                        "tune": {k: v for k, v in as_dict["tune"].items() if k not in RESOURCE_KEYS},
-                        "base": {k: as_dict[k] for k in ("data", "embed", "vae", "synth", "reward", "factors")}}).save()
+                        "tune": {k: v for k, v in base["tune"].items() if k not in RESOURCE_KEYS},
+                        "base": {k: base[k] for k in ("data", "embed", "vae", "synth", "reward", "factors")}}).save()
     total = t.folds * t.repeats
     done = read_trials(out)
     todo = t.num_samples - len(done)
     log(f"lens-ray search '{name}' -> {out.uri}: {t.num_samples} trials ({len(done)} done before), "
         f"{t.folds}-fold x {t.repeats} repeats paired against original, ASHA + Optuna TPE, "
         f"{t.max_concurrent} at once, {t.cpus_per_trial} CPU each")
-    base = cfg.to_dict()
     default = default_point(cfg, len(sources))
     t0 = time.time()
     if todo > 0:
@@ -165,7 +163,7 @@ def search(cfg: LensConfig, sources: list[RunInputs], out_uri: str, log: Log = p
             scheduler = ASHAScheduler(time_attr="training_iteration", metric="objective", mode="max", max_t=total,
                                       grace_period=min(t.grace_period or t.folds, total), reduction_factor=t.reduction_factor)
             threads = max(1, int(t.cpus_per_trial))
-            data = [(s.seed_pos, s.seed_neg, s.groups) for s in sources]
+            data = [(s.emb.seed_pos, s.emb.seed_neg, s.groups) for s in sources]
             trainable = tune.with_resources(tune.with_parameters(_trial, base=base, sources=data, threads=threads),
                                             {"cpu": t.cpus_per_trial})
             store = out.child("ray_tune")
@@ -219,12 +217,13 @@ def choose_and_test(cfg: LensConfig, sources: list[RunInputs], trials: list[dict
     threads = max(1, int(t.cpus_per_trial))
     # (point, method, embeddings) per row; the pick is paired with an original that has its head budget
     # and its embeddings ("original_matched") whenever those differ from the run's own
-    jobs = {"original": (default, "original", sources[0]), "default": (default, "lens", sources[0]),
-            "tuned": (best["point"], best["point"]["method"], src)}
+    stored = [ray.put(s) for s in sources]       # once each, not once per test row
+    jobs = {"original": (default, "original", stored[0]), "default": (default, "lens", stored[0]),
+            "tuned": (best["point"], best["point"]["method"], stored[src_index])}
     head = lambda point: {k: v for k, v in asdict(apply_point(cfg, point)[0].reward).items()  # noqa: E731
                           if k != "synthetic_weight"}                      # original has no synthetic pairs
     if head(best["point"]) != head(default) or src_index != 0:
-        jobs["original_matched"] = (best["point"], "original", src)
+        jobs["original_matched"] = (best["point"], "original", stored[src_index])
     log(f"testing original, default and tuned on the held-out test data ({t.test_seeds} seeds) ...")
     refs = {k: _test.options(num_cpus=t.cpus_per_trial).remote(base, p, m, inputs, threads)
             for k, (p, m, inputs) in jobs.items()}

@@ -22,6 +22,7 @@ from lens_ray.data import Pair
 from lens_ray.evaluate import best_of_n_gold, preference_accuracy
 from lens_ray.fit import PairSet, augmented_set, fit_head, fit_vae, score
 from lens_ray.models.reward import LinearScorer, mean_diff_direction
+from lens_ray.pipeline import Embedded, seed_splits
 from lens_ray.synth import synth_per_side
 
 
@@ -99,20 +100,18 @@ def summarize_units(rows: list[dict]) -> dict:
             "accuracy_original": float(np.mean([r["accuracy_original"] for r in rows]))}
 
 
-def score_choice(cfg: LensConfig, method: str, factor: int, seed_pairs: list[Pair], seed_pos: np.ndarray,
-                seed_neg: np.ndarray, eval_pos: np.ndarray, eval_neg: np.ndarray, bon: np.ndarray | None,
-                bon_gold: np.ndarray | None, seeds: int) -> list[dict]:
+def score_choice(cfg: LensConfig, method: str, factor: int, seed_pairs: list[Pair], emb: Embedded,
+                 seeds: int) -> list[dict]:
     """Fit on the seed pairs (the pipeline's per-seed validation splits) and score on the test data:
     one row per seed, accuracy (and BoN gold) of `method` at `factor`."""
-    from lens_ray.pipeline import seed_splits
     rows = []
-    e_pos, e_neg = torch.tensor(eval_pos), torch.tensor(eval_neg)     # copies: arrays from Ray are read-only
+    e_pos, e_neg = torch.tensor(emb.eval_pos), torch.tensor(emb.eval_neg)     # copies: arrays from Ray are read-only
     for s in seed_splits(seed_pairs, cfg.data.val_fraction, seeds, cfg.data.split_seed):
-        model = fit_method(cfg, method, factor, torch.from_numpy(seed_pos[s.train]), torch.from_numpy(seed_neg[s.train]),
-                           torch.from_numpy(seed_pos[s.val]), torch.from_numpy(seed_neg[s.val]), s.seed)
+        t = lambda i: (torch.from_numpy(emb.seed_pos[i]), torch.from_numpy(emb.seed_neg[i]))  # noqa: E731
+        model = fit_method(cfg, method, factor, *t(s.train), *t(s.val), s.seed)
         row = {"seed": s.seed, "accuracy": preference_accuracy(score(model, e_pos), score(model, e_neg)), "bon_gold": None}
-        if bon is not None:
-            flat = torch.tensor(bon.reshape(-1, bon.shape[-1]))
-            row["bon_gold"] = best_of_n_gold(score(model, flat).reshape(bon.shape[:2]), bon_gold)
+        if emb.bon is not None:
+            flat = torch.tensor(emb.bon.reshape(-1, emb.bon.shape[-1]))
+            row["bon_gold"] = best_of_n_gold(score(model, flat).reshape(emb.bon.shape[:2]), emb.bon_gold)
         rows.append(row)
     return rows

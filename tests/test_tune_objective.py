@@ -7,6 +7,7 @@ import torch
 
 from lens_ray.config import LensConfig
 from lens_ray.data import Pair
+from lens_ray.pipeline import Embedded
 from lens_ray.tune_objective import (inner_split, kfold_by_group, paired_unit, summarize_units, score_choice,
                                      units)
 
@@ -93,6 +94,7 @@ def test_test_choice_scores_each_seed_on_the_test_data():
     pairs = [Pair(i, [{"role": "user", "content": f"q{i}"}], "a", "b", i) for i in range(80)]
     bon = np.random.default_rng(0).standard_normal((5, 4, 12)).astype(np.float32)
     gold = np.random.default_rng(1).random((5, 4))
-    rows = score_choice(_small_cfg(), "lens", 2, pairs, pos[:80], neg[:80], pos[80:], neg[80:], bon, gold, seeds=2)
+    emb = Embedded(pos[:80], neg[:80], pos[80:], neg[80:], bon, gold, stats={})
+    rows = score_choice(_small_cfg(), "lens", 2, pairs, emb, seeds=2)
     assert [r["seed"] for r in rows] == [0, 1]
     assert all(r["accuracy"] > 0.6 and gold.max(1).mean() >= r["bon_gold"] >= gold.min(1).mean() for r in rows)

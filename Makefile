@@ -24,6 +24,7 @@ run: $(BIN)/.installed
 	$(BIN)/python jobs/full.py --data $(DATA) $(ARGS)
 
 test: $(BIN)/.installed
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 
 clean:

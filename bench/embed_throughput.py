@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lens_ray.config import DataConfig, EmbedConfig  # noqa: E402
+from lens_ray.config import DataConfig, EmbedConfig, ResourcesConfig  # noqa: E402
 from lens_ray.data import load_datasets  # noqa: E402
 from lens_ray.embed import embed_ids, load_model, tokenize  # noqa: E402
 
@@ -67,6 +67,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     if not args.skip_ray:
         import ray
+
         from lens_ray.embed import text_key
         from lens_ray.ray_data import EmbedItem, embed_items
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -74,9 +75,9 @@ def main() -> None:
         from ray.data import DataContext
         DataContext.get_current().enable_progress_bars = False
         items = [EmbedItem(text_key("b", "auto", args.max_length, p, r), p, r) for p, r in zip(prompts, responses)]
-        cfg = EmbedConfig(model=args.model, batch_size=args.batch, max_length=args.max_length)
+        cfg = EmbedConfig(model=args.model, max_length=args.max_length)
         t0 = time.time()
-        _, st = embed_items(items, cfg, log=lambda m: None)
+        _, st = embed_items(items, cfg, ResourcesConfig(embed_batch_size=args.batch), log=lambda m: None)
         wall = time.time() - t0
         # the actor's model load is a one-off start-up cost; report with and without it
         load_t0 = time.time()

@@ -21,9 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
-from lens_ray.artifacts import load_run_sources  # noqa: E402
 from lens_ray.augment import Augmenter  # noqa: E402
-from lens_ray.config import RewardConfig, SynthConfig  # noqa: E402
+from lens_ray.config import ResourcesConfig, RewardConfig  # noqa: E402
+from lens_ray.run_inputs import FinishedRun  # noqa: E402
 from lens_ray.storage import Storage  # noqa: E402
 
 
@@ -70,14 +70,15 @@ def main() -> None:
     args = ap.parse_args()
     import ray
     from ray.data import DataContext
+
     from lens_ray.ray_data import pairs_dataset, synthesize_at_scale
     from lens_ray.ray_train import fit_head_streaming
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(include_dashboard=False, log_to_driver=False)
     DataContext.get_current().enable_progress_bars = False
-    config, pos, neg, vae = load_run_sources(args.from_run, 0)
-    synth = SynthConfig(**{k: v for k, v in config["synth"].items() if k in SynthConfig.__dataclass_fields__})
-    aug = Augmenter.fit("lens", 0, synth, torch.from_numpy(pos), torch.from_numpy(neg), vae)
+    run = FinishedRun.open(args.from_run)
+    pos, neg = run.table("seed")
+    aug = Augmenter.fit("lens", 0, run.config.synth, torch.from_numpy(pos), torch.from_numpy(neg), run.vae(0))
     tmp = tempfile.mkdtemp(prefix="lens-bench-")
     rows, keep = [], {}
     try:
@@ -86,13 +87,15 @@ def main() -> None:
                 out = Storage(os.path.join(tmp, f"{mode}-{workers}"))
                 with PeakRSS() as mem:
                     t0 = time.time()
-                    man = synthesize_at_scale(aug, pos, neg, 2, mode, out, args.pairs, {"bench": mode}, workers=workers,
-                                              cpus_per_worker=2 / workers, log=lambda m: None)
+                    res = ResourcesConfig(synth_actors=workers, synth_cpus_per_actor=2 / workers)
+                    man = synthesize_at_scale(aug, pos, neg, 2, mode, out, args.pairs, {"bench": mode}, res,
+                                              log=lambda m: None)
                     secs = time.time() - t0
                 size = sum(f["bytes"] for f in man.files.values())
                 rows.append({"stage": "synthesize", "mode": mode, "workers": workers, "pairs": args.pairs,
                              "seconds": round(secs, 1), "pairs_per_s": round(args.pairs / secs),
-                             "peak_rss_gib": round(mem.peak / 2**30, 2), "bytes_per_pair": round(size / args.pairs, 1)})
+                             "peak_rss_gib": round(mem.peak / 2**30, 2),
+                             "bytes_per_pair": round(size / args.pairs, 1)})
                 print(json.dumps(rows[-1]), flush=True)
                 if workers == 1:
                     keep[mode] = man
@@ -101,11 +104,12 @@ def main() -> None:
         # streaming reward training over the materialized set: 1 vs 2 DDP workers
         stats = torch.cat([torch.from_numpy(pos), torch.from_numpy(neg)])
         for workers in (1, 2):
-            cfg = RewardConfig(batch_size=512, num_workers=workers, cpus_per_worker=0.5)   # leave CPU for reads
+            cfg = RewardConfig(batch_size=512)
+            res = ResourcesConfig(reward_workers=workers, reward_cpus_per_worker=0.5)   # leave CPU for reads
             ds = pairs_dataset(keep["materialized"]).limit(args.train_pairs)
             t0 = time.time()
             _, metrics = fit_head_streaming(cfg, ds, pos.shape[1], stats.mean(0).numpy(), stats.std(0).numpy(),
-                                            f"bench-stream-{workers}", Storage(os.path.join(tmp, "train")))
+                                            f"bench-stream-{workers}", Storage(os.path.join(tmp, "train")), res)
             wall = time.time() - t0
             rows.append({"stage": "reward_stream", "workers": workers, "pairs": args.train_pairs,
                          "seconds_in_loop": round(metrics["seconds"], 1), "wall_s": round(wall, 1),

@@ -19,10 +19,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from lens_ray.artifacts import load_run_sources  # noqa: E402
 from lens_ray.augment import Augmenter  # noqa: E402
-from lens_ray.config import DataConfig, SynthConfig  # noqa: E402
+from lens_ray.config import DataConfig  # noqa: E402
 from lens_ray.data import load_datasets  # noqa: E402
+from lens_ray.run_inputs import FinishedRun  # noqa: E402
 from lens_ray.synth_stream import materialize  # noqa: E402
 
 
@@ -33,7 +33,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--pairs", type=int, default=8000, help="pair count both costs are scaled to (8x of 1,000)")
     args = ap.parse_args()
-    config, pos, neg, vae = load_run_sources(args.from_run, 0)
+    run = FinishedRun.open(args.from_run)
+    config, (pos, neg), vae = run.config.to_dict(), run.table("seed"), run.vae(0)
     torch.set_num_threads(os.cpu_count() or 1)
     # text: generate 2 responses per prompt with the embedding LLM (its own chat template)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -56,14 +57,14 @@ def main() -> None:
     new_tokens = (out.shape[1] - enc.input_ids.shape[1]) * out.shape[0]
     text_s_per_pair = gen_s / args.prompts          # one pair = 2 generated responses for one prompt
     # latent: LENS pairs decoded by the run's VAE
-    synth = SynthConfig(**{k: v for k, v in config["synth"].items() if k in SynthConfig.__dataclass_fields__})
-    aug = Augmenter.fit("lens", 0, synth, torch.from_numpy(pos), torch.from_numpy(neg), vae)
+    aug = Augmenter.fit("lens", 0, run.config.synth, torch.from_numpy(pos), torch.from_numpy(neg), vae)
     t0 = time.time()
     materialize(aug, torch.from_numpy(pos), torch.from_numpy(neg), 0, args.pairs, 2)
     lens_s = time.time() - t0
     row = {"bench": "text_vs_latent", "model": config["embed"]["model"], "prompts_sampled": args.prompts,
            "new_tokens_per_response": args.new_tokens, "generation_tokens_per_s": round(new_tokens / gen_s, 1),
-           "text_seconds_for_pairs": round(text_s_per_pair * args.pairs, 1), "lens_seconds_for_pairs": round(lens_s, 2),
+           "text_seconds_for_pairs": round(text_s_per_pair * args.pairs, 1),
+           "lens_seconds_for_pairs": round(lens_s, 2),
            "pairs": args.pairs, "speedup": round(text_s_per_pair * args.pairs / lens_s, 1),
            "note": "text: generation only, scaled from the sample; excludes labelling and embedding the new texts"}
     from embed_throughput import machine

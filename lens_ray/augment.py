@@ -9,11 +9,9 @@ import numpy as np
 import torch
 
 from lens_ray.baselines import ClassGaussian, direct_perturbation, gaussian_sampling
-from lens_ray.config import SynthConfig
+from lens_ray.config import AUGMENTING, SynthConfig
 from lens_ray.models.vae import PreferenceVAE
-from lens_ray.synth import LatentNoise, combinatorial_pairs, lens_synthesize, synth_per_side
-
-AUGMENTING = ("direct_perturbation", "gaussian_sampling", "lens")
+from lens_ray.synth import combinatorial_pairs, lens_synthesize, synth_per_side
 
 
 @dataclass
@@ -38,8 +36,8 @@ class Augmenter:
         if method == "direct_perturbation":
             return cls(method, seed, synth, std=torch.cat([train_pos, train_neg]).std(0).clamp_min(1e-6))
         if method == "gaussian_sampling":
-            fit = lambda e: ClassGaussian.fit(e, synth.gs_covariance, synth.gs_shrinkage)  # noqa: E731
-            return cls(method, seed, synth, gauss_pos=fit(train_pos), gauss_neg=fit(train_neg))
+            pos, neg = (ClassGaussian.fit(e, synth.gs_covariance, synth.gs_shrinkage) for e in (train_pos, train_neg))
+            return cls(method, seed, synth, gauss_pos=pos, gauss_neg=neg)
         raise ValueError(f"{method!r} does not augment; augmenting methods: {AUGMENTING}")
 
     def synthesize(self, e_pos: torch.Tensor, e_neg: torch.Tensor, pair_ids: np.ndarray,
@@ -53,9 +51,7 @@ class Augmenter:
              k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, d) x2, (B,) ids -> k synthetic embeddings per side (B, k, d) x2, labels inherited."""
         if self.method == "lens":
-            noise = LatentNoise(self.synth.noise_var, self.synth.encode, self.synth.select,
-                                self.synth.oversample, self.synth.residual)
-            return lens_synthesize(self.vae, e_pos, e_neg, pair_ids, k, noise, self.seed)
+            return lens_synthesize(self.vae, e_pos, e_neg, pair_ids, k, self.synth, self.seed)
         if self.method == "direct_perturbation":
             return direct_perturbation(e_pos, e_neg, pair_ids, k, self.std, self.synth.dp_noise_var, self.seed)
         return gaussian_sampling(self.gauss_pos, self.gauss_neg, pair_ids, k, self.seed)

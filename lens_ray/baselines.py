@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lens_ray.synth import STREAM_NOISE, pair_normals
+from lens_ray.rng import NOISE, pair_normals
 
 
 @torch.no_grad()
@@ -23,7 +23,7 @@ def direct_perturbation(e_pos: torch.Tensor, e_neg: torch.Tensor, pair_ids: np.n
     each dimension's scale (LLM hidden states have outlier dimensions orders of magnitude larger).
     """
     b, d = e_pos.shape
-    eps = torch.from_numpy(pair_normals(seed, STREAM_NOISE, pair_ids, (2, k, d))).to(e_pos)
+    eps = torch.from_numpy(pair_normals(seed, NOISE, pair_ids, (2, k, d))).to(e_pos)
     scale = math.sqrt(noise_var) * std
     return e_pos[:, None] + scale * eps[:, 0], e_neg[:, None] + scale * eps[:, 1]
 
@@ -61,5 +61,5 @@ def gaussian_sampling(pos: ClassGaussian, neg: ClassGaussian, pair_ids: np.ndarr
     take its slot in the within-prompt pairing.
     """
     d = pos.mean.shape[0]
-    eps = torch.from_numpy(pair_normals(seed, STREAM_NOISE, pair_ids, (2, k, d)))
+    eps = torch.from_numpy(pair_normals(seed, NOISE, pair_ids, (2, k, d)))
     return pos.transform(eps[:, 0]), neg.transform(eps[:, 1])

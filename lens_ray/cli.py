@@ -1,68 +1,62 @@
-"""`lens-ray run ...` (the main job; also `python jobs/full.py ...`), `lens-ray tune ...` (the search; also
-`python jobs/tune.py ...`) and `lens-ray score ...`.
+"""The `lens-ray` command: run (the main job; also `python jobs/full.py`), tune (the search; also
+`python jobs/tune.py`), synthesize (pairs at scale; also `python jobs/synthesize.py`), score, settings.
 
-Flags override the YAML file, which overrides the defaults in config.py; `--set a.b=v` reaches any field.
+Flags come from the config fields (`config.setting(..., cli=...)`), with the field's own help; defaults
+<- a YAML file (`--config`) <- flags and `--set section.field=value`, which reaches any field.
+A user error ends as one line on stderr and exit status 2 (`--debug` shows the traceback).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from typing import Callable
 
-from lens_ray.config import LensConfig, apply_overrides, join_uri, load_config
-
-# flag -> dotted config field
-RUN_FLAGS = {
-    "data": "data.data", "eval_data": "data.eval_data", "bon_data": "data.bon_data", "model": "embed.model",
-    "seed_pairs": "data.seed_pairs", "eval_pairs": "data.eval_pairs", "bon_prompts": "data.bon_prompts",
-    "factors": "factors", "seeds": "seeds", "methods": "methods", "storage": "storage", "out": "out",
-    "name": "name", "cache": "cache", "ray_address": "ray_address",
-}
-TUNE_FLAGS = {
-    "num_samples": "tune.num_samples", "name": "tune.name", "max_concurrent": "tune.max_concurrent",
-    "cpus_per_trial": "tune.cpus_per_trial", "folds": "tune.folds", "repeats": "tune.repeats",
-    "ray_address": "ray_address",
-}
+from lens_ray.config import ConfigError, LensConfig, apply_overrides, describe, join_uri, load_config, walk
 
 
-def run_parser(prog: str = "lens-ray run") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="LENS: embed, fit a VAE, synthesize pairs, train and "
-                                "compare reward models, on Ray.")
-    p.add_argument("--config", help="YAML file with the same sections as lens_ray/config.py")
-    p.add_argument("--data", help="preference data URI (jsonl/json/parquet[.gz], HF folder, hf://owner/name)")
-    p.add_argument("--eval-data", help="pairs for accuracy (default: held out from --data)")
-    p.add_argument("--bon-data", help="scored completions for Best-of-N (may equal --data: prompts are split)")
-    p.add_argument("--model", help="embedding LM: smollm2, minilm, a folder, a .gguf file or a hub id")
-    p.add_argument("--seed-pairs", type=int)
-    p.add_argument("--eval-pairs", type=int, help="cap on held-out eval pairs")
-    p.add_argument("--bon-prompts", type=int, help="cap on Best-of-N prompts")
-    p.add_argument("--factors", help="augmentation factors, e.g. 4,8")
-    p.add_argument("--seeds", type=int)
-    p.add_argument("--methods", help="comma list of " + ",".join(LensConfig().methods))
-    p.add_argument("--storage", help="artifact root: path, file:// or s3://bucket/prefix")
-    p.add_argument("--out", help="this run's output URI (default <storage>/<name>)")
-    p.add_argument("--name", help="run name")
-    p.add_argument("--cache", help="embedding cache URI (default <storage>/cache)")
-    p.add_argument("--ray-address")
-    p.add_argument("--from-tune", metavar="SEARCH_URI",
-                   help="use the settings a search (jobs/tune.py) chose; flags and --set still override them")
-    _add_set(p)
+def _flag(f, command: str) -> str | None:
+    cli = f.metadata.get("cli") or ()
+    if isinstance(cli, dict):
+        return cli.get(command)
+    return "--" + f.name.replace("_", "-") if command in cli else None
+
+
+def parser(command: str, description: str, prog: str | None = None) -> argparse.ArgumentParser:
+    """A command's parser: its setting flags (from the config fields), --config, --set and --debug."""
+    p = argparse.ArgumentParser(prog=prog or f"lens-ray {command}", description=description)
+    p.add_argument("--config", help="YAML file with the sections of lens_ray/config.py (lens-ray settings lists them)")
+    for path, f, value in walk(LensConfig()):
+        flag = _flag(f, command)
+        if flag:
+            p.add_argument(flag, dest=path, default=None, metavar=flag[2:].upper().replace("-", "_"),
+                           help=f"{describe(f)} (--set {path}; default {value!r})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field, e.g. --set vae.beta=0.5 --set synth.noise_var=0.05")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return p
 
 
-def _add_set(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config field, e.g. --set vae.beta=0.5 --set synth.noise_var=0.05")
-
-
-def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict:
-    overrides = {dotted: getattr(args, flag) for flag, dotted in flags.items()}
+def overrides(args: argparse.Namespace, command: str) -> dict:
+    """The flags given and every --set, as dotted overrides."""
+    out = {path: vars(args)[path] for path, f, _ in walk(LensConfig()) if _flag(f, command) and
+           vars(args).get(path) is not None}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key.strip()] = value.strip()
-    return overrides
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+# ------------------------------------------------------------------ run
+
+def run_parser(prog: str = "lens-ray run") -> argparse.ArgumentParser:
+    p = parser("run", "LENS: embed, fit a VAE, synthesize pairs, train and compare reward models, on Ray.", prog)
+    p.add_argument("--from-tune", metavar="SEARCH_URI",
+                   help="use the settings a search (jobs/tune.py) chose; flags and --set still override them")
+    p.add_argument("--wait", action="store_true", help="if another job holds the output folder, wait for it")
+    return p
 
 
 def config_from_args(args: argparse.Namespace) -> LensConfig:
@@ -72,86 +66,164 @@ def config_from_args(args: argparse.Namespace) -> LensConfig:
         from lens_ray.tune_results import apply_tuned, read_best
         apply_tuned(cfg, read_best(args.from_tune))
         cfg.from_tune = args.from_tune
-    return apply_overrides(cfg, _overrides(args, RUN_FLAGS))
+    return apply_overrides(cfg, overrides(args, "run"))
 
 
 def run_main(argv: list[str] | None = None, prog: str = "lens-ray run") -> dict:
     args = run_parser(prog).parse_args(argv)
     cfg = config_from_args(args)
-    from lens_ray.pipeline import run
-    from lens_ray.ray_session import connect
-    connect(cfg.ray_address)
-    return run(cfg, log=lambda m: print(m, flush=True))
+    from lens_ray.lease import Lease
+    from lens_ray.preflight import preflight
+    from lens_ray.storage import Storage
+    ds = preflight(cfg, log=_print)                 # before Ray starts: errors in seconds, not minutes
+    with Lease(Storage(cfg.out_uri), what=f"run {cfg.name}").held(wait=args.wait, log=_print) as lease:
+        from lens_ray.pipeline import run
+        from lens_ray.ray_session import connect
+        connect(cfg.ray_address)
+        return run(cfg, log=_print, ds=ds, guard=lease.ensure_held)
 
+
+# ------------------------------------------------------------------ tune
 
 def tune_parser(prog: str = "lens-ray tune") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Ray Tune search of the synthesis hyperparameters on a "
-                                "finished run's embeddings (never re-embeds), k-fold paired against original.")
+    p = parser("tune", "Ray Tune search of the synthesis hyperparameters on a finished run's embeddings (never "
+               "re-embeds), k-fold paired against original.", prog)
     p.add_argument("--from-run", action="append", required=True, metavar="RUN_URI",
                    help="a finished run; give several (same data, e.g. other pooling) to search over them too")
-    p.add_argument("--config", help="YAML whose `tune` section (and any other) overrides the run's settings")
-    p.add_argument("--num-samples", type=int, help="trials")
-    p.add_argument("--name", help="search name (default <run name>-tune); the same name resumes")
     p.add_argument("--out", help="output URI (default: <parent of the first run>/<name>)")
-    p.add_argument("--max-concurrent", type=int)
-    p.add_argument("--cpus-per-trial", type=float)
-    p.add_argument("--folds", type=int)
-    p.add_argument("--repeats", type=int)
-    p.add_argument("--ray-address")
-    _add_set(p)
+    p.add_argument("--wait", action="store_true", help="if another job holds the output folder, wait for it")
     return p
 
 
 def tune_main(argv: list[str] | None = None, prog: str = "lens-ray tune") -> dict:
     args = tune_parser(prog).parse_args(argv)
     from lens_ray.run_inputs import load_run_inputs
-    log = lambda m: print(m, flush=True)  # noqa: E731
     sources = [load_run_inputs(uri) for uri in args.from_run]
     for s in sources:
-        log(f"run {s.uri}: {len(s.seed_pairs)} seed pairs, embeddings {s.settings}")
+        _print(f"run {s.uri}: {len(s.seed_pairs)} seed pairs, embeddings {s.settings}")
     base = sources[0].config
     base.ray_address = None              # where the run ran says nothing about where the search runs
-    cfg = load_config(args.config, _overrides(args, TUNE_FLAGS), base=base)
+    cfg = load_config(args.config, overrides(args, "tune"), base=base)
     name = cfg.tune.name or f"{cfg.name}-tune"
     out = args.out or join_uri(sources[0].uri.rsplit("/", 1)[0], name)
     from lens_ray.ray_session import connect
     from lens_ray.ray_tune import search
-    connect(cfg.ray_address)
-    return search(cfg, sources, out, log=log)
+    with _leased(out, f"search {name}", args.wait):
+        connect(cfg.ray_address)
+        return search(cfg, sources, out, log=_print)
 
 
-def score_main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="lens-ray score", description="Score (prompt, response) texts with a trained head.")
+# ------------------------------------------------------------------ synthesize
+
+def synthesize_main(argv: list[str] | None = None, prog: str = "lens-ray synthesize"):
+    p = parser("synthesize", "N synthetic pairs (up to millions) from a finished run's VAE and embeddings, "
+               "streamed to storage with Ray Data; a re-run after a kill writes only the missing shards.", prog)
+    p.add_argument("--from-run", required=True, metavar="RUN_URI", help="a finished run's output URI")
+    p.add_argument("--out", required=True, help="output URI of the pair set")
+    p.add_argument("--wait", action="store_true", help="if another job holds the output folder, wait for it")
+    args = p.parse_args(argv)
+    from lens_ray.run_inputs import FinishedRun
+    run = FinishedRun.open(args.from_run)
+    run.config.ray_address = None
+    cfg = load_config(args.config, overrides(args, "synthesize"), base=run.config)   # the run's synth settings
+    from lens_ray.ray_session import connect
+    from lens_ray.synthesize_job import synthesize_pairs
+    with _leased(args.out, "synthesis", args.wait):
+        connect(cfg.ray_address)
+        return synthesize_pairs(cfg, run, args.out, log=_print)
+
+
+def _leased(uri: str, what: str, wait: bool):
+    """The output folder checked writable, then leased to this job (see lease.py)."""
+    from lens_ray.lease import Lease
+    from lens_ray.preflight import check_writable
+    from lens_ray.storage import Storage
+    check_writable(Storage(uri))
+    return Lease(Storage(uri), what=what).held(wait=wait, log=_print)
+
+
+# ------------------------------------------------------------------ score, settings
+
+def score_main(argv: list[str] | None = None, prog: str = "lens-ray score") -> None:
+    p = argparse.ArgumentParser(prog=prog, description="Score (prompt, response) texts with a trained head.")
     p.add_argument("--run", required=True, help="a finished run's output URI")
     p.add_argument("--head", help="head name under <run>/heads (default: best validation accuracy)")
     p.add_argument("--prompt")
     p.add_argument("--response")
     p.add_argument("--input", help="jsonl with prompt and response fields; prints one JSON line per row")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     args = p.parse_args(argv)
     from lens_ray.score import RewardModel
+    if args.input is None and (args.prompt is None or args.response is None):
+        raise ConfigError("give --prompt and --response, or --input FILE")
+    rows = _score_rows(args.input) if args.input else None
     rm = RewardModel.from_run(args.run, args.head)
-    if args.input:
-        with open(args.input) as fh:
-            rows = [json.loads(line) for line in fh if line.strip()]
-        for i, row in enumerate(rows):
-            for fld in ("prompt", "response"):
-                if not isinstance(row.get(fld), (str, list)):
-                    raise SystemExit(f"{args.input}: row {i}: field '{fld}' missing or not text")
-        rewards = rm.score([r["prompt"] for r in rows], [r["response"] for r in rows])
-        for row, r in zip(rows, rewards):
-            print(json.dumps({**row, "reward": float(r)}))
-    elif args.prompt is not None and args.response is not None:
+    if rows is None:
         print(f"{float(rm.score([args.prompt], [args.response])[0]):.4f}")
-    else:
-        raise SystemExit("give --prompt and --response, or --input FILE")
+        return
+    rewards = rm.score([r["prompt"] for r in rows], [r["response"] for r in rows])
+    for row, r in zip(rows, rewards):
+        print(json.dumps({**row, "reward": float(r)}))
 
 
-def main(argv: list[str] | None = None) -> None:
+def _score_rows(path: str) -> list[dict]:
+    from lens_ray.data import DataError
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = [line for line in fh if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from exc
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: row {i}: not JSON ({exc.msg})") from exc
+        for fld in ("prompt", "response"):
+            if not isinstance(row, dict) or not isinstance(row.get(fld), (str, list)):
+                raise DataError(f"{path}: row {i}: field '{fld}' missing or not text")
+        rows.append(row)
+    return rows
+
+
+def settings_main(argv: list[str] | None = None, prog: str = "lens-ray settings") -> None:
+    """Every setting: its dotted name (for --set and YAML), default and description."""
+    argparse.ArgumentParser(prog=prog, description=settings_main.__doc__).parse_args(argv)
+    for path, f, value in walk(LensConfig()):
+        print(f"{path} = {value!r}\n    {describe(f)}")
+
+
+# ------------------------------------------------------------------ entry
+
+COMMANDS: dict[str, Callable] = {"run": run_main, "tune": tune_main, "synthesize": synthesize_main,
+                                 "score": score_main, "settings": settings_main}
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors that a user's input causes and one line explains (anything else is a bug: a traceback)."""
+    from lens_ray.data import DataError
+    from lens_ray.embed import ModelLoadError
+    from lens_ray.storage import StorageError
+    return ConfigError, DataError, ModelLoadError, StorageError, FileNotFoundError, PermissionError, FloatingPointError
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    """`lens-ray COMMAND ...`, or a job script's entry (prog names the script; argv starts with the command)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"run": run_main, "tune": tune_main, "score": score_main}
-    if not argv or argv[0] not in commands:
-        raise SystemExit("usage: lens-ray {run,tune,score} [options]   (lens-ray run --help)")
-    commands[argv[0]](argv[1:])
+    if not argv or argv[0] not in COMMANDS:
+        raise SystemExit(f"usage: lens-ray {{{','.join(COMMANDS)}}} [options]   (lens-ray run --help)")
+    command, rest = argv[0], argv[1:]
+    try:
+        COMMANDS[command](rest, prog=prog or f"lens-ray {command}")
+    except user_errors() as exc:
+        if "--debug" in rest:
+            raise
+        print(f"{prog or 'lens-ray ' + command}: error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
 
 
 if __name__ == "__main__":

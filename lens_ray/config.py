@@ -1,14 +1,23 @@
-"""Typed configuration: one `LensConfig` flows from YAML / CLI down to every stage.
+"""Typed configuration: one `LensConfig` flows from YAML / CLI down to every stage. No Ray.
 
-Every option the paper leaves **open** (see LENS.md) is a field here, with the default LENS.md names.
-`load_config(yaml_path, overrides)` builds it; `LensConfig.to_dict()` is what reports record.
+Each setting is described once, on its field: `setting(default, help, choices=..., ge=..., cli=...)`.
+The CLI flags (`cli.py`), `--set section.field=value`, `lens-ray settings` and validation all read that
+metadata; nothing else repeats a default or a help text. Every option the paper leaves **open** (see
+LENS.md) is a field here, with the default LENS.md names.
+
+What a job computes (`data`, `embed`, `vae`, `synth`, `reward`, `tune`, ...) is apart from where it runs
+(`resources`): fingerprints, cache keys and manifests never read `resources`, so the same job on a
+bigger cluster reuses every finished stage.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -17,127 +26,199 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the field."""
 
 
+METHODS = ("original", "mean_diff", "direct_perturbation", "gaussian_sampling", "lens")
+AUGMENTING = ("direct_perturbation", "gaussian_sampling", "lens")
+HEADS = ("mlp", "linear")
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")   # run, head and search names: no path parts
+
+
+def setting(default: Any, help: str, *, choices: tuple | None = None, ge: float | None = None,
+            gt: float | None = None, le: float | None = None, lt: float | None = None, nonempty: bool = False,
+            plain_name: bool = False, cli: tuple[str, ...] | dict[str, str] = ()) -> Any:
+    """A config field with its help, choices and bounds (checked on the value, or on each item of a tuple).
+
+    cli: the commands that get a flag for it, either ("run", "tune") (flag `--<field-name>`) or
+    {"tune": "--name"} (an explicit flag). Every field is reachable with `--set` anyway.
+    """
+    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "nonempty": nonempty,
+            "plain_name": plain_name, "cli": cli}
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class DataConfig:
-    data: str = "../shared/data/hh_harmless_dev.jsonl.gz"
-    eval_data: str | None = None        # preference pairs for accuracy; None: held out from `data`
-    bon_data: str | None = None         # scored completions for Best-of-N; None: `data` itself when it is
-                                        # scored completions (prompts split), else no BoN
-    seed_pairs: int = 1000              # pairs the method may learn from (picked with split_seed)
-    eval_pairs: int | None = None       # cap on held-out eval pairs; None: all that remain
-    val_fraction: float = 0.15          # of the seed pairs, for early stopping (never eval data)
-    split_seed: int = 0
-    on_bad_row: str = "quarantine"      # "quarantine" (count and skip) or "error" (raise)
-    gold_margin: float = 0.1            # scored completions -> pair when gold(chosen)-gold(rejected) >= margin
-    pairs_per_prompt: int = 5           # at most this many pairs drawn per scored prompt
-    bon_n: int = 16
-    bon_prompt_fraction: float = 0.5    # when data == bon_data: share of prompts kept for BoN
-    bon_prompts: int | None = None      # cap on BoN prompts (cost control)
+    data: str = setting("../shared/data/hh_harmless_dev.jsonl.gz",
+                        "preference data URI: jsonl/json/parquet[.gz], a saved HF dataset folder, hf://owner/name",
+                        cli={"run": "--data"})
+    eval_data: str | None = setting(None, "preference pairs for accuracy; unset: held out from `data`", cli=("run",))
+    bon_data: str | None = setting(None, "scored completions for Best-of-N; unset: `data` itself when it is scored "
+                                   "completions (its prompts are split), else no Best-of-N", cli=("run",))
+    seed_pairs: int = setting(1000, "pairs the method may learn from (picked with split_seed)", ge=10, cli=("run",))
+    eval_pairs: int | None = setting(None, "cap on held-out eval pairs; unset: all that remain", ge=1, cli=("run",))
+    val_fraction: float = setting(0.15, "share of the seed pairs held out for early stopping (never eval data)",
+                                  gt=0, lt=1)
+    split_seed: int = setting(0, "seed of every data split (seed/eval, validation, folds)", ge=0)
+    on_bad_row: str = setting("quarantine", "a bad row is counted and skipped (quarantine) or stops the run (error)",
+                              choices=("quarantine", "error"))
+    duplicates: str = setting("quarantine", "exact duplicate pairs (same prompt, chosen, rejected): counted and "
+                              "skipped (quarantine) or kept and counted (keep)", choices=("quarantine", "keep"))
+    gold_margin: float = setting(0.1, "scored completions make a pair when gold(chosen) - gold(rejected) >= margin",
+                                 ge=0)
+    pairs_per_prompt: int = setting(5, "at most this many pairs drawn per scored prompt", ge=1)
+    bon_n: int = setting(16, "responses per Best-of-N prompt", ge=2)
+    bon_prompt_fraction: float = setting(0.5, "when data is scored completions: share of its prompts kept for "
+                                         "Best-of-N", gt=0, lt=1)
+    bon_prompts: int | None = setting(None, "cap on Best-of-N prompts (cost control)", ge=1, cli=("run",))
 
 
 @dataclass
 class EmbedConfig:
-    model: str = "smollm2"              # alias (smollm2, minilm), local folder, hub id, or path to .gguf
-    pooling: str = "auto"               # auto: last token for causal LMs, mean for encoders; or last|mean
-    max_length: int = 256               # tokens; longer inputs lose prompt tokens from the left
-    batch_size: int = 16
-    dtype: str = "auto"                 # auto: bf16 on GPUs and CPUs with native bf16 (AVX512-BF16/AMX), else fp32
-    storage_dtype: str = "float32"      # float32 | float16 for the parquet shards
-    num_actors: int = 1
-    cpus_per_actor: float = 0.5         # fractional, so Ray Data read tasks are never starved
-    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
-    torch_threads: int = 0              # 0: cores / actors
-    padding_side: str = "right"         # must not change the vector; a test proves it
-    cache: bool = True                  # content-addressed cache under <storage>/cache
+    model: str = setting("smollm2", "embedding LM: smollm2, minilm, a local folder, a .gguf file or a hub id",
+                         cli=("run",))
+    pooling: str = setting("auto", "auto: last non-pad token for causal LMs, mean for encoders",
+                           choices=("auto", "last", "mean"))
+    max_length: int = setting(256, "tokens; longer inputs lose prompt tokens from the left (counted)", ge=8)
+    dtype: str = setting("auto", "compute dtype; auto: bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX)",
+                         choices=("auto", "float32", "bfloat16", "float16"))
+    storage_dtype: str = setting("float32", "dtype of the stored embedding shards", choices=("float32", "float16"))
+    padding_side: str = setting("right", "padding side; must not change a vector (a test proves it)",
+                                choices=("left", "right"))
+    cache: bool = setting(True, "content-addressed embedding cache under <storage>/cache")
 
 
 @dataclass
 class VAEConfig:
-    latent_dim: int = 16
-    hidden_dims: tuple[int, ...] = (64,)  # paper: ~0.5M params at d=4096 -> one hidden layer of ~64
-    beta: float = 1.0
-    gamma: float = 0.1                  # weight of the divergence term
-    recon: str = "mse"                  # mse | cosine
-    recon_reduction: str = "sum"        # sum over dims keeps beta=1 the ELBO and z on the prior's scale
-    div_bound: str = "clamp"            # clamp: -min(W2, div_max); margin: relu(div_max - W2)
-    div_max: float = 5.0
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    epochs: int = 150
-    batch_pairs: int = 128
-    num_workers: int = 2
-    cpus_per_worker: float = 1.0
+    latent_dim: int = setting(16, "latent size of the VAE", ge=1, le=4096)
+    hidden_dims: tuple[int, ...] = setting((64,), "hidden widths, encoder side (the decoder mirrors them); paper: "
+                                           "~0.5M params at d=4096, one layer of ~64", ge=1, le=65536)
+    beta: float = setting(1.0, "weight of the KL term", ge=0)
+    gamma: float = setting(0.1, "weight of the Wasserstein divergence term (paper: 0.1)", ge=0)
+    recon: str = setting("mse", "reconstruction error", choices=("mse", "cosine"))
+    recon_reduction: str = setting("sum", "sum over dims keeps beta=1 the ELBO and z on the prior's scale",
+                                   choices=("sum", "mean"))
+    div_bound: str = setting("clamp", "bound of the divergence term: clamp -min(W2, div_max) or margin "
+                             "relu(div_max - W2)", choices=("clamp", "margin"))
+    div_max: float = setting(5.0, "W2 beyond which a pair is not pushed further apart", gt=0)
+    lr: float = setting(1e-3, "AdamW learning rate", gt=0)
+    weight_decay: float = setting(0.0, "AdamW weight decay", ge=0)
+    epochs: int = setting(150, "passes over the seed pairs", ge=1)
+    batch_pairs: int = setting(128, "pairs per optimizer step", ge=1)
 
 
 @dataclass
 class SynthConfig:
-    noise_var: float = 0.01             # a variance: eta ~ N(0, noise_var * I) in latent space
-    encode: str = "mean"                # mean | sample: which z the noise is added to
-    select: str = "prior"               # prior | posterior: density used for top-k
-    oversample: int = 4                 # draws per kept sample before top-k
-    residual: bool = False              # e + (g(z+eta) - g(z)) instead of g(z+eta)
-    dp_noise_var: float = 0.01          # direct perturbation, per standardized embedding dim
-    gs_covariance: str = "full"         # gaussian_sampling: full (shrunk) | diag
-    gs_shrinkage: float = 0.1
-    batch_size: int = 256               # pairs per Ray Data batch
-    num_actors: int = 1
-    cpus_per_actor: float = 0.5
+    noise_var: float = setting(0.01, "a variance: eta ~ N(0, noise_var * I) added in latent space", gt=0)
+    encode: str = setting("mean", "which z the noise is added to: the posterior mean or a posterior sample",
+                          choices=("mean", "sample"))
+    select: str = setting("prior", "density of the top-k selection: prior N(0, I) or the posterior",
+                          choices=("prior", "posterior"))
+    oversample: int = setting(4, "draws per kept sample before top-k (1: no selection)", ge=1, le=1024)
+    residual: bool = setting(False, "e + (g(z+eta) - g(z)) instead of g(z+eta)")
+    dp_noise_var: float = setting(0.01, "direct perturbation: noise variance per standardized embedding dim", gt=0)
+    gs_covariance: str = setting("full", "Gaussian sampling: full covariance (shrunk) or diagonal",
+                                 choices=("full", "diag"))
+    gs_shrinkage: float = setting(0.1, "Gaussian sampling: shrinkage of the covariance toward its diagonal",
+                                  ge=0, le=1)
 
 
 @dataclass
 class RewardConfig:
-    hidden_dim: int = 256
-    depth: int = 1
-    dropout: float = 0.1
-    weight_decay: float = 0.01
-    lr: float = 1e-3
-    max_steps: int = 600                # the same budget for every method
-    batch_size: int = 64
-    eval_every: int = 25
-    patience: int = 6                   # evaluations without improvement before stopping
-    synthetic_weight: float = 1.0       # weight of a synthetic pair in the BT loss (originals: 1)
-    num_workers: int = 2
-    cpus_per_worker: float = 1.0
+    hidden_dim: int = setting(256, "MLP head: hidden width", ge=1, le=65536)
+    depth: int = setting(1, "MLP head: hidden layers", ge=1, le=16)
+    dropout: float = setting(0.1, "MLP head: dropout", ge=0, lt=1)
+    weight_decay: float = setting(0.01, "MLP head: AdamW weight decay", ge=0)
+    lr: float = setting(1e-3, "MLP head: AdamW learning rate", gt=0)
+    max_steps: int = setting(600, "MLP head: optimizer steps, the same budget for every method", ge=1)
+    batch_size: int = setting(64, "MLP head: pairs per step", ge=1)
+    eval_every: int = setting(25, "MLP head: steps between validation checks", ge=1)
+    patience: int = setting(6, "MLP head: validation checks without improvement before stopping", ge=1)
+    synthetic_weight: float = setting(1.0, "weight of a synthetic pair in the Bradley-Terry loss (originals: 1)",
+                                      gt=0, le=10)
 
 
 @dataclass
 class TuneConfig:
     """The Ray Tune search (`jobs/tune.py`): what it spans, how it measures, what it may spend."""
-    name: str | None = None             # None: <run name>-tune; a re-run with the same name resumes
-    num_samples: int = 24               # trials
-    max_concurrent: int = 2             # trials at once
-    cpus_per_trial: float = 1.0
-    folds: int = 4                      # k-fold over the seed pairs (whole prompts per fold)
-    repeats: int = 2                    # seeds per fold: each trial fits folds * repeats paired heads
-    grace_period: int | None = None     # units a trial runs before ASHA may stop it; None: one pass over the folds
-    reduction_factor: float = 2.0       # ASHA: keep the top 1/reduction_factor at each rung
-    methods: tuple[str, ...] = ("lens", "direct_perturbation", "gaussian_sampling")
-    factors: tuple[int, ...] = (2, 4, 8)
-    open_choices: bool = True           # also span the choices the paper leaves open (VAE shape, residual, ...)
-    searcher_seed: int = 0
-    test_seeds: int = 5                 # seeds for the chosen configuration's test accuracy
+    name: str | None = setting(None, "search name; unset: <run name>-tune; the same name resumes", plain_name=True,
+                               cli={"tune": "--name"})
+    num_samples: int = setting(24, "trials", ge=1, cli={"tune": "--num-samples"})
+    folds: int = setting(4, "k-fold over the seed pairs (whole prompts per fold)", ge=2, cli={"tune": "--folds"})
+    repeats: int = setting(2, "seeds per fold: each trial fits folds * repeats paired heads", ge=1,
+                           cli={"tune": "--repeats"})
+    grace_period: int | None = setting(None, "units a trial runs before ASHA may stop it; unset: one pass over "
+                                       "the folds", ge=1)
+    reduction_factor: float = setting(2.0, "ASHA keeps the top 1/reduction_factor at each rung", gt=1)
+    methods: tuple[str, ...] = setting(("lens", "direct_perturbation", "gaussian_sampling"),
+                                       "augmenting methods the search spans", choices=AUGMENTING, nonempty=True)
+    factors: tuple[int, ...] = setting((2, 4, 8), "augmentation factors the search spans", ge=2, le=64, nonempty=True)
+    open_choices: bool = setting(True, "also span the choices the paper leaves open (VAE shape, residual, ...)")
+    searcher_seed: int = setting(0, "seed of the Optuna sampler", ge=0)
+    test_seeds: int = setting(5, "seeds for the chosen configuration's test accuracy", ge=1)
 
 
-METHODS = ("original", "mean_diff", "direct_perturbation", "gaussian_sampling", "lens")
+@dataclass
+class ScaleConfig:
+    """`lens-ray synthesize`: N synthetic pairs from a finished run, streamed to storage."""
+    pairs: int = setting(1_000_000, "pairs to write", ge=1, cli={"synthesize": "--pairs"})
+    mode: str = setting("materialized", "materialized: the embeddings; seeded: 14 bytes a pair, decoded when read",
+                        choices=("materialized", "seeded"), cli={"synthesize": "--mode"})
+    method: str = setting("lens", "augmenting method", choices=AUGMENTING, cli={"synthesize": "--method"})
+    k: int = setting(2, "synthetic embeddings per side per unit: (k+1)^2-1 pairs a unit", ge=1, le=64,
+                     cli={"synthesize": "--k"})
+    seed: int = setting(0, "which of the run's seeds (its VAE) and the RNG seed", ge=0, cli={"synthesize": "--seed"})
+    shard_pairs: int = setting(16384, "pairs per stored shard", ge=1, cli={"synthesize": "--shard-pairs"})
+    dtype: str = setting("float32", "dtype of materialized embeddings", choices=("float32", "float16"),
+                         cli={"synthesize": "--dtype"})
+
+
+@dataclass
+class ResourcesConfig:
+    """Where and how wide the job runs. No fingerprint, cache key or manifest reads this section."""
+    embed_actors: int = setting(1, "embedding actors (model replicas)", ge=1)
+    embed_cpus_per_actor: float = setting(0.5, "CPUs per embedding actor; fractional, so read tasks never starve",
+                                          gt=0)
+    embed_gpus_per_actor: float | None = setting(None, "GPUs per embedding actor; unset: 1 when the cluster has "
+                                                 "GPUs, else 0", ge=0)
+    embed_batch_size: int = setting(16, "texts per embedding batch", ge=1)
+    embed_threads: int = setting(0, "torch threads per embedding actor; 0: cores / actors", ge=0)
+    vae_workers: int = setting(2, "Ray Train (DDP) workers for the VAEs", ge=1)
+    vae_cpus_per_worker: float = setting(1.0, "CPUs per VAE worker", gt=0)
+    reward_workers: int = setting(2, "Ray Train (DDP) workers for the reward heads", ge=1)
+    reward_cpus_per_worker: float = setting(1.0, "CPUs per reward-head worker", gt=0)
+    synth_actors: int = setting(1, "synthesis actors", ge=1, cli={"synthesize": "--workers"})
+    synth_cpus_per_actor: float = setting(0.5, "CPUs per synthesis actor", gt=0,
+                                          cli={"synthesize": "--cpus-per-worker"})
+    synth_batch_size: int = setting(256, "source pairs per synthesis batch", ge=1)
+    tune_max_concurrent: int = setting(2, "trials at once", ge=1, cli={"tune": "--max-concurrent"})
+    tune_cpus_per_trial: float = setting(1.0, "CPUs per trial", gt=0, cli={"tune": "--cpus-per-trial"})
+    train_max_failures: int = setting(3, "Ray Train: worker-group failures a stage survives (each resumes from "
+                                      "its last checkpoint)", ge=0)
+    actor_max_restarts: int = setting(3, "Ray Data: restarts of a dead embedding or synthesis actor", ge=0)
 
 
 @dataclass
 class LensConfig:
-    name: str = "lens-hh"
-    storage: str = "runs"               # root for artifacts: path, file:// or s3://bucket/prefix
-    out: str | None = None              # None: <storage>/<name>
-    cache: str | None = None            # None: <storage>/cache
-    methods: tuple[str, ...] = METHODS
-    factors: tuple[int, ...] = (4, 8)
-    seeds: int = 5
-    ray_address: str | None = None      # None: RAY_ADDRESS (set by `ray job submit`), else a local Ray
-    from_tune: str | None = None        # a search's output URI whose chosen settings this run uses
+    name: str = setting("lens-hh", "run name (a plain name: letters, digits, . _ -)", plain_name=True,
+                        cli=("run",))
+    storage: str = setting("runs", "artifact root: path, file:// or s3://bucket/prefix", cli=("run",))
+    out: str | None = setting(None, "this run's output URI; unset: <storage>/<name>", cli=("run",))
+    cache: str | None = setting(None, "embedding cache URI; unset: <storage>/cache", cli=("run",))
+    methods: tuple[str, ...] = setting(METHODS, "methods compared", choices=METHODS, nonempty=True, cli=("run",))
+    factors: tuple[int, ...] = setting((4, 8), "augmentation factors (pairs per original pair)", ge=2, le=64,
+                                       nonempty=True, cli=("run",))
+    seeds: int = setting(5, "seeds per method (validation split, initialization, synthesis noise)", ge=1,
+                         cli=("run",))
+    ray_address: str | None = setting(None, "Ray cluster to join; unset: RAY_ADDRESS (set by `ray job submit`), "
+                                      "else a local Ray", cli=("run", "tune", "synthesize"))
+    from_tune: str | None = setting(None, "a search's output URI whose chosen settings this run used")
     data: DataConfig = field(default_factory=DataConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     @property
     def out_uri(self) -> str:
@@ -148,60 +229,90 @@ class LensConfig:
         return self.cache or join_uri(self.storage, "cache")
 
     def validate(self) -> "LensConfig":
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad:
-            raise ConfigError(f"methods: unknown {bad}; choose from {list(METHODS)}")
-        if any(f < 1 for f in self.factors):
-            raise ConfigError(f"factors: each must be >= 1, got {list(self.factors)}")
-        if self.seeds < 1:
-            raise ConfigError(f"seeds: must be >= 1, got {self.seeds}")
-        if self.data.on_bad_row not in ("quarantine", "error"):
-            raise ConfigError(f"data.on_bad_row: quarantine or error, got {self.data.on_bad_row!r}")
-        if not 0 < self.data.val_fraction < 1:
-            raise ConfigError(f"data.val_fraction: must lie in (0, 1), got {self.data.val_fraction}")
-        if self.data.seed_pairs < 10:
-            raise ConfigError(f"data.seed_pairs: need at least 10, got {self.data.seed_pairs}")
-        if self.embed.pooling not in ("auto", "last", "mean"):
-            raise ConfigError(f"embed.pooling: auto|last|mean, got {self.embed.pooling!r}")
-        if self.embed.padding_side not in ("left", "right"):
-            raise ConfigError(f"embed.padding_side: left|right, got {self.embed.padding_side!r}")
-        if self.embed.storage_dtype not in ("float32", "float16"):
-            raise ConfigError(f"embed.storage_dtype: float32|float16, got {self.embed.storage_dtype!r}")
-        if self.vae.div_bound not in ("clamp", "margin"):
-            raise ConfigError(f"vae.div_bound: clamp|margin, got {self.vae.div_bound!r}")
-        if self.vae.recon not in ("mse", "cosine") or self.vae.recon_reduction not in ("sum", "mean"):
-            raise ConfigError("vae.recon: mse|cosine and vae.recon_reduction: sum|mean")
-        if self.synth.noise_var < 0:
-            raise ConfigError(f"synth.noise_var: a variance, must be >= 0, got {self.synth.noise_var}")
-        if self.synth.select not in ("prior", "posterior") or self.synth.encode not in ("mean", "sample"):
-            raise ConfigError("synth.select: prior|posterior and synth.encode: mean|sample")
-        if self.synth.gs_covariance not in ("full", "diag"):
-            raise ConfigError(f"synth.gs_covariance: full|diag, got {self.synth.gs_covariance!r}")
-        t = self.tune
-        bad = [m for m in t.methods if m not in METHODS or m in ("original", "mean_diff")]
-        if bad or not t.methods:
-            raise ConfigError(f"tune.methods: augmenting methods only (lens, direct_perturbation, gaussian_sampling), "
-                              f"got {list(t.methods)}")
-        if t.folds < 2 or t.repeats < 1 or t.num_samples < 1 or t.max_concurrent < 1 or t.test_seeds < 1:
-            raise ConfigError("tune: folds >= 2, repeats >= 1, num_samples >= 1, max_concurrent >= 1, test_seeds >= 1")
-        if (t.grace_period is not None and t.grace_period < 1) or t.reduction_factor <= 1 or t.cpus_per_trial <= 0:
-            raise ConfigError("tune: grace_period >= 1 (or unset), reduction_factor > 1, cpus_per_trial > 0")
-        if any(f < 1 for f in t.factors) or not t.factors:
-            raise ConfigError(f"tune.factors: each must be >= 1, got {list(t.factors)}")
+        """Every field against its own choices and bounds (finite numbers only), then the cross-field rules."""
+        for path, f, value in walk(self):
+            _check(path, f, value)
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"methods: each method once, got {list(self.methods)}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
+# ---------------------------------------------------------------- walking and checking fields
+
+def walk(obj: Any, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:
+    """(dotted path, field, value) of every leaf setting under obj."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from walk(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, value
+
+
+def _check(path: str, f: dataclasses.Field, value: Any) -> None:
+    m = f.metadata
+    if value is None:
+        return
+    items = value if isinstance(value, tuple) else (value,)
+    if m.get("nonempty") and not items:
+        raise ConfigError(f"{path}: needs at least one value")
+    for v in items:
+        if m.get("choices") and v not in m["choices"]:
+            raise ConfigError(f"{path}: {v!r} is not one of {list(m['choices'])}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{path}: must be a finite number, got {v}")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            for key, ok, word in (("ge", v.__ge__, ">="), ("gt", v.__gt__, ">"), ("le", v.__le__, "<="),
+                                  ("lt", v.__lt__, "<")):
+                if m.get(key) is not None and not ok(m[key]):
+                    raise ConfigError(f"{path}: must be {word} {m[key]}, got {v}")
+        if m.get("plain_name") and not (isinstance(v, str) and PLAIN_NAME.fullmatch(v) and v not in (".", "..")):
+            raise ConfigError(f"{path}: {v!r} is not a plain name (letters, digits, '.', '_', '-'; no '/')")
+
+
+def describe(f: dataclasses.Field) -> str:
+    """The field's help with its choices and bounds, for --help and `lens-ray settings`."""
+    m, extra = f.metadata, []
+    if m.get("choices"):
+        extra.append("one of " + ", ".join(str(c) for c in m["choices"]))
+    for key, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if m.get(key) is not None:
+            extra.append(f"{word} {m[key]}")
+    return m.get("help", "") + (f" [{'; '.join(extra)}]" if extra else "")
+
+
 def join_uri(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/")] + [p.strip("/") for p in parts])
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short content hash of JSON-able parts (dataclasses included): what a stored result was made from."""
+    def plain(x):
+        return dataclasses.asdict(x) if dataclasses.is_dataclass(x) else str(x)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=plain).encode()).hexdigest()[:10]
+
+
+# ---------------------------------------------------------------- building a config
+
+# settings that moved to `resources`: a finished run's stored config still reads
+LEGACY = {"embed.num_actors": "resources.embed_actors", "embed.cpus_per_actor": "resources.embed_cpus_per_actor",
+          "embed.gpus_per_actor": "resources.embed_gpus_per_actor", "embed.batch_size": "resources.embed_batch_size",
+          "embed.torch_threads": "resources.embed_threads", "vae.num_workers": "resources.vae_workers",
+          "vae.cpus_per_worker": "resources.vae_cpus_per_worker", "reward.num_workers": "resources.reward_workers",
+          "reward.cpus_per_worker": "resources.reward_cpus_per_worker",
+          "synth.batch_size": "resources.synth_batch_size",
+          "synth.num_actors": "resources.synth_actors", "synth.cpus_per_actor": "resources.synth_cpus_per_actor",
+          "tune.max_concurrent": "resources.tune_max_concurrent",
+          "tune.cpus_per_trial": "resources.tune_cpus_per_trial"}
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     """Cast a YAML/CLI value to the field's declared type (strings from the CLI included)."""
     tp = str(tp)
-    if value is None:
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and "None" in tp):
         return None
     try:
         if tp.startswith("tuple"):
@@ -215,11 +326,16 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 return value.lower() in ("true", "1", "yes")
             return bool(value)
         if tp.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
             return int(value)
         if tp.startswith("float"):
             return float(value)
-        if tp.startswith("str") and isinstance(value, (int, float)):
-            return str(value)
+        if tp.startswith("str"):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return str(value)
+            if not isinstance(value, str):
+                raise TypeError(value)
         return value
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: cannot read {value!r} as {tp}") from exc
@@ -239,25 +355,38 @@ def _fill(obj: Any, values: dict[str, Any], where: str) -> None:
             setattr(obj, key, _coerce(known[key].type, value, f"{where}{key}"))
 
 
+def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in dotted.items():
+        node = nested
+        *heads, last = LEGACY.get(key, key).split(".")
+        for h in heads:
+            node = node.setdefault(h, {})
+        node[last] = value
+    return nested
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, dict) and k in {f.name for f in dataclasses.fields(LensConfig)}:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def config_from_dict(values: dict[str, Any]) -> LensConfig:
-    """A stored `LensConfig.to_dict()` (e.g. a report's) -> LensConfig; sections it lacks keep defaults."""
+    """A stored `LensConfig.to_dict()` (e.g. a report's) -> LensConfig; sections it lacks keep defaults,
+    settings that have moved since (LEGACY) are read at their new place."""
     cfg = LensConfig()
-    _fill(cfg, values, "")
+    _fill(cfg, _nest(_flatten(values)), "")
     return cfg.validate()
 
 
 def apply_overrides(cfg: LensConfig, overrides: dict[str, Any] | None) -> LensConfig:
     """Dotted overrides (``{"vae.beta": 0.5}``; None values skipped) onto cfg, validated."""
-    nested: dict[str, Any] = {}
-    for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
-        node = nested
-        *heads, last = dotted.split(".")
-        for h in heads:
-            node = node.setdefault(h, {})
-        node[last] = value
-    _fill(cfg, nested, "")
+    _fill(cfg, _nest({k: v for k, v in (overrides or {}).items() if v is not None}), "")
     return cfg.validate()
 
 
@@ -266,9 +395,14 @@ def load_config(yaml_path: str | None = None, overrides: dict[str, Any] | None =
     """base (default: the defaults) <- YAML file <- overrides (dotted keys such as ``"vae.beta"``)."""
     cfg = base or LensConfig()
     if yaml_path:
-        with open(yaml_path) as fh:
-            loaded = yaml.safe_load(fh) or {}
+        try:
+            with open(yaml_path) as fh:
+                loaded = yaml.safe_load(fh) or {}
+        except OSError as exc:
+            raise ConfigError(f"{yaml_path}: cannot read the config file ({exc.strerror})") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{yaml_path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"{yaml_path}: expected a mapping at the top level")
-        _fill(cfg, loaded, "")
+        _fill(cfg, _nest(_flatten(loaded)), "")
     return apply_overrides(cfg, overrides)

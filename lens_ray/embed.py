@@ -58,7 +58,7 @@ def resolve_model(spec: str) -> ModelSource:
     if path.is_dir():
         cfg = path / "config.json"
         digest = hashlib.sha256(cfg.read_bytes()).hexdigest()[:12] if cfg.exists() else "noconfig"
-        sizes = sum(f.stat().st_size for f in path.glob("*.safetensors")) + sum(f.stat().st_size for f in path.glob("*.bin"))
+        sizes = sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin") for f in path.glob(pattern))
         return ModelSource(str(path.resolve()), None, f"local:{path.name}:{digest}:{sizes}")
     if os.sep in spec and not path.exists() and spec.startswith((".", "/", "~")):
         raise ModelLoadError(f"model path {spec!r} does not exist")

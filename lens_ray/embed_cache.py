@@ -1,9 +1,12 @@
-"""Content-addressed embedding cache in storage: a (model, pooling, max length, text) is embedded once,
-across runs and data sets. No Ray.
+"""Content-addressed embedding cache in storage: a (model, pooling, max length, dtype, text) is embedded
+once, across runs and data sets. No Ray.
 
-Layout: <cache>/<sha of settings>/manifest.json + shard-*.parquet (key: string, embedding: fixed-size
-list of float32/float16). A shard counts once committed in the manifest with its checksum; a corrupt
-shard is forgotten and its texts embedded again.
+Layout: <cache>/<sha of settings>/settings.json, and per shard shard-<id>.parquet (key: string, embedding:
+fixed-size list) with its commit record shard-<id>.json (checksum, rows), written after the shard. Every
+writer commits its own records, so any number of jobs can add to one cache at once and none loses
+another's shards (there is no shared index to overwrite). A shard counts once its record exists and its
+checksum verifies; a corrupt shard is forgotten and its texts embedded again. A manifest.json written by
+an older lens-ray is still read.
 """
 from __future__ import annotations
 
@@ -14,20 +17,10 @@ import uuid
 import numpy as np
 import pyarrow as pa
 
-from lens_ray.storage import Manifest, Storage
+from lens_ray.arrow_columns import arrow_to_embeddings, embeddings_to_arrow
+from lens_ray.storage import Storage, StorageError
 
-
-def embeddings_to_arrow(emb: np.ndarray, dtype: str = "float32") -> pa.Array:
-    """(n, d) -> a fixed-size-list column: the fixed-shape tensor layout parquet stores natively."""
-    flat = pa.array(np.ascontiguousarray(emb, dtype=np.dtype(dtype)).reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])
-
-
-def arrow_to_embeddings(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A fixed-size-list column -> (n, d) float32."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    d = arr.type.list_size
-    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, d)
+SETTINGS, LEGACY_MANIFEST = "settings.json", "manifest.json"
 
 
 class EmbeddingCache:
@@ -35,15 +28,37 @@ class EmbeddingCache:
         self.settings = settings
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         self.store = root.child(digest)
-        self.manifest = Manifest.open(self.store, settings)
         self.dtype = settings.get("storage_dtype", "float32")
+        for name in (SETTINGS, LEGACY_MANIFEST):
+            if self.store.exists(name):
+                stored = self.store.read_json(name)
+                stored = stored.get("meta") if name == LEGACY_MANIFEST else stored
+                if stored != settings:
+                    raise StorageError(f"{self.store.uri_of(name)} was written with other settings {stored}")
+        if not self.store.exists(SETTINGS):
+            self.store.write_json(SETTINGS, settings)       # concurrent writers write the same bytes
+
+    def committed(self) -> dict[str, dict]:
+        """Shard name -> its commit record (sha256, rows), over every writer's records."""
+        found = {}
+        if self.store.exists(LEGACY_MANIFEST):
+            found.update(self.store.read_json(LEGACY_MANIFEST).get("files", {}))
+        for name in self.store.listdir():
+            if name.startswith("shard-") and name.endswith(".json"):
+                try:
+                    found[name[:-len(".json")] + ".parquet"] = self.store.read_json(name)
+                except (StorageError, ValueError):
+                    continue                                 # a torn record: its shard does not count
+        return found
 
     def lookup(self, keys: list[str]) -> dict[str, np.ndarray]:
-        """The cached vectors among `keys` (verified shards only)."""
+        """The cached vectors among `keys` (verified shards only; a corrupt shard is forgotten)."""
         wanted, found = set(keys), {}
-        for name in list(self.manifest.files):
-            table = self.manifest.read_parquet(name)
-            if table is None:
+        for name, info in self.committed().items():
+            try:
+                table = self.store.read_parquet(name, info["sha256"])
+            except (StorageError, KeyError):
+                self._forget(name)
                 continue
             shard_keys = table.column("key").to_pylist()
             if not wanted.intersection(shard_keys):
@@ -55,9 +70,15 @@ class EmbeddingCache:
         return found
 
     def add(self, keys: list[str], emb: np.ndarray) -> None:
+        """Commit vectors (n, d) under their keys: the shard first, then its record."""
         if not keys:
             return
         table = pa.table({"key": pa.array(keys), "embedding": embeddings_to_arrow(emb, self.dtype)})
-        name = f"shard-{uuid.uuid4().hex[:12]}.parquet"
-        info = self.manifest.store.write_parquet(name, table)
-        self.manifest.commit(name, info)
+        name = f"shard-{uuid.uuid4().hex[:12]}"
+        info = self.store.write_parquet(f"{name}.parquet", table)
+        self.store.write_json(f"{name}.json", info)
+
+    def _forget(self, name: str) -> None:
+        record = name[:-len(".parquet")] + ".json"
+        if self.store.exists(record):
+            self.store.delete(record)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lens_ray.rng import BON_DRAWS, keyed_rng
+
 
 def preference_accuracy(r_pos: np.ndarray, r_neg: np.ndarray) -> float:
     """(P,) x2 -> share of pairs ranked right; a tie counts half (a constant scorer gets 0.5)."""
@@ -20,12 +22,12 @@ def draw_bon(num_responses: list[int], n: int, seed: int) -> list[np.ndarray]:
 
     Prompts with fewer than n responses must be filtered out before; this raises instead.
     """
-    rng = np.random.default_rng(seed)
+    gen = keyed_rng(seed, BON_DRAWS)
     out = []
     for q, count in enumerate(num_responses):
         if count < n:
             raise ValueError(f"BoN prompt {q}: {count} responses, fewer than N={n}")
-        out.append(np.sort(rng.choice(count, size=n, replace=False)))
+        out.append(np.sort(gen.choice(count, size=n, replace=False)))
     return out
 
 

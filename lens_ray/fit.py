@@ -1,10 +1,11 @@
 """Single-process training loops for the VAE and the reward head: the math of a fit, with hooks for
 the data-parallel layer (`ray_train.py`) to shard batches and average gradients. No Ray import.
 
-`shard` picks a worker's part of each global batch; `wrap` turns the model into the module that
-runs the training forward pass (DistributedDataParallel under Ray Train, which averages gradients;
-the identity in one process). Every worker draws the same global permutation from the same seed, so
-workers agree on the batches and on early-stopping decisions without talking.
+`Workers` holds the hooks: `shard` picks a worker's part of each global batch; `wrap` turns the model
+into the module that runs the training forward pass (DistributedDataParallel under Ray Train, which
+averages gradients; the identity in one process); `any` tells every worker whether any of them saw a
+non-finite loss, so they stop together. Every worker draws the same global permutation from the same
+seed, so workers agree on the batches and on early-stopping decisions without talking.
 """
 from __future__ import annotations
 
@@ -21,40 +22,60 @@ from lens_ray.config import RewardConfig, VAEConfig
 from lens_ray.evaluate import preference_accuracy
 from lens_ray.models.reward import RewardHead, bradley_terry_loss
 from lens_ray.models.vae import PreferenceVAE, lens_vae_loss, relative_reconstruction_error
+from lens_ray.rng import BATCHES, keyed_rng
 from lens_ray.synth import combinatorial_pairs, gather_pairs, synth_per_side
 
 Shard = Callable[[np.ndarray], np.ndarray]
 Wrap = Callable[[nn.Module], nn.Module]
 
 
-def whole(idx: np.ndarray) -> np.ndarray:
-    return idx
+class NonFiniteError(FloatingPointError):
+    """A fit whose loss or weights stopped being finite numbers; the message says where."""
 
 
-def unwrapped(model: nn.Module) -> nn.Module:
-    return model
+def finite_or_raise(what: str, *tensors: torch.Tensor) -> None:
+    for t in tensors:
+        if not bool(torch.isfinite(t).all()):
+            raise NonFiniteError(f"{what}: non-finite values")
+
+
+def _same(x):
+    return x
+
+
+@dataclass
+class Workers:
+    """How a fit is spread over workers: by default one process (no sharding, no wrapper)."""
+    shard: Shard = _same
+    wrap: Wrap = _same
+    any: Callable[[bool], bool] = _same
+
+
+ALONE = Workers()
 
 
 def fit_vae(cfg: VAEConfig, train_pos: torch.Tensor, train_neg: torch.Tensor, seed: int,
-            shard: Shard = whole, wrap: Wrap = unwrapped,
-            log: Callable[[dict], None] | None = None) -> tuple[PreferenceVAE, dict]:
-    """Fit a PreferenceVAE on training pairs (n, d) x2; returns the model and its fit metrics."""
+            workers: Workers = ALONE, log: Callable[[dict], None] | None = None) -> tuple[PreferenceVAE, dict]:
+    """Fit a PreferenceVAE on training pairs (n, d) x2; returns the model and its fit metrics.
+    Raises NonFiniteError when the loss or the weights stop being finite."""
     torch.manual_seed(seed)
     vae = PreferenceVAE(train_pos.shape[1], cfg.latent_dim, cfg.hidden_dims)
     vae.norm.fit(torch.cat([train_pos, train_neg]))
-    net = wrap(vae)
+    net = workers.wrap(vae)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(seed)
+    rng = keyed_rng(seed, BATCHES)
     n = len(train_pos)
     for epoch in range(cfg.epochs):
         vae.train()
         order = rng.permutation(n)
         for start in range(0, n, cfg.batch_pairs):
-            idx = shard(order[start:start + cfg.batch_pairs])
+            idx = workers.shard(order[start:start + cfg.batch_pairs])
             if len(idx) == 0:
                 continue
             loss = lens_vae_loss(vae, train_pos[idx], train_neg[idx], cfg.beta, cfg.gamma, cfg.recon,
                                  cfg.recon_reduction, cfg.div_bound, cfg.div_max, forward=net)
+            if workers.any(not bool(torch.isfinite(loss.total))):
+                raise NonFiniteError(f"non-finite VAE loss at epoch {epoch + 1}")
             opt.zero_grad(set_to_none=True)
             loss.total.backward()
             opt.step()
@@ -62,6 +83,7 @@ def fit_vae(cfg: VAEConfig, train_pos: torch.Tensor, train_neg: torch.Tensor, se
             log({"epoch": epoch + 1, "loss": float(loss.total), "recon": float(loss.recon),
                  "kl": float(loss.kl), "w2": float(loss.w2)})
     vae.eval()
+    finite_or_raise("VAE weights after training", *vae.state_dict().values())
     with torch.no_grad():
         final = lens_vae_loss(vae, train_pos, train_neg, cfg.beta, cfg.gamma, cfg.recon, cfg.recon_reduction,
                               cfg.div_bound, cfg.div_max)
@@ -97,22 +119,24 @@ class HeadFit:
     best_step: int
     steps: int
     history: list[dict] = field(default_factory=list)
+    failure: str | None = None      # why the fit is no result (non-finite loss or weights); None: it is one
 
 
 def fit_head(cfg: RewardConfig, train: PairSet, val: PairSet, seed: int, norm_pos: torch.Tensor,
-             norm_neg: torch.Tensor, shard: Shard = whole, wrap: Wrap = unwrapped) -> HeadFit:
+             norm_neg: torch.Tensor, workers: Workers = ALONE) -> HeadFit:
     """Bradley-Terry fit of a RewardHead with a fixed step budget and early stopping on `val`.
 
     The head standardizes with statistics of the seed's real training embeddings (norm_pos,
     norm_neg), identical across methods, so synthetic data cannot shift the input scale.
-    Returns the head at its best validation accuracy (ties: the earlier step).
+    Returns the head at its best validation accuracy (ties: the earlier step). A non-finite loss or
+    weight stops the fit and marks it failed (`HeadFit.failure`): it is never a result.
     """
     torch.manual_seed(seed)
     head = RewardHead(train.pos.shape[1], cfg.hidden_dim, cfg.depth, cfg.dropout)
     head.norm.fit(torch.cat([norm_pos, norm_neg]))
-    net = wrap(head)
+    net = workers.wrap(head)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(seed)
+    rng = keyed_rng(seed, BATCHES)
     n = len(train)
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     best = (-1.0, 0, copy.deepcopy(head.state_dict()))
@@ -121,11 +145,13 @@ def fit_head(cfg: RewardConfig, train: PairSet, val: PairSet, seed: int, norm_po
         pos_in_epoch = step % steps_per_epoch
         if pos_in_epoch == 0 and step > 0:
             order = rng.permutation(n)
-        idx = shard(order[pos_in_epoch * cfg.batch_size:(pos_in_epoch + 1) * cfg.batch_size])
+        idx = workers.shard(order[pos_in_epoch * cfg.batch_size:(pos_in_epoch + 1) * cfg.batch_size])
         head.train()
         w = None if train.weight is None else train.weight[idx]
         r = net(torch.cat([train.pos[idx], train.neg[idx]]))   # one forward pass, as DDP wants
         loss = bradley_terry_loss(r[:len(idx)], r[len(idx):], w)
+        if workers.any(not bool(torch.isfinite(loss))):
+            return HeadFit(head.eval(), float("nan"), 0, step + 1, history, f"non-finite loss at step {step + 1}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -141,6 +167,8 @@ def fit_head(cfg: RewardConfig, train: PairSet, val: PairSet, seed: int, norm_po
                     break
     head.load_state_dict(best[2])
     head.eval()
+    if not all(bool(torch.isfinite(v).all()) for v in head.state_dict().values()):
+        return HeadFit(head, float("nan"), best[1], step, history, "non-finite weights")
     return HeadFit(head, best[0], best[1], step, history)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,15 +17,18 @@ import ray
 import torch
 from ray.data import ActorPoolStrategy
 
+from lens_ray.arrow_columns import arrow_to_embeddings, embeddings_to_arrow
 from lens_ray.augment import Augmenter
-from lens_ray.config import EmbedConfig, SynthConfig
+from lens_ray.config import EmbedConfig, ResourcesConfig
 from lens_ray.embed import Embedder, resolve_dtype
-from lens_ray.embed_cache import arrow_to_embeddings, embeddings_to_arrow
+from lens_ray.run_types import Job
 from lens_ray.storage import Manifest, Storage
-from lens_ray.synth_stream import decode_seeded, materialize, seeded_pairs
 from lens_ray.synth import synth_per_side
+from lens_ray.synth_stream import decode_seeded, materialize, seeded_pairs
 
 Log = Callable[[str], None]
+# Ray 2.60 takes an actor's max_restarts only as a free remote argument (deprecated for a named one in 2.64)
+warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
 
 
 @dataclass
@@ -55,7 +59,13 @@ def gpus_per_actor(cfg_value: float | None) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def embed_items(items: list[EmbedItem], cfg: EmbedConfig, log: Log = print,
+def actor_pool(size: int, res: ResourcesConfig) -> dict:
+    """map_batches arguments of an actor pool whose dead actors are restarted at most res.actor_max_restarts
+    times (then the dataset fails, naming the actor's error)."""
+    return {"compute": ActorPoolStrategy(size=size), "max_restarts": res.actor_max_restarts}
+
+
+def embed_items(items: list[EmbedItem], cfg: EmbedConfig, res: ResourcesConfig, log: Log = print,
                 on_chunk: Callable[[list[str], np.ndarray], None] | None = None,
                 chunk: int = 256) -> tuple[dict[str, np.ndarray], EmbedStats]:
     """Embed items with an actor pool; batches hold texts of similar length (sorted by size).
@@ -72,22 +82,22 @@ def embed_items(items: list[EmbedItem], cfg: EmbedConfig, log: Log = print,
     # length-sorted batching: consecutive rows have similar length, so little padding per batch
     df = df.assign(_len=df.prompt_json.str.len() + df.response.str.len()).sort_values("_len", kind="stable")
     df = df.drop(columns="_len").reset_index(drop=True)
-    n_blocks = max(2 * cfg.num_actors, min(64, len(df) // (cfg.batch_size * 4) + 1))
+    n_blocks = max(2 * res.embed_actors, min(64, len(df) // (res.embed_batch_size * 4) + 1))
     ds = ray.data.from_pandas(split_frame(df, n_blocks))
-    gpus = gpus_per_actor(cfg.gpus_per_actor)
+    gpus = gpus_per_actor(res.embed_gpus_per_actor)
     # Ray caps OMP threads at an actor's CPU share (1 for 0.5); on CPU give each actor its share of cores
-    threads = cfg.torch_threads or (1 if gpus else max(1, (os.cpu_count() or 1) // cfg.num_actors))
+    threads = res.embed_threads or (1 if gpus else max(1, (os.cpu_count() or 1) // res.embed_actors))
     out = ds.map_batches(
         Embedder,
         fn_constructor_kwargs=dict(model=cfg.model, pooling=cfg.pooling, max_length=cfg.max_length,
                                    dtype=resolve_dtype(cfg.dtype, "cuda" if gpus else "cpu"),
                                    padding_side=cfg.padding_side, torch_threads=threads),
-        batch_size=cfg.batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=cfg.num_actors),
-        num_cpus=cfg.cpus_per_actor, num_gpus=gpus)
+        batch_size=res.embed_batch_size, batch_format="numpy", num_cpus=res.embed_cpus_per_actor, num_gpus=gpus,
+        **actor_pool(res.embed_actors, res))
     found: dict[str, np.ndarray] = {}
     pending: list[str] = []
     next_report = 0.1
-    for batch in out.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"):
+    for batch in out.iter_batches(batch_size=res.embed_batch_size, batch_format="numpy"):
         for k, v in zip(batch["key"], batch["embedding"]):
             found[str(k)] = np.asarray(v, dtype=np.float32)
             pending.append(str(k))
@@ -113,13 +123,13 @@ def embed_items(items: list[EmbedItem], cfg: EmbedConfig, log: Log = print,
 class SynthesizeBatch:
     """Ray Data callable: rows (job, pair_id) -> one row per synthetic embedding.
 
-    Each actor holds every job's Augmenter and the seed's training embeddings once, so rows carry
+    Each actor holds every job's Augmenter and the seeds' training embeddings once, so rows carry
     ids only. Output: job, pair_id, side (0 chosen, 1 rejected), slot (1..k), embedding (d,).
     """
 
-    def __init__(self, jobs: dict[int, tuple[Augmenter, int]], train: dict[int, tuple[np.ndarray, np.ndarray]]):
+    def __init__(self, jobs: list[tuple[Augmenter, int]], train: dict[int, tuple[np.ndarray, np.ndarray]]):
         torch.set_num_threads(1)
-        self.jobs = jobs            # job -> (augmenter, factor)
+        self.jobs = jobs            # job index -> (augmenter, factor)
         self.train = train          # seed -> (pos, neg) (n, d)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -139,32 +149,37 @@ class SynthesizeBatch:
         return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def synthesize_jobs(jobs: dict[int, tuple[Augmenter, int]], train: dict[int, tuple[np.ndarray, np.ndarray]],
-                    cfg: SynthConfig, log: Log = print) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """All jobs in one Ray Data pass -> job -> (syn_pos, syn_neg), each (n_pairs, k, d), pair-ordered."""
-    rows = pd.DataFrame([(job, pid) for job, (aug, _) in jobs.items() for pid in range(len(train[aug.seed][0]))],
+def synthesize_jobs(jobs: dict[Job, Augmenter], train: dict[int, tuple[np.ndarray, np.ndarray]],
+                    res: ResourcesConfig, log: Log = print) -> dict[Job, tuple[np.ndarray, np.ndarray]]:
+    """All jobs in one Ray Data pass -> job -> (syn_pos, syn_neg), each (n_pairs, k, d), pair-ordered.
+    train: seed -> the seed's training (pos, neg), (n, d) each."""
+    order = list(jobs)
+    rows = pd.DataFrame([(i, pid) for i, job in enumerate(order) for pid in range(len(train[job.seed][0]))],
                         columns=["job", "pair_id"])
-    n_blocks = max(2 * cfg.num_actors, len(rows) // cfg.batch_size + 1)
+    n_blocks = max(2 * res.synth_actors, len(rows) // res.synth_batch_size + 1)
     ds = ray.data.from_pandas(split_frame(rows, n_blocks))
-    out = ds.map_batches(SynthesizeBatch, fn_constructor_kwargs={"jobs": jobs, "train": train},
-                         batch_size=cfg.batch_size, batch_format="numpy",
-                         compute=ActorPoolStrategy(size=cfg.num_actors), num_cpus=cfg.cpus_per_actor)
-    parts: dict[int, list[dict[str, np.ndarray]]] = {j: [] for j in jobs}
+    out = ds.map_batches(SynthesizeBatch, fn_constructor_kwargs={"jobs": [(jobs[j], j.factor) for j in order],
+                                                                 "train": train},
+                         batch_size=res.synth_batch_size, batch_format="numpy", num_cpus=res.synth_cpus_per_actor,
+                         **actor_pool(res.synth_actors, res))
+    parts: dict[int, list[dict[str, np.ndarray]]] = {i: [] for i in range(len(order))}
     for batch in out.iter_batches(batch_size=4096, batch_format="numpy"):
-        for job in np.unique(batch["job"]):
-            sel = batch["job"] == job
-            parts[int(job)].append({k: batch[k][sel] for k in ("pair_id", "side", "slot", "embedding")})
+        for i in np.unique(batch["job"]):
+            sel = batch["job"] == i
+            parts[int(i)].append({k: batch[k][sel] for k in ("pair_id", "side", "slot", "embedding")})
     result = {}
-    for job, (aug, factor) in jobs.items():
-        n, d = train[aug.seed][0].shape
-        k = synth_per_side(factor)
-        syn = np.full((2, n, k, d), np.nan, dtype=np.float32)
-        for p in parts[job]:
+    for i, job in enumerate(order):
+        n, d = train[job.seed][0].shape
+        k = synth_per_side(job.factor)
+        syn = np.zeros((2, n, k, d), dtype=np.float32)
+        seen = np.zeros((2, n, k), dtype=bool)
+        for p in parts[i]:
             syn[p["side"], p["pair_id"], p["slot"] - 1] = p["embedding"]
-        if k and np.isnan(syn).any():
-            raise RuntimeError(f"synthesis job {job}: {int(np.isnan(syn[..., 0]).sum())} embeddings missing")
+            seen[p["side"], p["pair_id"], p["slot"] - 1] = True
+        if not seen.all():
+            raise RuntimeError(f"synthesis of {job.name}: {int((~seen).sum())} embeddings missing")
         result[job] = (syn[0], syn[1])
-    log(f"  synthesized {sum(len(rows[rows.job == j]) for j in jobs)} source pairs across {len(jobs)} jobs")
+    log(f"  synthesized {len(rows)} source pairs across {len(jobs)} jobs")
     return result
 
 
@@ -204,20 +219,22 @@ class WriteSynthShards:
 
 
 def synthesize_at_scale(aug: Augmenter, src_pos: np.ndarray, src_neg: np.ndarray, k: int, mode: str, out: Storage,
-                        total: int, meta: dict, shard_pairs: int = 16384, workers: int = 1,
-                        cpus_per_worker: float = 1.0, dtype: str = "float32", log: Log = print) -> Manifest:
+                        total: int, meta: dict, res: ResourcesConfig, shard_pairs: int = 16384,
+                        dtype: str = "float32", log: Log = print) -> Manifest:
     """`total` synthetic pairs into <out>/manifest.json + part-*.parquet. Shards already committed are kept:
     a re-run after a kill writes only the missing ones, so every pair is there exactly once."""
     manifest = Manifest.open(out, {**meta, "mode": mode, "pairs": total, "k": k})   # readers rely on these
-    starts = [s for s in range(0, total, shard_pairs) if shard_name(s, min(s + shard_pairs, total)) not in manifest.files]
-    log(f"  {len(starts)} of {-(-total // shard_pairs)} shards to write ({mode}, {workers} worker(s))")
+    starts = [s for s in range(0, total, shard_pairs)
+              if shard_name(s, min(s + shard_pairs, total)) not in manifest.files]
+    log(f"  {len(starts)} of {-(-total // shard_pairs)} shards to write ({mode}, {res.synth_actors} worker(s))")
     if not starts:
         return manifest
     ds = ray.data.from_items([{"start": s} for s in starts], override_num_blocks=len(starts))
     out_rows = ds.map_batches(
-        WriteSynthShards, fn_constructor_kwargs=dict(aug=aug, src_pos=src_pos, src_neg=src_neg, k=k, mode=mode,
-                                                     out_uri=out.uri, total=total, shard_pairs=shard_pairs, dtype=dtype),
-        batch_size=1, batch_format="numpy", compute=ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker)
+        WriteSynthShards,
+        fn_constructor_kwargs=dict(aug=aug, src_pos=src_pos, src_neg=src_neg, k=k, mode=mode, out_uri=out.uri,
+                                   total=total, shard_pairs=shard_pairs, dtype=dtype),
+        batch_size=1, batch_format="numpy", num_cpus=res.synth_cpus_per_actor, **actor_pool(res.synth_actors, res))
     done, t0 = 0, time.time()
     for row in out_rows.iter_rows():
         manifest.commit(str(row["name"]), {"rows": int(row["rows"]), "sha256": str(row["sha256"]),
@@ -266,5 +283,6 @@ def pairs_dataset(manifest: Manifest, aug: Augmenter | None = None, src_pos: np.
         num_cpus=cpus_per_read)
     if manifest.meta.get("mode") == "seeded":
         return ds.map_batches(DecodeSeeded, fn_constructor_kwargs=dict(aug=aug, src_pos=src_pos, src_neg=src_neg, k=k),
-                              batch_format="numpy", compute=ActorPoolStrategy(size=decoders), num_cpus=cpus_per_decoder)
+                              batch_format="numpy", compute=ActorPoolStrategy(size=decoders),
+                              num_cpus=cpus_per_decoder)
     return ds

@@ -1,5 +1,10 @@
 """Join the Ray cluster named by --ray-address or RAY_ADDRESS (what `ray job submit` sets for its driver),
-else start a local Ray for this job. No guessing: a job never joins some other local cluster by accident."""
+else start a local Ray for this job. No guessing: a job never joins some other local cluster by accident.
+
+A local Ray listens on 127.0.0.1 only: Ray binds its servers (GCS, raylet, workers, agents) to the node's
+IP, and takes the loopback address as the node IP when clusters are disabled for this process tree
+(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0). The dashboard is served on 127.0.0.1 too.
+"""
 from __future__ import annotations
 
 import os
@@ -11,14 +16,17 @@ def connect(address: str | None = None, log=print, dashboard: bool = True) -> No
     """A local Ray also serves the dashboard on 127.0.0.1 (to watch the job; Ray Train's state queries need it)."""
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from ray.data import DataContext
     DataContext.get_current().enable_progress_bars = False   # the job logs its own progress per stage
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
         log(f"joined Ray cluster at {address}")
-    else:
-        ctx = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True)
-        log(f"started a local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
-            + (f"; dashboard: http://{ctx.dashboard_url}" if dashboard and ctx.dashboard_url else ""))
+        return
+    # loopback only: read by this process (already imported) and by every Ray process it starts (from the env)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    ctx = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True)
+    log(f"started a local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs) on 127.0.0.1"
+        + (f"; dashboard: http://{ctx.dashboard_url}" if dashboard and ctx.dashboard_url else ""))

@@ -4,46 +4,66 @@ Start-up of a trainer costs seconds on a small machine, so one trainer run fits 
 (every seed's VAE; every method x factor x seed head). After each model, rank 0 attaches a checkpoint
 holding all models finished so far; a restarted worker group (FailureConfig) or a re-run with the
 same run name resumes from it and skips finished models. Run names carry a fingerprint of their
-inputs, so a checkpoint from other data or settings is never resumed.
+inputs, so a checkpoint from other data or settings is never resumed, and a checkpoint's weights are
+verified against the checksum written with them: a corrupt one is ignored and its models refitted.
+A fit whose loss stops being finite is recorded as failed (with the reason), never as a model.
 """
 from __future__ import annotations
 
+import importlib
+import ipaddress
 import json
 import logging
 import os
+import socket
 import tempfile
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import ray.train
 import torch
+import torch.distributed as dist
 from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer, prepare_model
-from safetensors.torch import load_file, save_file
+from ray.train.torch import TorchConfig, TorchTrainer, prepare_model
+from ray.train.torch.config import _TorchBackend
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 
-from lens_ray.config import RewardConfig, VAEConfig
 from lens_ray.artifacts import read_synthetic
-from lens_ray.fit import PairSet, augmented_set, fit_head, fit_vae
+from lens_ray.config import ResourcesConfig, RewardConfig, VAEConfig
+from lens_ray.fit import NonFiniteError, PairSet, Workers, augmented_set, fit_head, fit_vae
 from lens_ray.models.reward import RewardHead, bradley_terry_loss
 from lens_ray.models.vae import relative_reconstruction_error
-from lens_ray.storage import Storage
+from lens_ray.run_types import Job, SeedData
+from lens_ray.storage import ChecksumError, Storage, sha256
 
 STATE, META = "models.safetensors", "models.json"
 
 
 def save_models(folder: str, states: dict[str, dict[str, torch.Tensor]], meta: dict[str, dict]) -> None:
+    """Every model's weights in one safetensors file, their metadata and its checksum in a JSON beside it."""
     flat = {f"{name}/{k}": v.detach().cpu().contiguous() for name, sd in states.items() for k, v in sd.items()}
-    save_file(flat, os.path.join(folder, STATE))
+    blob = st_save(flat)
+    with open(os.path.join(folder, STATE), "wb") as fh:
+        fh.write(blob)
     with open(os.path.join(folder, META), "w") as fh:
-        json.dump(meta, fh)
+        json.dump({"models": meta, "sha256": sha256(blob)}, fh)
 
 
 def load_models(folder: str) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict]]:
-    """safetensors + json only: nothing from storage is unpickled."""
-    with open(os.path.join(folder, META)) as fh:
-        meta = json.load(fh)
+    """safetensors + json only (nothing from storage is unpickled), verified: ChecksumError if corrupt."""
+    try:
+        with open(os.path.join(folder, META)) as fh:
+            doc = json.load(fh)
+        with open(os.path.join(folder, STATE), "rb") as fh:
+            blob = fh.read()
+    except (OSError, ValueError) as exc:
+        raise ChecksumError(f"checkpoint {folder}: unreadable ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("sha256") != sha256(blob):
+        raise ChecksumError(f"checkpoint {folder}: weights do not match their checksum")
+    meta = doc["models"]
     states: dict[str, dict[str, torch.Tensor]] = {name: {} for name in meta}
-    for key, v in load_file(os.path.join(folder, STATE)).items():
+    for key, v in st_load(blob).items():
         name, _, param = key.partition("/")
         states[name][param] = v
     return states, meta
@@ -55,12 +75,17 @@ def quiet_train_logs() -> None:
 
 
 def _resume() -> tuple[dict, dict]:
+    """The models of the latest checkpoint; none when there is none or it does not verify."""
     quiet_train_logs()
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
         return {}, {}
-    with ckpt.as_directory() as d:
-        return load_models(d)
+    try:
+        with ckpt.as_directory() as d:
+            return load_models(d)
+    except ChecksumError as exc:
+        print(f"ignoring a corrupt checkpoint, refitting its models: {exc}", flush=True)
+        return {}, {}
 
 
 def _report(metrics: dict, states: dict, meta: dict) -> None:
@@ -73,14 +98,20 @@ def _report(metrics: dict, states: dict, meta: dict) -> None:
         ray.train.report(metrics)
 
 
-def _shard():
+def _any_worker(flag: bool) -> bool:
+    t = torch.tensor([float(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _workers() -> Workers:
+    """The DDP group's hooks for the pure loops (see fit.Workers); the identity with one worker."""
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    return lambda idx: idx[rank::world]
-
-
-def _wrap(model):
-    return prepare_model(model, move_to_device=False) if ray.train.get_context().get_world_size() > 1 else model
+    if world == 1:
+        return Workers()
+    return Workers(shard=lambda idx: idx[rank::world], wrap=lambda m: prepare_model(m, move_to_device=False),
+                   any=_any_worker)
 
 
 # ------------------------------------------------------------------ VAE
@@ -88,66 +119,113 @@ def _wrap(model):
 def _vae_loop(config: dict) -> None:
     cfg = VAEConfig(**config["vae"])
     states, meta = _resume()
-    for seed, (pos, neg, val_pos, val_neg) in config["data"].items():
-        name = f"seed-{seed}"
-        if name in states:
+    torch.set_num_threads(max(1, int(config["threads"])))
+    for sd in config["seeds"]:
+        name = f"seed-{sd.seed}"
+        if name in meta:
             continue
-        torch.set_num_threads(max(1, int(config["threads"])))
-        vae, metrics = fit_vae(cfg, torch.tensor(pos), torch.tensor(neg), int(seed),
-                               shard=_shard(), wrap=_wrap)
-        metrics["rel_recon_val"] = relative_reconstruction_error(vae, torch.tensor(np.concatenate([val_pos, val_neg])))
+        try:
+            vae, metrics = fit_vae(cfg, torch.tensor(sd.train_pos), torch.tensor(sd.train_neg), sd.seed,
+                                   workers=_workers())
+        except NonFiniteError as exc:
+            states[name], meta[name] = {}, {"failed": f"VAE seed {sd.seed}: {exc}"}
+            _report({"model": name}, states, meta)
+            continue
+        metrics["rel_recon_val"] = relative_reconstruction_error(
+            vae, torch.tensor(np.concatenate([sd.val_pos, sd.val_neg])))
         states[name], meta[name] = vae.state_dict(), {"config": vae.config(), "metrics": metrics}
         _report({"model": name, **metrics}, states, meta)
 
 
-def fit_vaes(cfg: VAEConfig, data: dict[int, tuple[np.ndarray, ...]], run_name: str, storage: Storage,
-             max_failures: int = 1) -> tuple[dict, dict]:
-    """data: seed -> (train_pos, train_neg, val_pos, val_neg), each (n, d) -> states, meta by 'seed-<s>'."""
-    config = {"vae": asdict(cfg), "data": data, "threads": _threads(cfg.num_workers)}
-    return _fit(_vae_loop, config, cfg.num_workers, cfg.cpus_per_worker, run_name, storage, max_failures)
+def fit_vaes(cfg: VAEConfig, seeds: list[SeedData], run_name: str, storage: Storage,
+             res: ResourcesConfig) -> tuple[dict, dict]:
+    """One VAE per seed -> states, meta by 'seed-<s>' (meta holds "failed" instead of a model for a fit
+    that diverged)."""
+    config = {"vae": asdict(cfg), "seeds": seeds, "threads": _threads(res.vae_workers)}
+    return _fit(_vae_loop, config, res.vae_workers, res.vae_cpus_per_worker, run_name, storage,
+                res.train_max_failures)
 
 
 # ------------------------------------------------------------------ reward heads
 
-@dataclass
-class HeadJob:
-    name: str                  # e.g. lens-f8-s2
-    method: str
-    factor: int
-    seed: int
-    synthetic: str | None      # file in <run>/synthetic holding (n_train, k, d) x2, or None
-
-
 def _head_loop(config: dict) -> None:
     cfg = RewardConfig(**config["reward"])
     states, meta = _resume()
-    store = Storage(config["run_uri"])
+    run = Storage(config["run_uri"])
+    seeds: dict[int, SeedData] = {sd.seed: sd for sd in config["seeds"]}
     torch.set_num_threads(max(1, int(config["threads"])))
-    for job in (HeadJob(**j) for j in config["jobs"]):
-        if job.name in states:
+    for job in config["jobs"]:
+        if job.name in meta:
             continue
-        pos, neg, val_pos, val_neg = (torch.tensor(a) for a in config["data"][job.seed])
+        sd = seeds[job.seed]
+        pos, neg = torch.tensor(sd.train_pos), torch.tensor(sd.train_neg)
         train = PairSet(pos, neg)
-        if job.synthetic:
-            syn_pos, syn_neg = (torch.from_numpy(a) for a in read_synthetic(store, job.synthetic))
+        if job.augments:
+            syn = read_synthetic(run, job.name)
+            if syn is None:
+                raise ChecksumError(f"{run.uri}/synthetic/{job.name}.parquet: missing or corrupt")
+            syn_pos, syn_neg = (torch.from_numpy(a) for a in syn)
             train = augmented_set(pos, neg, syn_pos, syn_neg, job.factor, job.seed, cfg.synthetic_weight)
-        fit = fit_head(cfg, train, PairSet(val_pos, val_neg), job.seed, pos, neg, shard=_shard(), wrap=_wrap)
-        states[job.name] = fit.head.state_dict()
-        meta[job.name] = {"config": fit.head.config(), "job": asdict(job),
+        val = PairSet(torch.tensor(sd.val_pos), torch.tensor(sd.val_neg))
+        fit = fit_head(cfg, train, val, job.seed, pos, neg, workers=_workers())
+        states[job.name] = {} if fit.failure else fit.head.state_dict()
+        meta[job.name] = {"config": fit.head.config(), "job": asdict(job), "failed": fit.failure,
                           "metrics": {"val_acc": fit.best_val_acc, "best_step": fit.best_step, "steps": fit.steps,
                                       "train_pairs": len(train)}}
         _report({"model": job.name, "val_acc": fit.best_val_acc}, states, meta)
 
 
-def fit_heads(cfg: RewardConfig, jobs: list[HeadJob], data: dict[int, tuple[np.ndarray, ...]], run_uri: str,
-              run_name: str, storage: Storage, max_failures: int = 1) -> tuple[dict, dict]:
-    """Every head in one trainer run. data: seed -> (train_pos, train_neg, val_pos, val_neg)."""
-    config = {"reward": asdict(cfg), "jobs": [asdict(j) for j in jobs], "data": data, "run_uri": run_uri,
-              "threads": _threads(cfg.num_workers)}
-    return _fit(_head_loop, config, cfg.num_workers, cfg.cpus_per_worker, run_name, storage, max_failures)
+def fit_heads(cfg: RewardConfig, jobs: list[Job], seeds: list[SeedData], run_uri: str, run_name: str,
+              storage: Storage, res: ResourcesConfig) -> tuple[dict, dict]:
+    """Every head in one trainer run; an augmenting job reads its synthetic set from <run_uri>/synthetic."""
+    config = {"reward": asdict(cfg), "jobs": jobs, "seeds": seeds, "run_uri": run_uri,
+              "threads": _threads(res.reward_workers)}
+    return _fit(_head_loop, config, res.reward_workers, res.reward_cpus_per_worker, run_name, storage,
+                res.train_max_failures)
 
 
 # ------------------------------------------------------------------ shared
+
+def _listen_on(host: str, port: int) -> int:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    return sock.detach()
+
+
+def _store_on_master_address() -> None:
+    """In a Train worker: torch's rendezvous store server listens on its master address when that address is
+    loopback (a local run), not on every interface (its default). Uses TCPStore's own master_listen_fd."""
+    rdzv = importlib.import_module("torch.distributed.rendezvous")   # the module, not torch.distributed.rendezvous()
+    if getattr(rdzv, "_lens_ray_loopback", False):
+        return
+    plain = rdzv.TCPStore
+
+    def store(host_name, port, world_size=None, is_master=False, **kw):
+        try:
+            loopback = ipaddress.ip_address(host_name).is_loopback
+        except ValueError:
+            loopback = False
+        if is_master and loopback and kw.get("master_listen_fd") is None:
+            kw["master_listen_fd"] = _listen_on(host_name, port)
+        return plain(host_name, port, world_size, is_master, **kw)
+    rdzv.TCPStore, rdzv._lens_ray_loopback = store, True
+
+
+class _LoopbackBackend(_TorchBackend):
+    def on_start(self, worker_group, backend_config):
+        worker_group.execute(_store_on_master_address)
+        super().on_start(worker_group, backend_config)
+
+
+@dataclass
+class LoopbackTorchConfig(TorchConfig):
+    """Ray Train's torch setup, with the rendezvous store bound to the master address on a local run."""
+    @property
+    def backend_cls(self):
+        return _LoopbackBackend
+
 
 def _threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
@@ -159,7 +237,7 @@ def _fit(loop, config: dict, workers: int, cpus: float, run_name: str, storage: 
     if storage.protocol == "file":
         os.makedirs(storage.path(), exist_ok=True)
     trainer = TorchTrainer(
-        loop, train_loop_config=config, datasets=datasets,
+        loop, train_loop_config=config, datasets=datasets, torch_config=LoopbackTorchConfig(),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus}),
         run_config=RunConfig(name=run_name, storage_path=storage.path(), storage_filesystem=storage.fs,
                              failure_config=FailureConfig(max_failures=max_failures)),
@@ -190,7 +268,7 @@ def _stream_loop(config: dict) -> None:
         head.load_state_dict(states["head"])
         opt.load_state_dict(_unflatten_optimizer(states["optimizer"], meta["optimizer"]["layout"]))
         first_epoch = meta["head"]["metrics"]["epochs_done"]
-    net = _wrap(head)
+    net = _workers().wrap(head)
     shard = ray.train.get_dataset_shard("train")
     seen, t0, loss = 0, time.time(), torch.tensor(0.0)
     for epoch in range(first_epoch, config["epochs"]):
@@ -232,13 +310,13 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], layout: dict) -> dict
 
 
 def fit_head_streaming(cfg: RewardConfig, train_ds, dim: int, norm_mean: np.ndarray, norm_std: np.ndarray,
-                       run_name: str, storage: Storage, epochs: int = 1, seed: int = 0, max_failures: int = 1):
+                       run_name: str, storage: Storage, res: ResourcesConfig, epochs: int = 1, seed: int = 0):
     """Train one head by streaming a Ray Dataset of {pos, neg} (n, d) batches; returns (head, metrics).
     A checkpoint after every epoch: a lost worker (FailureConfig) or a re-run with the same name resumes."""
     config = {"reward": asdict(cfg), "dim": dim, "norm_mean": norm_mean.tolist(), "norm_std": norm_std.tolist(),
-              "epochs": epochs, "seed": seed, "threads": _threads(cfg.num_workers)}
-    states, _, metrics = _fit(_stream_loop, config, cfg.num_workers, cfg.cpus_per_worker, run_name, storage,
-                              max_failures, datasets={"train": train_ds}, with_metrics=True)
+              "epochs": epochs, "seed": seed, "threads": _threads(res.reward_workers)}
+    states, _, metrics = _fit(_stream_loop, config, res.reward_workers, res.reward_cpus_per_worker, run_name, storage,
+                              res.train_max_failures, datasets={"train": train_ds}, with_metrics=True)
     head = RewardHead(dim, cfg.hidden_dim, cfg.depth, cfg.dropout)
     head.load_state_dict(states["head"])
     return head.eval(), metrics

@@ -3,18 +3,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import numpy as np
-
+from lens_ray.stats import mean_std, paired
 from lens_ray.storage import Storage
 
 ORDER = ("mean_diff", "original", "direct_perturbation", "gaussian_sampling", "lens")
-
-
-def _ms(values: list[float]) -> dict | None:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None
-    return {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, "n": len(vals)}
 
 
 def summarize(results: list[dict]) -> list[dict]:
@@ -27,12 +19,11 @@ def summarize(results: list[dict]) -> list[dict]:
     rank = {m: i for i, m in enumerate(ORDER)}
     out = []
     for (method, factor), seeds in sorted(by_key.items(), key=lambda kv: (rank.get(kv[0][0], 99), kv[0][1])):
-        row = {"method": method, "factor": factor}
+        row = {"method": method, "factor": factor,
+               "failed": sum(r.get("status") == "failed" for r in seeds.values())}
         for metric in ("accuracy", "bon_gold"):
-            row[metric] = _ms([r[metric] for r in seeds.values()])
-            paired = [r[metric] - base[s][metric] for s, r in seeds.items()
-                      if s in base and r[metric] is not None and base[s][metric] is not None]
-            row[f"{metric}_vs_original"] = _ms(paired) if method != "original" else None
+            row[metric] = mean_std(r[metric] for r in seeds.values())
+            row[f"{metric}_vs_original"] = mean_std(paired(seeds, base, metric)) if method != "original" else None
         out.append(row)
     return out
 
@@ -46,8 +37,14 @@ def _fmt(cell: dict | None, scale: float = 1.0, signed: bool = False) -> str:
 
 def table(report: dict) -> str:
     """A markdown table of the summary (mean ± std over seeds)."""
-    lines = [f"model {report['model']} (d={report['embedding_dim']}), {report['seed_pairs']} seed pairs, "
-             f"{report['eval_pairs']} eval pairs, {report.get('bon_prompts') or 0} BoN prompts",
+    data = report.get("data", {})
+    dupes = ""
+    if data.get("duplicate_pairs"):
+        dupes = f"; {data['duplicate_pairs']} duplicate pairs " + ("left out" if data["duplicates"] == "quarantine"
+                                                                   else "kept")
+    lines = [f"model {report['model']} (d={report['embedding_dim']}), {report['seed_pairs']} seed pairs "
+             f"({data.get('seed_prompts', '?')} prompts), {report['eval_pairs']} eval pairs "
+             f"({data.get('eval_prompts', '?')} prompts), {report.get('bon_prompts') or 0} BoN prompts" + dupes,
              "",
              "| method | factor | accuracy | vs original | BoN gold | vs original |",
              "|---|---|---|---|---|---|"]
@@ -61,6 +58,10 @@ def table(report: dict) -> str:
     lines.append("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["timings_s"].items()))
     if report.get("quarantined"):
         lines.append("quarantined: " + ", ".join(f"{k} x{v}" for k, v in report["quarantined"].items()))
+    failed = [r for r in report["results"] if r.get("status") == "failed"]
+    if failed:
+        lines.append(f"FAILED (no metrics, left out of the table above): {len(failed)} of {len(report['results'])} "
+                     "models: " + "; ".join(sorted({r["reason"] for r in failed})))
     return "\n".join(lines)
 
 

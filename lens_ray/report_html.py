@@ -62,7 +62,9 @@ def projection(real_pos: np.ndarray, real_neg: np.ndarray, syn_pos: np.ndarray, 
     real = np.concatenate([real_pos[:limit], real_neg[:limit]])
     mean = real.mean(0)
     _, _, vt = np.linalg.svd(real - mean, full_matrices=False)
-    proj = lambda e: (e.reshape(-1, e.shape[-1]) - mean) @ vt[:2].T  # noqa: E731
+
+    def proj(e: np.ndarray) -> np.ndarray:
+        return (e.reshape(-1, e.shape[-1]) - mean) @ vt[:2].T
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for data, label, color, marker in ((syn_pos[:limit], "synthetic chosen", "#ff9896", "x"),
                                        (syn_neg[:limit], "synthetic rejected", "#aec7e8", "x"),
@@ -94,7 +96,8 @@ def landscape(trials: list[dict]) -> str | None:
         for method in sorted({t["point"]["method"] for t in rows}):
             for finished in (True, False):
                 pts = [(x_of(t), t["objective"], t.get("objective_se") or 0.0) for t in rows
-                       if t["point"]["method"] == method and (t["status"] == "finished") == finished and x_of(t) is not None]
+                       if t["point"]["method"] == method and (t["status"] == "finished") == finished
+                       and x_of(t) is not None]
                 if pts:
                     x, y, e = zip(*pts)
                     ax.errorbar(x, y, yerr=e, fmt="o", capsize=2, color=COLORS.get(method),

@@ -1,19 +1,24 @@
-"""A finished run's inputs, for work that re-uses its embeddings (the Tune search, `--from-tune`). No Ray.
+"""The one reader of a finished run, for work that re-uses its embeddings and models (the Tune search,
+`--from-tune`, synthesis at scale, the learning curve, scoring). No Ray.
 
-The run's data is re-ingested with the run's own settings (cheap, deterministic) to recover what the
-embeddings do not hold: the prompts that group seed pairs into folds, and the Best-of-N gold scores.
-The re-ingested rows are checked against the content keys the embeddings were stored under, so data
-that changed since the run is refused instead of silently misaligned. Nothing is re-embedded.
+`FinishedRun.open(uri)` reads the run's config and embedding manifest; `.table(name)` and `.vae(seed)` read
+verified artifacts. `.inputs()` re-ingests the run's data with the run's own settings (cheap, deterministic)
+to recover what the embeddings do not hold — the prompts that group seed pairs into folds, the Best-of-N
+gold scores — and checks the rows against the content keys the embeddings were stored under, so data that
+changed since the run is refused instead of silently misaligned. Nothing is re-embedded.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lens_ray.artifacts import read_pair_embeddings
-from lens_ray.config import LensConfig, config_from_dict
+import numpy as np
+
+from lens_ray.artifacts import load_vae, read_pair_embeddings
+from lens_ray.config import LensConfig, config_from_dict, fingerprint
 from lens_ray.data import Pair, load_datasets
 from lens_ray.embed import settings_key
-from lens_ray.pipeline import Embedded, bon_draws, fingerprint, table_texts
+from lens_ray.models.vae import PreferenceVAE
+from lens_ray.run_types import Embedded, bon_draws, table_texts
 from lens_ray.storage import Manifest, Storage, StorageError
 
 
@@ -30,26 +35,55 @@ class RunInputs:
         return [p.group for p in self.seed_pairs]
 
 
+@dataclass
+class FinishedRun:
+    uri: str
+    store: Storage
+    config: LensConfig
+    embeddings: Manifest
+
+    @classmethod
+    def open(cls, uri: str) -> "FinishedRun":
+        store = Storage(uri)
+        if not store.exists("report.json"):
+            raise StorageError(f"{uri}: no report.json; is it a finished lens-ray run?")
+        cfg = config_from_dict(store.read_json("report.json")["config"])
+        return cls(store.uri, store, cfg, Manifest.load(store.child("embeddings")))
+
+    def table(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """A stored embedding table (seed, eval, bon), verified against its checksum."""
+        pair = read_pair_embeddings(self.embeddings, name)
+        if pair is None:
+            raise StorageError(f"{self.uri}/embeddings/{name}.parquet: missing or corrupt; re-run the pipeline "
+                               "(cached embeddings are reused)")
+        return pair
+
+    def vae(self, seed: int) -> PreferenceVAE | None:
+        """The run's VAE for `seed`, or None if the run fitted none (no lens method)."""
+        vaes = self.store.child("vae")
+        return load_vae(vaes, f"seed-{seed}") if vaes.exists(f"seed-{seed}.json") else None
+
+    def inputs(self) -> RunInputs:
+        """The run's data, re-ingested and checked against its embeddings' content keys, with the embeddings."""
+        cfg = self.config
+        ds = load_datasets(cfg.data)
+        draws, bon_gold = bon_draws(cfg, ds)
+        tables = {}
+        for name, rows in table_texts(ds, draws).items():
+            stored = self.embeddings.files.get(f"{name}.parquet", {}).get("keys")
+            if stored is None:
+                raise StorageError(f"{self.uri}/embeddings/{name}.parquet: missing, or written by an older lens-ray "
+                                   "without content keys; re-run the pipeline on it (cached embeddings are reused)")
+            keys = [settings_key(self.embeddings.meta, prompt, response) for prompt, response in rows]
+            if stored != fingerprint(keys):
+                raise StorageError(f"{self.uri}/embeddings/{name}.parquet: does not hold the {name} texts that "
+                                   f"{cfg.data.data} gives today under the run's settings (the data changed?); "
+                                   "re-run the pipeline")
+            tables[name] = self.table(name)
+        bon = tables["bon"][0].reshape(*bon_gold.shape, -1) if "bon" in tables else None
+        return RunInputs(self.uri, cfg, self.embeddings.meta, ds.seed_pairs,
+                         Embedded(*tables["seed"], *tables["eval"], bon, bon_gold))
+
+
 def load_run_inputs(uri: str) -> RunInputs:
-    store = Storage(uri)
-    if not store.exists("report.json"):
-        raise StorageError(f"{uri}: no report.json; is it a finished lens-ray run?")
-    cfg = config_from_dict(store.read_json("report.json")["config"])
-    ds = load_datasets(cfg.data)
-    manifest = Manifest.load(store.child("embeddings"))
-    draws, bon_gold = bon_draws(cfg, ds)
-    tables = {}
-    for name, rows in table_texts(ds, draws).items():
-        stored = manifest.files.get(f"{name}.parquet", {}).get("keys")
-        if stored is None:
-            raise StorageError(f"{uri}/embeddings/{name}.parquet: missing, or written by an older lens-ray without "
-                               "content keys; re-run the pipeline on it (cached embeddings are reused)")
-        if stored != fingerprint([settings_key(manifest.meta, prompt, response) for prompt, response in rows]):
-            raise StorageError(f"{uri}/embeddings/{name}.parquet: does not hold the {name} texts that {cfg.data.data} "
-                               "gives today under the run's settings (the data changed?); re-run the pipeline")
-        tables[name] = read_pair_embeddings(manifest, name)
-        if tables[name] is None:
-            raise StorageError(f"{uri}/embeddings/{name}.parquet: corrupt; re-run the pipeline")
-    bon = tables["bon"][0].reshape(*bon_gold.shape, -1) if "bon" in tables else None
-    return RunInputs(uri, cfg, manifest.meta, ds.seed_pairs,
-                     Embedded(*tables["seed"], *tables["eval"], bon, bon_gold, stats={}))
+    return FinishedRun.open(uri).inputs()

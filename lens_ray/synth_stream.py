@@ -15,17 +15,13 @@ import numpy as np
 import torch
 
 from lens_ray.augment import Augmenter
-
-
-def combos(k: int) -> np.ndarray:
-    """(P, 2) slot pairs (a, b), all but (0, 0), fixed order."""
-    return np.array([(a, b) for a in range(k + 1) for b in range(k + 1) if (a, b) != (0, 0)], dtype=np.int8)
+from lens_ray.synth import gather_pairs, slot_combos
 
 
 def seeded_pairs(start: int, stop: int, n_src: int, k: int) -> dict[str, np.ndarray]:
     """Pairs [start, stop) as ids: unit (int64), source (int32), a, b (int8)."""
     j = np.arange(start, stop, dtype=np.int64)
-    cmb = combos(k)
+    cmb = slot_combos(k).astype(np.int8)
     unit = j // len(cmb)
     ab = cmb[j % len(cmb)]
     return {"unit": unit, "source": (unit % n_src).astype(np.int32), "a": ab[:, 0], "b": ab[:, 1]}
@@ -38,10 +34,8 @@ def decode_seeded(aug: Augmenter, src_pos: torch.Tensor, src_neg: torch.Tensor, 
     src = units % len(src_pos)
     # synthesize with the unit id as the pair id: its own generator, whatever the batch
     syn_pos, syn_neg = aug.draw(src_pos[src], src_neg[src], units, k)
-    all_pos = torch.cat([src_pos[src][:, None], syn_pos], 1)     # (U, k+1, d)
-    all_neg = torch.cat([src_neg[src][:, None], syn_neg], 1)
-    inv = torch.from_numpy(inverse)
-    return all_pos[inv, torch.from_numpy(a.astype(np.int64))], all_neg[inv, torch.from_numpy(b.astype(np.int64))]
+    pos, neg, _ = gather_pairs(src_pos[src], src_neg[src], syn_pos, syn_neg, np.stack([inverse, a, b], 1))
+    return pos, neg
 
 
 def materialize(aug: Augmenter, src_pos: torch.Tensor, src_neg: torch.Tensor, start: int, stop: int,

@@ -11,44 +11,42 @@ Shapes: n = seed pairs, d = embedding dim.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
 from lens_ray.augment import Augmenter
 from lens_ray.config import LensConfig
-from lens_ray.data import Pair
+from lens_ray.data import Pair, group_rows, seed_splits
 from lens_ray.evaluate import best_of_n_gold, preference_accuracy
 from lens_ray.fit import PairSet, augmented_set, fit_head, fit_vae, score
 from lens_ray.models.reward import LinearScorer, mean_diff_direction
-from lens_ray.pipeline import Embedded, seed_splits
+from lens_ray.rng import FOLDS, INNER_SPLIT, keyed_rng
+from lens_ray.run_types import Embedded
+from lens_ray.stats import standard_error
 from lens_ray.synth import synth_per_side
 
 
 def kfold_by_group(groups: list[str], k: int, seed: int) -> list[np.ndarray]:
     """Row indices of k folds: each prompt's rows in one fold, sizes balanced (largest groups first)."""
-    members: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
+    members = group_rows(groups)
     if len(members) < k:
         raise ValueError(f"{len(members)} distinct prompts cannot make {k} folds")
     keys = list(members)
-    shuffled = [keys[i] for i in np.random.default_rng(seed).permutation(len(keys))]
+    shuffled = [keys[i] for i in keyed_rng(seed, FOLDS).permutation(len(keys))]
     folds: list[list[int]] = [[] for _ in range(k)]
     for g in sorted(shuffled, key=lambda g: -len(members[g])):     # stable: random order among equal sizes
         min(folds, key=len).extend(members[g])
     return [np.sort(np.array(f, dtype=np.int64)) for f in folds]
 
 
-def inner_split(groups: list[str], idx: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def inner_split(groups: list[str], idx: np.ndarray, val_fraction: float,
+                gen: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """idx -> (train, val) by whole prompts, val holding about val_fraction of the rows."""
-    members: dict[str, list[int]] = {}
-    for i in idx:
-        members.setdefault(groups[i], []).append(int(i))
+    local = group_rows([groups[i] for i in idx])
+    members = {g: [int(idx[j]) for j in rows] for g, rows in local.items()}
     keys = list(members)
     want, val = max(1, int(round(len(idx) * val_fraction))), []
-    for j in np.random.default_rng(seed).permutation(len(keys)):
+    for j in gen.permutation(len(keys)):
         if len(val) >= want:
             break
         val += members[keys[j]]
@@ -75,18 +73,23 @@ def fit_method(cfg: LensConfig, method: str, factor: int, train_pos: torch.Tenso
     return fit_head(cfg.reward, train, PairSet(val_pos, val_neg), seed, train_pos, train_neg).head
 
 
+def _rows(pos: np.ndarray, neg: np.ndarray, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(pos[idx]), torch.from_numpy(neg[idx])
+
+
 def paired_unit(cfg: LensConfig, method: str, factor: int, pos: np.ndarray, neg: np.ndarray, groups: list[str],
                 folds: list[np.ndarray], repeat: int, fold: int) -> dict:
     """Fit `method` and `original` on all folds but `fold` and score both on it: one paired difference."""
     held = folds[fold]
     rest = np.sort(np.concatenate([folds[j] for j in range(len(folds)) if j != fold]))
     seed = 1000 * repeat + fold
-    tr, va = inner_split(groups, rest, cfg.data.val_fraction, seed=cfg.data.split_seed * 7919 + seed)
-    t = lambda i: (torch.from_numpy(pos[i]), torch.from_numpy(neg[i]))  # noqa: E731
+    tr, va = inner_split(groups, rest, cfg.data.val_fraction,
+                         keyed_rng(cfg.data.split_seed, INNER_SPLIT, repeat, fold))
     acc = {}
     for name, m, f in (("original", "original", 1), ("method", method, factor)):
-        model = fit_method(cfg, m, f, *t(tr), *t(va), seed)
-        acc[name] = preference_accuracy(score(model, t(held)[0]), score(model, t(held)[1]))
+        model = fit_method(cfg, m, f, *_rows(pos, neg, tr), *_rows(pos, neg, va), seed)
+        held_pos, held_neg = _rows(pos, neg, held)
+        acc[name] = preference_accuracy(score(model, held_pos), score(model, held_neg))
     return {"repeat": repeat, "fold": fold, "accuracy": acc["method"], "accuracy_original": acc["original"],
             "delta": acc["method"] - acc["original"]}
 
@@ -94,8 +97,7 @@ def paired_unit(cfg: LensConfig, method: str, factor: int, pos: np.ndarray, neg:
 def summarize_units(rows: list[dict]) -> dict:
     """Unit rows -> objective (mean paired delta), its standard error, and the mean accuracies."""
     delta = np.array([r["delta"] for r in rows], dtype=np.float64)
-    se = float(delta.std(ddof=1) / math.sqrt(len(delta))) if len(delta) > 1 else float("nan")
-    return {"objective": float(delta.mean()), "objective_se": se, "units": len(rows),
+    return {"objective": float(delta.mean()), "objective_se": standard_error(delta), "units": len(rows),
             "accuracy": float(np.mean([r["accuracy"] for r in rows])),
             "accuracy_original": float(np.mean([r["accuracy_original"] for r in rows]))}
 
@@ -107,9 +109,10 @@ def score_choice(cfg: LensConfig, method: str, factor: int, seed_pairs: list[Pai
     rows = []
     e_pos, e_neg = torch.tensor(emb.eval_pos), torch.tensor(emb.eval_neg)     # copies: arrays from Ray are read-only
     for s in seed_splits(seed_pairs, cfg.data.val_fraction, seeds, cfg.data.split_seed):
-        t = lambda i: (torch.from_numpy(emb.seed_pos[i]), torch.from_numpy(emb.seed_neg[i]))  # noqa: E731
-        model = fit_method(cfg, method, factor, *t(s.train), *t(s.val), s.seed)
-        row = {"seed": s.seed, "accuracy": preference_accuracy(score(model, e_pos), score(model, e_neg)), "bon_gold": None}
+        model = fit_method(cfg, method, factor, *_rows(emb.seed_pos, emb.seed_neg, s.train),
+                           *_rows(emb.seed_pos, emb.seed_neg, s.val), s.seed)
+        row = {"seed": s.seed, "accuracy": preference_accuracy(score(model, e_pos), score(model, e_neg)),
+               "bon_gold": None}
         if emb.bon is not None:
             flat = torch.tensor(emb.bon.reshape(-1, emb.bon.shape[-1]))
             row["bon_gold"] = best_of_n_gold(score(model, flat).reshape(emb.bon.shape[:2]), emb.bon_gold)

@@ -37,8 +37,8 @@ def suggest(trial, tcfg: TuneConfig, sources: int, base: LensConfig) -> None:
         trial.suggest_float("vae.gamma", 0.003, 1.0, log=True)
         trial.suggest_float("synth.noise_var", 1e-3, 1.0, log=True)
         trial.suggest_categorical("vae.latent_dim", _with(LATENT_DIMS, base.vae.latent_dim))
-        trial.suggest_categorical("synth.select", ["prior", "posterior"])       # top-k rule: which density
-        trial.suggest_categorical("synth.oversample", _with(OVERSAMPLE, base.synth.oversample))         # top-k rule: how selective
+        trial.suggest_categorical("synth.select", ["prior", "posterior"])                  # top-k: which density
+        trial.suggest_categorical("synth.oversample", _with(OVERSAMPLE, base.synth.oversample))  # top-k: how selective
         if tcfg.open_choices:
             trial.suggest_categorical("vae.hidden_dims", _with(VAE_SHAPES, _shape(base.vae.hidden_dims)))
             trial.suggest_categorical("synth.residual", [False, True])

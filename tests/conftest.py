@@ -53,12 +53,13 @@ def s3_server():
            "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
     os.environ.update(env)
     import boto3
+    from botocore.exceptions import BotoCoreError
     deadline = time.time() + 30
     while True:
         try:
             boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="lens-test")
             break
-        except Exception:
+        except BotoCoreError:
             if time.time() > deadline or proc.poll() is not None:
                 proc.kill()
                 raise RuntimeError("moto S3 server did not start")

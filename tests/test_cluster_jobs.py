@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import FAST, _free_port
 from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
 
 from lens_ray.storage import Storage
-
-from conftest import FAST, _free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -32,7 +31,8 @@ def fake_config(gcs: str) -> dict:
     """cluster/aws.yaml's head shape and worker types on the fake provider (one machine, small nodes)."""
     aws = yaml.safe_load((ROOT / "cluster" / "aws.yaml").read_text())
     store = 300 * 2**20
-    shapes = {"cpu_worker": {"CPU": 2, "object_store_memory": store}, "gpu_worker": {"CPU": 1, "GPU": 1, "object_store_memory": store}}
+    shapes = {"cpu_worker": {"CPU": 2, "object_store_memory": store},
+              "gpu_worker": {"CPU": 1, "GPU": 1, "object_store_memory": store}}
     types = {"ray.head.default": {"resources": aws["available_node_types"][aws["head_node_type"]]["resources"],
                                   "node_config": {}, "max_workers": 0}}
     for name, shape in shapes.items():

@@ -6,7 +6,8 @@ from lens_ray.config import ConfigError, load_config
 
 def test_yaml_then_overrides(tmp_path):
     f = tmp_path / "cfg.yaml"
-    f.write_text("name: from-yaml\nfactors: [2, 4]\nvae:\n  beta: 0.5\n  hidden_dims: [128, 64]\nsynth:\n  residual: true\n")
+    f.write_text("name: from-yaml\nfactors: [2, 4]\nvae:\n  beta: 0.5\n  hidden_dims: [128, 64]\n"
+                 "synth:\n  residual: true\n")
     cfg = load_config(str(f), {"vae.beta": "0.25", "seeds": "3"})
     assert cfg.name == "from-yaml" and cfg.factors == (2, 4) and cfg.seeds == 3
     assert cfg.vae.beta == 0.25 and cfg.vae.hidden_dims == (128, 64) and cfg.synth.residual is True
@@ -31,3 +32,56 @@ def test_errors_name_the_field(tmp_path):
         load_config(None, {"methods": "lens,magic"})
     with pytest.raises(ConfigError, match="synth.noise_var"):
         load_config(None, {"synth.noise_var": -1})
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("vae.latent_dim", "0", "vae.latent_dim: must be >= 1"),
+    ("vae.hidden_dims", "64,0", "vae.hidden_dims: must be >= 1"),
+    ("methods", "", "methods: needs at least one value"),
+    ("factors", "1", "factors: must be >= 2"),
+    ("synth.noise_var", "nan", "synth.noise_var: must be a finite number"),
+    ("synth.noise_var", "0", "synth.noise_var: must be > 0"),
+    ("vae.lr", "inf", "vae.lr: must be a finite number"),
+    ("reward.max_steps", "0", "reward.max_steps: must be >= 1"),
+    ("reward.dropout", "1.0", "reward.dropout: must be < 1"),
+    ("data.val_fraction", "1", "data.val_fraction: must be < 1"),
+    ("embed.pooling", "max", "embed.pooling: 'max' is not one of"),
+    ("methods", "lens,lens", "methods: each method once"),
+    ("name", "../../x", "name: '../../x' is not a plain name"),
+    ("tune.name", "a/b", "tune.name: 'a/b' is not a plain name"),
+    ("seeds", "2.5", "seeds: cannot read"),
+])
+def test_degenerate_settings_are_refused_naming_the_field(key, value, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(None, {key: value})
+
+
+def test_every_setting_is_described_once_and_flags_come_from_the_fields():
+    import dataclasses
+
+    from lens_ray.cli import parser
+    from lens_ray.config import LensConfig, walk
+    for path, f, _ in walk(LensConfig()):
+        assert f.metadata.get("help"), f"{path} has no help"
+    helps = {a.dest: a.help for a in run_parser()._actions}
+    seed_pairs = next(f for f in dataclasses.fields(LensConfig().data) if f.name == "seed_pairs")
+    assert helps["data.seed_pairs"].startswith(seed_pairs.metadata["help"])       # the field's own words
+    assert "--name" in {o for a in parser("tune", "")._actions for o in a.option_strings}
+    assert {a.dest for a in parser("tune", "")._actions if "--name" in a.option_strings} == {"tune.name"}
+
+
+def test_resources_never_reach_a_fingerprint():
+    from lens_ray.config import LensConfig
+    from lens_ray.data import Pair, seed_splits
+    from lens_ray.pipeline import StageKeys
+    from lens_ray.run_types import Job
+    pairs = [Pair(i, [{"role": "user", "content": f"q{i}"}], "a", "b", i) for i in range(40)]
+    splits = seed_splits(pairs, 0.2, 2, 0)
+    small, big = LensConfig(), load_config(None, {"resources.vae_workers": 8, "resources.embed_actors": 4,
+                                                  "resources.reward_cpus_per_worker": 3.0})
+    small.embed.model = big.embed.model = "minilm"
+    a, b = StageKeys(small, splits, 8), StageKeys(big, splits, 8)
+    job = Job("lens", 4, 1)
+    assert (a.vae(1), a.synthetic(job), a.head(job)) == (b.vae(1), b.synthetic(job), b.head(job))
+    big.synth.noise_var = 0.5
+    assert a.synthetic(job) != b.synthetic(job) and a.head(Job("original", 1, 1)) == b.head(Job("original", 1, 1))

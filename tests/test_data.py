@@ -1,11 +1,21 @@
 import gzip
 import json
 
+import numpy as np
 import pytest
 
 from lens_ray.config import DataConfig
-from lens_ray.data import (DataError, Quarantine, load_datasets, pairs_from_scored, parse_hh_transcript,
-                           read_records, split_by_group, to_pairs, to_scored)
+from lens_ray.data import (
+    DataError,
+    Quarantine,
+    load_datasets,
+    pairs_from_scored,
+    parse_hh_transcript,
+    read_records,
+    split_by_group,
+    to_pairs,
+    to_scored,
+)
 
 HH_ROW = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how to bake bread?\n\nAssistant: Mix flour.",
           "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how to bake bread?\n\nAssistant: No."}
@@ -67,7 +77,7 @@ def test_scored_to_pairs_by_margin():
 def test_split_by_group_never_shares_a_prompt():
     rows = [{"prompt": f"P{i // 3}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(30)]
     pairs = to_pairs(rows, Quarantine())
-    first, rest, dropped = split_by_group(pairs, 10, seed=0)
+    first, rest, dropped = split_by_group(pairs, 10, np.random.default_rng(0))
     assert len(first) == 10 and len(rest) + dropped + 10 == 30
     assert not {p.group for p in first} & {p.group for p in rest}
 
@@ -105,3 +115,37 @@ def test_load_datasets_on_real_bon(bon_path):
     assert len(ds.bon_prompts) == 200                   # half the prompts kept for Best-of-N
     bon_texts = {sp.prompt[0]["content"] for sp in ds.bon_prompts}
     assert not bon_texts & {p.prompt[0]["content"] for p in ds.seed_pairs + ds.eval_pairs}
+
+
+def test_a_bad_line_is_quarantined_not_the_whole_file(tmp_path):
+    rows = [{"prompt": f"Q{i}", "chosen": "a", "rejected": "b"} for i in range(12)]
+    path = tmp_path / "cut.jsonl"
+    path.write_bytes(("\n".join(json.dumps(r) for r in rows) + '\n{"prompt": "Q12", "cho').encode() + b"\n\xff\xfe\n")
+    ds = load_datasets(DataConfig(data=str(path), seed_pairs=10))
+    assert len(ds.seed_pairs) + len(ds.eval_pairs) == 12
+    assert ds.quarantine.counts == {"*: not JSON": 1, "*: not UTF-8 text": 1}
+    assert "cut.jsonl: line 13" in ds.quarantine.examples["*: not JSON"]
+    with pytest.raises(DataError, match=r"cut.jsonl: line 13: field '\*': not JSON"):
+        load_datasets(DataConfig(data=str(path), seed_pairs=10, on_bad_row="error"))
+
+
+def test_scored_row_whose_responses_is_not_a_list_is_quarantined():
+    q = Quarantine()
+    rows = [{"instruction": "I", "responses": "a string"},
+            {"instruction": "J", "responses": [{"output": "a", "gold": 1.0}, {"output": "b", "gold": True}]}]
+    assert to_scored(rows, q) == []
+    assert q.counts == {"responses: not a list of {output, gold}": 1, "responses[].gold: missing or not a finite "
+                        "number": 1, "responses: fewer than 2 usable responses": 1}
+
+
+def test_exact_duplicates_are_counted_and_left_out_or_kept(tmp_path):
+    rows = [{"prompt": f"Q{i}", "chosen": "a", "rejected": "b"} for i in range(20)] * 10
+    path = tmp_path / "dup.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    ds = load_datasets(DataConfig(data=str(path), seed_pairs=12))
+    assert len(ds.seed_pairs) == 12 and len(ds.eval_pairs) == 8                 # 20 distinct, not 200
+    assert ds.quarantine.counts == {"duplicate pair (same prompt, chosen and rejected)": 180}
+    assert ds.notes["duplicate_pairs"] == 180 and ds.notes["seed_prompts"] == 12
+    kept = load_datasets(DataConfig(data=str(path), seed_pairs=12, duplicates="keep"))
+    assert kept.notes["duplicate_pairs"] == 180 and not kept.quarantine.counts
+    assert kept.notes["seed_prompts"] <= 12 and len(kept.seed_pairs) == 12      # whole prompts, copies together

@@ -2,7 +2,17 @@ import numpy as np
 import pytest
 import torch
 
-from lens_ray.embed import Embedder, ModelLoadError, embed_ids, load_model, pad, pool, resolve_model, text_key, tokenize
+from lens_ray.embed import (
+    Embedder,
+    ModelLoadError,
+    embed_ids,
+    load_model,
+    pad,
+    pool,
+    resolve_model,
+    text_key,
+    tokenize,
+)
 
 PROMPTS = [[{"role": "user", "content": "How do I bake bread?"}],
            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},

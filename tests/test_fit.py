@@ -50,3 +50,19 @@ def test_fit_vae_reconstructs_low_rank_data():
     neg = torch.randn(300, 4, generator=g) @ basis
     vae, metrics = fit_vae(VAEConfig(latent_dim=8, hidden_dims=(64,), epochs=60, beta=0.1), pos, neg, seed=0)
     assert metrics["rel_recon_train"] < 0.5          # a mean-only decoder would score 1.0
+
+
+def test_a_diverging_head_is_marked_failed_never_a_result():
+    pos, neg = _pairs(100)
+    cfg = RewardConfig(hidden_dim=8, max_steps=50, eval_every=10, lr=1e30)
+    fit = fit_head(cfg, PairSet(pos, neg), PairSet(pos[:20], neg[:20]), 0, pos, neg)
+    assert fit.failure is not None and "non-finite" in fit.failure
+
+
+def test_a_diverging_vae_raises_naming_the_epoch():
+    import pytest
+
+    from lens_ray.fit import NonFiniteError
+    pos, neg = _pairs(64)
+    with pytest.raises(NonFiniteError, match="epoch"):
+        fit_vae(VAEConfig(latent_dim=2, hidden_dims=(8,), epochs=20, lr=1e30), pos, neg, seed=0)

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import FAST
 
 from lens_ray.artifacts import read_pair_embeddings, read_synthetic
 from lens_ray.cli import run_main
@@ -10,7 +11,6 @@ from lens_ray.embed import resolve_model
 from lens_ray.score import RewardModel
 from lens_ray.storage import Manifest, Storage, StorageError
 
-from conftest import FAST
 
 def test_report_schema_and_contents(local_run):
     _, report, out = local_run
@@ -84,7 +84,8 @@ def test_full_job_on_s3_with_best_of_n(ray_cluster, tiny_llama, bon_path, s3_ser
                        "--storage", f"s3://{s3_server['bucket']}/runs", "--name", "bon",
                        "--set", "data.pairs_per_prompt=1"] + FAST)
     import boto3
-    keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_server["bucket"], Prefix="runs/bon/")["Contents"]}
+    listing = boto3.client("s3").list_objects_v2(Bucket=s3_server["bucket"], Prefix="runs/bon/")
+    keys = {o["Key"] for o in listing["Contents"]}
     assert {"runs/bon/report.json", "runs/bon/heads/lens-f4-s0.safetensors", "runs/bon/vae/seed-0.safetensors",
             "runs/bon/synthetic/lens-f4-s0.parquet", "runs/bon/embeddings/manifest.json"} <= keys
     assert any(k.startswith("runs/bon/ray_train/") for k in keys)   # Ray Train checkpoints went to S3 too
@@ -99,6 +100,7 @@ def test_full_job_on_s3_with_best_of_n(ray_cluster, tiny_llama, bon_path, s3_ser
 
 def test_score_cli(local_run, tmp_path, capsys):
     import json
+
     from lens_ray.cli import score_main
     _, _, out = local_run
     f = tmp_path / "in.jsonl"
@@ -111,5 +113,40 @@ def test_score_cli(local_run, tmp_path, capsys):
     assert np.allclose([r["reward"] for r in rows], rm.score(["How do I bake bread?"] * 2,
                                                              ["Mix flour and water.", "No."]), atol=1e-5)
     f.write_text(json.dumps({"prompt": "x"}) + "\n")
-    with pytest.raises(SystemExit, match="row 0: field 'response'"):
-        score_main(["--run", out.uri, "--input", str(f)])
+    from lens_ray.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["score", "--run", out.uri, "--input", str(f)])
+    assert exit_info.value.code == 2 and "row 0: field 'response'" in capsys.readouterr().err
+
+
+def test_rerun_on_another_cluster_shape_recomputes_nothing(local_run):
+    """Resources are not part of any fingerprint: more workers, other CPUs and batch sizes reuse every stage."""
+    from lens_ray.cli import config_from_args, run_parser
+    from lens_ray.pipeline import run
+    argv, report, out = local_run
+    before = set(out.listdir("ray_train"))
+    shape = ["--set", "resources.vae_workers=1", "--set", "resources.reward_workers=1", "--set",
+             "resources.embed_actors=2", "--set", "resources.synth_batch_size=7", "--set",
+             "resources.embed_batch_size=3"]
+    logs: list[str] = []
+    again = run(config_from_args(run_parser().parse_args(argv + shape)), log=logs.append)
+    assert again["embedding"]["texts"] == 0
+    assert "  2 VAEs reused, 0 to fit" in logs
+    assert "  12 synthetic sets reused, 0 to synthesize" in logs
+    assert "  16 heads reused or closed-form, 0 to train" in logs
+    assert set(out.listdir("ray_train")) == before                   # no trainer ran
+    assert [r["accuracy"] for r in again["results"]] == [r["accuracy"] for r in report["results"]]
+
+
+def test_diverged_heads_are_failed_rows_without_metrics(ray_cluster, tiny_llama, hh_path, tmp_path):
+    report = run_main(["--data", str(hh_path), "--model", tiny_llama, "--seed-pairs", "40", "--eval-pairs", "20",
+                       "--seeds", "1", "--methods", "original,mean_diff", "--storage", str(tmp_path), "--name", "nan",
+                       "--set", "reward.lr=1e30"] + FAST)
+    rows = {r["method"]: r for r in report["results"]}
+    assert rows["original"]["status"] == "failed" and "non-finite" in rows["original"]["reason"]
+    assert rows["original"]["accuracy"] is None and rows["original"]["head"] is None
+    assert rows["mean_diff"]["status"] == "ok" and rows["mean_diff"]["accuracy"] is not None
+    summary = {r["method"]: r for r in report["summary"]}
+    assert summary["original"]["failed"] == 1 and summary["original"]["accuracy"] is None
+    assert "FAILED" in Storage(str(tmp_path / "nan")).read_bytes("report.md").decode()
+    assert not Storage(str(tmp_path / "nan")).exists("heads/original-f1-s0.json")     # nothing a scorer could load

@@ -68,3 +68,32 @@ def test_file_uri_and_bad_scheme(tmp_path):
     assert (tmp_path / "z").read_bytes() == b"1"
     with pytest.raises(StorageError, match="unsupported scheme"):
         Storage("gs://bucket/x")
+
+
+def test_embedding_cache_keeps_every_shard_of_concurrent_writers(store):
+    """Eight writers add to one cache at once (local and S3): every shard they committed is found."""
+    from concurrent.futures import ThreadPoolExecutor
+    settings = {"model": "m", "pooling": "last", "max_length": 8, "storage_dtype": "float32"}
+    rng = np.random.default_rng(0)
+    batches = [([f"w{w}-k{i}" for i in range(3 * j, 3 * j + 3)], rng.standard_normal((3, 4)).astype(np.float32))
+               for w in range(8) for j in range(4)]
+
+    def write(batch):
+        EmbeddingCache(store.child("shared"), settings).add(*batch)    # each writer its own cache object
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, batches))
+    found = EmbeddingCache(store.child("shared"), settings).lookup([k for keys, _ in batches for k in keys])
+    assert len(found) == 8 * 4 * 3
+    assert all(np.array_equal(found[k], v) for keys, vecs in batches for k, v in zip(keys, vecs))
+
+
+def test_a_corrupt_cache_shard_is_forgotten_and_the_rest_kept(store):
+    settings = {"model": "m", "pooling": "last", "max_length": 8, "storage_dtype": "float32"}
+    cache = EmbeddingCache(store.child("c2"), settings)
+    cache.add(["a"], np.ones((1, 4), np.float32))
+    cache.add(["b"], np.zeros((1, 4), np.float32))
+    bad = next(n for n in cache.store.listdir() if n.endswith(".parquet"))
+    cache.store.write_bytes(bad, b"garbage")
+    found = EmbeddingCache(store.child("c2"), settings).lookup(["a", "b"])
+    assert len(found) == 1 and len(EmbeddingCache(store.child("c2"), settings).committed()) == 1

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from lens_ray.config import SynthConfig
 from lens_ray.models.vae import PreferenceVAE
-from lens_ray.synth import (LatentNoise, combinatorial_pairs, gather_pairs, lens_synthesize, perturb_and_select,
-                            synth_per_side)
+from lens_ray.synth import combinatorial_pairs, gather_pairs, lens_synthesize, perturb_and_select, synth_per_side
 
 
 @pytest.mark.parametrize("factor,k", [(1, 0), (2, 1), (4, 1), (5, 2), (8, 2), (9, 2), (10, 3), (16, 3)])
@@ -49,7 +49,7 @@ def test_lens_shapes_determinism_and_batch_invariance():
     vae, d = _vae(), 12
     pos, neg = torch.randn(6, d), torch.randn(6, d)
     ids = np.arange(100, 106)
-    noise = LatentNoise(noise_var=0.01)
+    noise = SynthConfig(noise_var=0.01)
     sp, sn = lens_synthesize(vae, pos, neg, ids, 2, noise, seed=7)
     assert sp.shape == (6, 2, d) and sn.shape == (6, 2, d)
     sp2, _ = lens_synthesize(vae, pos, neg, ids, 2, noise, seed=7)
@@ -64,7 +64,7 @@ def test_labels_are_inherited():
     """With zero noise, a synthetic chosen embedding is the decoding of the chosen one's own latent mean."""
     vae, d = _vae(), 12
     pos, neg = torch.randn(4, d), torch.randn(4, d)
-    sp, sn = lens_synthesize(vae, pos, neg, np.arange(4), 1, LatentNoise(noise_var=0.0), seed=0)
+    sp, sn = lens_synthesize(vae, pos, neg, np.arange(4), 1, SynthConfig(noise_var=0.0), seed=0)
     with torch.no_grad():
         assert torch.allclose(sp[:, 0], vae.decode(vae.encode(pos)[0]), atol=1e-5)
         assert torch.allclose(sn[:, 0], vae.decode(vae.encode(neg)[0]), atol=1e-5)
@@ -74,7 +74,7 @@ def test_labels_are_inherited():
 def test_residual_mode_is_centered_on_the_original():
     vae, d = _vae(), 12
     pos, neg = torch.randn(4, d), torch.randn(4, d)
-    sp, sn = lens_synthesize(vae, pos, neg, np.arange(4), 1, LatentNoise(noise_var=0.0, residual=True), seed=0)
+    sp, sn = lens_synthesize(vae, pos, neg, np.arange(4), 1, SynthConfig(noise_var=0.0, residual=True), seed=0)
     assert torch.allclose(sp[:, 0], pos, atol=1e-5) and torch.allclose(sn[:, 0], neg, atol=1e-5)
 
 
@@ -82,7 +82,7 @@ def test_topk_keeps_the_most_likely_draws():
     torch.manual_seed(0)
     mu, logvar = torch.full((3, 4), 2.0), torch.zeros(3, 4)
     eps = torch.randn(3, 41, 4)
-    noise = LatentNoise(noise_var=1.0, oversample=10)
+    noise = SynthConfig(noise_var=1.0, oversample=10)
     kept, z = perturb_and_select(mu, logvar, eps, 4, noise)
     assert kept.shape == (3, 4, 4) and torch.equal(z, mu)
     cand = mu[:, None] + eps[:, :40]
@@ -90,7 +90,8 @@ def test_topk_keeps_the_most_likely_draws():
     nearest = cand.norm(dim=-1).sort(dim=1).values[:, :4]
     assert torch.allclose(kept.norm(dim=-1).sort(dim=1).values, nearest)
     # posterior: the 4 nearest the posterior mean
-    kept_post, _ = perturb_and_select(mu, logvar, eps, 4, LatentNoise(noise_var=1.0, oversample=10, select="posterior"))
+    posterior = SynthConfig(noise_var=1.0, oversample=10, select="posterior")
+    kept_post, _ = perturb_and_select(mu, logvar, eps, 4, posterior)
     nearest_mu = (cand - mu[:, None]).norm(dim=-1).sort(dim=1).values[:, :4]
     assert torch.allclose((kept_post - mu[:, None]).norm(dim=-1).sort(dim=1).values, nearest_mu)
 

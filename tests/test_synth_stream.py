@@ -1,10 +1,10 @@
-import numpy as np
 import torch
 
 from lens_ray.augment import Augmenter
 from lens_ray.config import SynthConfig
 from lens_ray.models.vae import PreferenceVAE
-from lens_ray.synth_stream import combos, decode_seeded, materialize, seeded_pairs
+from lens_ray.synth import slot_combos
+from lens_ray.synth_stream import decode_seeded, materialize, seeded_pairs
 
 
 def _aug(d=8, n=10):
@@ -17,7 +17,7 @@ def _aug(d=8, n=10):
 
 def test_seeded_pairs_layout():
     ids = seeded_pairs(0, 20, n_src=3, k=2)
-    assert len(combos(2)) == 8 and len(ids["unit"]) == 20
+    assert len(slot_combos(2)) == 8 and len(ids["unit"]) == 20
     assert ids["unit"].tolist()[:9] == [0] * 8 + [1]
     assert (ids["source"] == ids["unit"] % 3).all()
     assert not ((ids["a"] == 0) & (ids["b"] == 0)).any()          # synthetic pairs only

@@ -7,9 +7,8 @@ import torch
 
 from lens_ray.config import LensConfig
 from lens_ray.data import Pair
-from lens_ray.pipeline import Embedded
-from lens_ray.tune_objective import (inner_split, kfold_by_group, paired_unit, summarize_units, score_choice,
-                                     units)
+from lens_ray.run_types import Embedded
+from lens_ray.tune_objective import inner_split, kfold_by_group, paired_unit, score_choice, summarize_units, units
 
 
 def _groups(n_prompts: int, rng: np.random.Generator) -> list[str]:
@@ -35,7 +34,7 @@ def test_kfold_keeps_prompts_whole_and_balances_folds():
 def test_inner_split_is_by_prompt_and_disjoint():
     groups = _groups(80, np.random.default_rng(1))
     idx = np.arange(0, len(groups), 2)
-    tr, va = inner_split(groups, idx, 0.2, seed=0)
+    tr, va = inner_split(groups, idx, 0.2, np.random.default_rng(0))
     assert set(tr) | set(va) == set(idx) and not set(tr) & set(va)
     assert not {groups[i] for i in tr} & {groups[i] for i in va}
     assert abs(len(va) - 0.2 * len(idx)) <= 3
@@ -94,7 +93,7 @@ def test_test_choice_scores_each_seed_on_the_test_data():
     pairs = [Pair(i, [{"role": "user", "content": f"q{i}"}], "a", "b", i) for i in range(80)]
     bon = np.random.default_rng(0).standard_normal((5, 4, 12)).astype(np.float32)
     gold = np.random.default_rng(1).random((5, 4))
-    emb = Embedded(pos[:80], neg[:80], pos[80:], neg[80:], bon, gold, stats={})
+    emb = Embedded(pos[:80], neg[:80], pos[80:], neg[80:], bon, gold)
     rows = score_choice(_small_cfg(), "lens", 2, pairs, emb, seeds=2)
     assert [r["seed"] for r in rows] == [0, 1]
     assert all(r["accuracy"] > 0.6 and gold.max(1).mean() >= r["bon_gold"] >= gold.min(1).mean() for r in rows)

@@ -2,7 +2,7 @@
 import optuna
 import pytest
 
-from lens_ray.config import LensConfig, TuneConfig
+from lens_ray.config import ConfigError, LensConfig, TuneConfig
 from lens_ray.tune_results import apply_tuned
 from lens_ray.tune_space import apply_point, default_point, suggest, tuned_overrides
 
@@ -27,7 +27,8 @@ def test_each_method_draws_only_its_own_knobs():
     points = _points(TuneConfig(), 60)
     assert {p["method"] for p in points} == {"lens", "direct_perturbation", "gaussian_sampling"}
     for p in points:
-        lens_knobs = {k for k in p if k.startswith("vae.") or k in ("synth.noise_var", "synth.select", "synth.residual")}
+        lens_knobs = {k for k in p
+                      if k.startswith("vae.") or k in ("synth.noise_var", "synth.select", "synth.residual")}
         assert bool(lens_knobs) == (p["method"] == "lens")
         assert ("synth.dp_noise_var" in p) == (p["method"] == "direct_perturbation")
         assert ("synth.gs_shrinkage" in p) == (p["method"] == "gaussian_sampling")
@@ -68,11 +69,11 @@ def test_default_point_is_the_runs_own_lens_settings_and_can_be_enqueued():
 def test_tuned_overrides_reach_a_run_config():
     point = {"method": "direct_perturbation", "factor": 2, "synth.dp_noise_var": 0.05, "reward.max_steps": 1200,
              "reward.synthetic_weight": 0.3}
-    embed = {"model": "minilm", "pooling": "mean", "max_length": 128, "dtype": "auto", "batch_size": 4}
+    embed = {"model": "minilm", "pooling": "mean", "max_length": 128, "dtype": "auto", "padding_side": "left"}
     best = {"point": point, "overrides": tuned_overrides(point, embed)}
     cfg = apply_tuned(LensConfig(), best)
     assert cfg.synth.dp_noise_var == 0.05 and cfg.reward.max_steps == 1200 and cfg.reward.synthetic_weight == 0.3
     assert cfg.embed.model == "minilm" and cfg.embed.pooling == "mean" and cfg.embed.max_length == 128
-    assert cfg.factors == (2, 4, 8) and cfg.embed.batch_size == LensConfig().embed.batch_size
-    with pytest.raises(Exception, match="synth.nope"):
+    assert cfg.factors == (2, 4, 8) and cfg.embed.padding_side == LensConfig().embed.padding_side
+    with pytest.raises(ConfigError, match="synth.nope"):
         apply_tuned(LensConfig(), {"point": point, "overrides": {"synth.nope": 1}})

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lens_ray.models.vae import Standardizer, mlp
+from lens_ray.models.vae import Standardizer, bounded_sizes, mlp
 
 
 class RewardHead(nn.Module):
@@ -58,7 +58,16 @@ def bradley_terry_loss(r_pos: torch.Tensor, r_neg: torch.Tensor,
 
 
 def build_head(config: dict) -> nn.Module:
-    """Rebuild a head from its saved `config()` (weights loaded separately)."""
-    if config["kind"] == "linear":
+    """Rebuild a head from its saved `config()` (weights loaded separately); sizes read from storage are
+    bounded before anything is allocated."""
+    kind = config.get("kind")
+    if kind == "linear":
+        bounded_sizes("head config", [config.get("dim"), 1], max_layers=0)
         return LinearScorer(torch.zeros(config["dim"]))
-    return RewardHead(config["dim"], config["hidden_dim"], config["depth"], config["dropout"])
+    if kind != "mlp":
+        raise ValueError(f"head config: unknown kind {kind!r}")
+    depth, dropout = config.get("depth"), config.get("dropout")
+    if not (isinstance(depth, int) and 1 <= depth <= 16 and isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+        raise ValueError(f"head config: depth {depth!r} or dropout {dropout!r} out of bounds")
+    bounded_sizes("head config", [config.get("dim")] + [config.get("hidden_dim")] * depth + [1], max_layers=16)
+    return RewardHead(config["dim"], config["hidden_dim"], depth, float(dropout))

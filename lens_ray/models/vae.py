@@ -79,6 +79,25 @@ class PreferenceVAE(nn.Module):
     def config(self) -> dict:
         return {"dim": self.dim, "latent_dim": self.latent_dim, "hidden_dims": list(self.hidden_dims)}
 
+    @classmethod
+    def from_config(cls, config: dict) -> "PreferenceVAE":
+        """A VAE from a stored `config()`, its sizes bounded before anything is allocated."""
+        dims = [config.get("dim"), config.get("latent_dim"), *(config.get("hidden_dims") or [])]
+        bounded_sizes("VAE config", dims, max_layers=10)
+        return cls(config["dim"], config["latent_dim"], tuple(config["hidden_dims"]))
+
+
+MAX_WIDTH, MAX_PARAMS = 1 << 17, 1 << 27
+
+
+def bounded_sizes(what: str, sizes: list, max_layers: int) -> None:
+    """Layer sizes read from storage: positive ints, not too wide, not too many parameters in all."""
+    if len(sizes) > max_layers + 2 or not all(isinstance(s, int) and not isinstance(s, bool)
+                                              and 1 <= s <= MAX_WIDTH for s in sizes):
+        raise ValueError(f"{what}: sizes {sizes} out of bounds (1..{MAX_WIDTH}, at most {max_layers} layers)")
+    if sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) > MAX_PARAMS:
+        raise ValueError(f"{what}: sizes {sizes} give more than {MAX_PARAMS} parameters")
+
 
 def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)), summed over the latent dim: (..., k) -> (...)."""

@@ -2,9 +2,16 @@ import math
 
 import torch
 
-from lens_ray.models.vae import (PreferenceVAE, bounded_divergence, kl_to_standard_normal, lens_vae_loss,
-                                 log_normal_density, reconstruction, relative_reconstruction_error,
-                                 w2_diag_gaussians)
+from lens_ray.models.vae import (
+    PreferenceVAE,
+    bounded_divergence,
+    kl_to_standard_normal,
+    lens_vae_loss,
+    log_normal_density,
+    reconstruction,
+    relative_reconstruction_error,
+    w2_diag_gaussians,
+)
 
 
 def test_shapes():

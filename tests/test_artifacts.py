@@ -1,0 +1,71 @@
+"""Stored models are inputs too: verified and bounded before any module is built from them."""
+import json
+
+import pytest
+
+from lens_ray.artifacts import _canonical, load_head, reuse_model, save_model
+from lens_ray.models.reward import RewardHead, build_head
+from lens_ray.storage import ChecksumError, Storage, StorageError, sha256
+
+
+def _saved(tmp_path) -> Storage:
+    store = Storage(str(tmp_path / "heads"))
+    head = RewardHead(8, 16)
+    save_model(store, "h", head.state_dict(), head.config(), {"fingerprint": "abc"})
+    return store
+
+
+def test_round_trip_and_reuse_by_fingerprint(tmp_path):
+    store = _saved(tmp_path)
+    assert isinstance(load_head(store, "h"), RewardHead)
+    assert reuse_model(store, "h", "abc", build_head) is not None
+    assert reuse_model(store, "h", "other", build_head) is None
+
+
+def test_tampered_config_is_refused_before_anything_is_allocated(tmp_path):
+    store = _saved(tmp_path)
+    doc = store.read_json("h.json")
+    doc["config"]["hidden_dim"] = 10**9                              # a huge allocation, if it were built
+    store.write_json("h.json", doc)
+    with pytest.raises(ChecksumError, match="tampered"):             # its checksum no longer matches
+        load_head(store, "h")
+    doc["config_sha256"] = sha256(_canonical(doc["config"]))         # a tamperer who fixes the checksum too
+    store.write_json("h.json", doc)
+    with pytest.raises(ChecksumError, match="out of bounds"):
+        load_head(store, "h")
+    assert reuse_model(store, "h", "abc", build_head) is None                    # reuse never raises, it recomputes
+
+
+def test_flipped_weights_are_refused(tmp_path):
+    store = _saved(tmp_path)
+    blob = bytearray(store.read_bytes("h.safetensors"))
+    blob[-8:] = b"\xff" * 8
+    store.write_bytes("h.safetensors", bytes(blob))
+    with pytest.raises(ChecksumError, match="checksum mismatch"):
+        load_head(store, "h")
+    assert reuse_model(store, "h", "abc", build_head) is None                    # recomputed, never trusted
+
+
+def test_garbage_document_is_refused(tmp_path):
+    store = _saved(tmp_path)
+    store.write_bytes("h.json", b"{not json")
+    with pytest.raises(ChecksumError):
+        load_head(store, "h")
+    store.write_bytes("h.json", json.dumps({"config": {"kind": "mlp"}}).encode())
+    with pytest.raises(ChecksumError):
+        load_head(store, "h")
+
+
+def test_head_is_checked_before_the_language_model_loads(tmp_path):
+    """RewardModel.from_run verifies the head first: a bad head fails in milliseconds, not after an LM load."""
+    from lens_ray.score import RewardModel
+    run = Storage(str(tmp_path / "run"))
+    run.write_json("report.json", {"results": [], "config": {"embed": {"model": "./no/such/model", "dtype": "auto",
+                                                                       "pooling": "auto", "max_length": 8}}})
+    head = RewardHead(8, 16)
+    save_model(run.child("heads"), "h", head.state_dict(), head.config())
+    run.child("heads").write_bytes("h.safetensors", b"garbage")
+    with pytest.raises(ChecksumError):
+        RewardModel.from_run(run.uri, head="h")
+    with pytest.raises(StorageError, match="not a plain name"):
+        RewardModel.from_run(run.uri, head="../h")

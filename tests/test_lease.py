@@ -1,0 +1,70 @@
+"""One job per output folder, on local storage and on S3 (moto): a second job is refused with the holder's id,
+a stale lease (dead holder) is taken over, and of two jobs racing for a free lease exactly one wins."""
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from lens_ray.lease import NAME, Lease, LeaseError
+from lens_ray.storage import Storage
+
+
+@pytest.fixture(params=["local", "s3"])
+def folder(request, tmp_path):
+    if request.param == "local":
+        return Storage(str(tmp_path / "run"))
+    server = request.getfixturevalue("s3_server")
+    return Storage(f"s3://{server['bucket']}/lease-{tmp_path.name}")
+
+
+def test_second_job_is_refused_naming_the_holder(folder):
+    first = Lease(folder, what="run a")
+    with first.held():
+        with pytest.raises(LeaseError, match=first.doc["holder"]):
+            Lease(folder, what="run b").acquire()
+    assert not folder.exists(NAME)                                    # released at the end
+    with Lease(folder).held():                                        # and free again
+        pass
+
+
+def test_lease_of_a_dead_process_is_taken_over(folder):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    first = Lease(folder)
+    first.doc["pid"] = int(dead.stdout)                               # a holder on this host that is gone
+    first.acquire()
+    first._stop.set()                                                 # it stopped refreshing: it died
+    taker = Lease(folder)
+    taker.acquire()
+    assert json.loads(folder.read_bytes(NAME))["holder"] == taker.doc["holder"]
+    taker.release()
+
+
+def test_an_expired_lease_is_taken_over_and_waiting_works(folder):
+    first = Lease(folder, ttl_s=1.0)
+    first.acquire()
+    first._stop.set()                                                 # stops refreshing; its ttl runs out
+    time.sleep(1.5)
+    second = Lease(folder, ttl_s=60)
+    t0 = time.time()
+    second.acquire(wait=True, poll_s=0.2)
+    assert time.time() - t0 < 5
+    second.release()
+
+
+def test_of_two_racing_jobs_exactly_one_gets_the_lease(folder):
+    leases = [Lease(folder) for _ in range(6)]
+
+    def take(lease):
+        try:
+            lease.acquire()
+            return True
+        except LeaseError:
+            return False
+
+    with ThreadPoolExecutor(6) as pool:
+        won = list(pool.map(take, leases))
+    assert sum(won) == 1
+    next(lease for lease, w in zip(leases, won) if w).release()

@@ -1,9 +1,17 @@
-"""Embedding throughput: the Ray Data path vs a plain single-process torch loop (same model, batching and
-truncation), vs a naive padded loop without length sorting, and fp32 vs bf16 on CPU.
+"""Embedding throughput, and where the time goes: the Ray Data path against a plain single-process torch loop on
+the same texts (the `make run` texts: HH seed and eval pairs), both against the best single-process
+configuration found (dtype, threads, batch shape).
 
-    .venv/bin/python bench/embed_throughput.py [--model smollm2] [--texts 192] [--batch 16]
+    .venv/bin/python bench/embed_throughput.py [--model smollm2] [--texts 0 (all)] [--sweep-texts 600]
+        [--skip-sweep] [--skip-ray] [--ray-variants 1x2,2x1]
 
-Prints figures and appends them to bench/results.jsonl (with the machine).
+1. Sweep (on --sweep-texts texts spread over the length range): plain loop, dtype x threads x batching
+   (rows per batch or a padded-token budget). Tokens/s of the forward passes; tokenization timed apart.
+2. Plain loop with the best configuration on all texts: load, tokenize, forward, pool.
+3. Ray Data path on all texts with the job's settings, for each actors x threads variant: wall time from
+   submitting to the last batch, model load (in the actor), the actors' tokenize and forward time, and the
+   rest (scheduling, transfers, idle gaps). Ratio to the plain loop excluding model load.
+Prints JSON lines and a summary; appends everything to bench/results.jsonl with the machine.
 """
 from __future__ import annotations
 
@@ -21,84 +29,160 @@ import torch  # noqa: E402
 
 from lens_ray.config import DataConfig, EmbedConfig, ResourcesConfig  # noqa: E402
 from lens_ray.data import load_datasets  # noqa: E402
-from lens_ray.embed import embed_ids, load_model, tokenize  # noqa: E402
+from lens_ray.embed import embed_ids, load_model, text_key, tokenize  # noqa: E402
+from lens_ray.run_types import bon_draws, table_texts  # noqa: E402
 
 
 def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    model = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")),
+                 platform.processor() or platform.machine())
+    bf16 = "AVX512-BF16" if "avx512_bf16" in flags else ("AMX" if "amx_bf16" in flags else "no native bf16")
+    return f"{model}, {os.cpu_count()} cores, {bf16}, torch {torch.__version__}"
 
 
-def loop(lm, prompts, responses, max_length, batch, sort: bool) -> tuple[float, int]:
-    tk = tokenize(lm, prompts, responses, max_length)
-    order = np.argsort([len(x) for x in tk.ids], kind="stable") if sort else np.arange(len(tk.ids))
-    t0 = time.time()
-    padded = 0
-    for i in range(0, len(order), batch):
-        ids = [tk.ids[j] for j in order[i:i + batch]]
-        padded += max(len(x) for x in ids) * len(ids)
-        embed_ids(lm, ids, "auto")
-    return time.time() - t0, padded
+def run_texts(data: str, n: int) -> list[tuple]:
+    """The (prompt, response) texts `make run` embeds, distinct, in table order."""
+    cfg = DataConfig(data=data)
+    ds = load_datasets(cfg)
+    seen, out = set(), []
+    from lens_ray.config import LensConfig
+    full = LensConfig()
+    full.data = cfg
+    for rows in table_texts(ds, bon_draws(full, ds)[0]).values():
+        for prompt, response in rows:
+            key = json.dumps([prompt, response])
+            if key not in seen:
+                seen.add(key)
+                out.append((prompt, response))
+    return out[:n] if n else out
+
+
+def spread(texts: list[tuple], n: int) -> list[tuple]:
+    """n texts spread evenly over the length order, so the subset has the full set's length profile."""
+    order = np.argsort([len(json.dumps(t)) for t in texts], kind="stable")
+    return [texts[i] for i in order[np.linspace(0, len(order) - 1, n).astype(int)]]
+
+
+def batches(lengths: list[int], mode: str, size: int) -> list[list[int]]:
+    """Length-sorted index batches: `rows` per batch, or as many as fit a padded-token budget."""
+    order = list(np.argsort(lengths, kind="stable"))
+    if mode == "rows":
+        return [order[i:i + size] for i in range(0, len(order), size)]
+    out, cur = [], []
+    for i in order:
+        if cur and lengths[i] * (len(cur) + 1) > size:
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    return out + ([cur] if cur else [])
+
+
+def plain(lm, ids: list[list[int]], mode: str, size: int) -> dict:
+    """Forward passes over length-sorted batches -> tokens/s and padding share."""
+    tokens = sum(len(x) for x in ids)
+    padded, t0 = 0, time.perf_counter()
+    for b in batches([len(x) for x in ids], mode, size):
+        chunk = [ids[i] for i in b]
+        padded += max(len(x) for x in chunk) * len(chunk)
+        embed_ids(lm, chunk, "auto")
+    secs = time.perf_counter() - t0
+    return {"tokens": tokens, "forward_s": round(secs, 2), "tokens_per_s": round(tokens / secs, 1),
+            "padding_share": round(1 - tokens / padded, 3)}
+
+
+def sweep(model: str, texts: list[tuple], max_length: int) -> list[dict]:
+    rows = []
+    for dtype in ("bfloat16", "float32"):
+        lm = load_model(model, dtype)
+        tk = tokenize(lm, [p for p, _ in texts], [r for _, r in texts], max_length)
+        shapes = [("rows", 16), ("rows", 32), ("tokens", 2048), ("tokens", 4096), ("tokens", 8192)]
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            for mode, size in (shapes if dtype == "bfloat16" else [("rows", 16)]):
+                plain(lm, [tk.ids[i] for i in range(min(8, len(tk.ids)))], mode, size)       # warm-up
+                rows.append({"stage": "sweep", "dtype": dtype, "threads": threads, "batching": f"{mode} {size}",
+                             "texts": len(texts), **plain(lm, tk.ids, mode, size)})
+                print(json.dumps(rows[-1]), flush=True)
+    torch.set_num_threads(os.cpu_count() or 1)
+    return rows
+
+
+def plain_full(model: str, texts: list[tuple], max_length: int, best: dict) -> dict:
+    torch.set_num_threads(best["threads"])
+    t0 = time.perf_counter()
+    lm = load_model(model, best["dtype"])
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tk = tokenize(lm, [p for p, _ in texts], [r for _, r in texts], max_length)
+    tok_s = time.perf_counter() - t0
+    mode, size = best["batching"].split()
+    row = {"stage": "plain loop, all texts", "dtype": best["dtype"], "threads": best["threads"],
+           "batching": best["batching"], "texts": len(texts), "load_s": round(load_s, 1),
+           "tokenize_s": round(tok_s, 1), **plain(lm, tk.ids, mode, int(size))}
+    row["tokens_per_s_with_tokenize"] = round(row["tokens"] / (row["forward_s"] + tok_s), 1)
+    torch.set_num_threads(os.cpu_count() or 1)
+    return row
+
+
+def ray_path(model: str, texts: list[tuple], max_length: int, actors: int, threads: int, batch: int,
+             batch_tokens: int) -> dict:
+    from lens_ray.ray_data import EmbedItem, embed_items
+    items = [EmbedItem(text_key("bench", "auto", max_length, p, r), p, r) for p, r in texts]
+    cfg = EmbedConfig(model=model, max_length=max_length)
+    res = ResourcesConfig(embed_actors=actors, embed_threads=threads, embed_batch_size=batch,
+                          embed_cpus_per_actor=0.5 if actors == 1 else 0.25)
+    if hasattr(res, "embed_batch_tokens"):
+        res.embed_batch_tokens = batch_tokens
+    t0 = time.perf_counter()
+    _, st = embed_items(items, cfg, res, log=lambda m: None)
+    wall = time.perf_counter() - t0
+    load = st.load_s / actors                          # actors load in parallel
+    return {"stage": "ray data path", "actors": actors, "threads_per_actor": threads, "texts": len(texts),
+            "tokens": st.tokens, "wall_s": round(wall, 1), "model_load_s": round(load, 1),
+            "actor_tokenize_s": round(st.tokenize_s, 1), "actor_forward_s": round(st.forward_s, 1),
+            "tokens_per_s_excl_load": round(st.tokens / max(wall - load, 1e-9), 1),
+            "other_s": round(wall - load - (st.tokenize_s + st.forward_s) / actors, 1)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--texts", type=int, default=192)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--texts", type=int, default=0, help="0: every text make run embeds")
+    ap.add_argument("--sweep-texts", type=int, default=600)
     ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch-tokens", type=int, default=0)
+    ap.add_argument("--ray-variants", default="1x2,2x1", help="actors x threads per actor")
+    ap.add_argument("--skip-sweep", action="store_true")
+    ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                                                    "hh_harmless_dev.jsonl.gz"))
-    ap.add_argument("--skip-ray", action="store_true")
     args = ap.parse_args()
-    ds = load_datasets(DataConfig(data=args.data, seed_pairs=args.texts))
-    pairs = ds.seed_pairs[: args.texts]
-    prompts, responses = [p.prompt for p in pairs], [p.chosen for p in pairs]
-    torch.set_num_threads(os.cpu_count() or 1)
-    rows = []
-    for dtype in ("float32", "bfloat16"):
-        lm = load_model(args.model, dtype)
-        tokens = sum(len(x) for x in tokenize(lm, prompts, responses, args.max_length).ids)
-        loop(lm, prompts[:args.batch], responses[:args.batch], args.max_length, args.batch, True)   # warm-up
-        for sort in (True, False):
-            secs, padded = loop(lm, prompts, responses, args.max_length, args.batch, sort)
-            rows.append({"path": f"plain loop, {'length-sorted' if sort else 'naive padded'}", "dtype": dtype,
-                         "tokens_per_s": round(tokens / secs, 1), "texts_per_s": round(len(pairs) / secs, 2),
-                         "padding_share": round(1 - tokens / padded, 3)})
-            print(json.dumps(rows[-1]), flush=True)
+    texts = run_texts(args.data, args.texts)
+    rows: list[dict] = []
+    best = {"dtype": "bfloat16", "threads": 2, "batching": f"rows {args.batch}"}
+    if not args.skip_sweep:
+        rows += sweep(args.model, spread(texts, min(args.sweep_texts, len(texts))), args.max_length)
+        best = max((r for r in rows if r["stage"] == "sweep"), key=lambda r: r["tokens_per_s"])
+        print(f"best single-process configuration: {best['dtype']}, {best['threads']} threads, "
+              f"{best['batching']}: {best['tokens_per_s']} tokens/s", flush=True)
+    rows.append(plain_full(args.model, texts, args.max_length, best))
+    print(json.dumps(rows[-1]), flush=True)
     if not args.skip_ray:
-        import ray
-
-        from lens_ray.embed import text_key
-        from lens_ray.ray_data import EmbedItem, embed_items
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(include_dashboard=False, log_to_driver=False)
-        from ray.data import DataContext
-        DataContext.get_current().enable_progress_bars = False
-        items = [EmbedItem(text_key("b", "auto", args.max_length, p, r), p, r) for p, r in zip(prompts, responses)]
-        cfg = EmbedConfig(model=args.model, max_length=args.max_length)
-        t0 = time.time()
-        _, st = embed_items(items, cfg, ResourcesConfig(embed_batch_size=args.batch), log=lambda m: None)
-        wall = time.time() - t0
-        # the actor's model load is a one-off start-up cost; report with and without it
-        load_t0 = time.time()
-        load_model(args.model)
-        load_s = time.time() - load_t0
-        from lens_ray.embed import resolve_dtype
-        ray_dtype = resolve_dtype(cfg.dtype, "cpu")
-        rows.append({"path": "Ray Data actor pool (1 actor), length-sorted", "dtype": ray_dtype,
-                     "tokens_per_s": round(st.tokens / wall, 1),
-                     "tokens_per_s_excl_model_load": round(st.tokens / max(wall - load_s, 1e-9), 1),
-                     "model_load_s": round(load_s, 1)})
-        print(json.dumps(rows[-1]), flush=True)
-        ray.shutdown()
-        base = next(r for r in rows if r["path"].startswith("plain loop, length") and r["dtype"] == ray_dtype)
-        overhead = 1 - rows[-1]["tokens_per_s_excl_model_load"] / base["tokens_per_s"]
-        print(f"Ray Data overhead vs plain loop (excluding model load): {overhead * 100:.1f}%")
-    record = {"bench": "embed_throughput", "model": args.model, "texts": len(pairs), "batch": args.batch,
-              "max_length": args.max_length, "machine": machine(), "time": time.strftime("%Y-%m-%d %H:%M"),
-              "rows": rows}
+        from lens_ray.ray_session import connect
+        connect(log=lambda m: None, dashboard=True)
+        for variant in args.ray_variants.split(","):
+            actors, threads = (int(x) for x in variant.split("x"))
+            row = ray_path(args.model, texts, args.max_length, actors, threads, args.batch, args.batch_tokens)
+            base = next(r for r in rows if r["stage"].startswith("plain loop"))      # tokenizing included, as in Ray
+            row["ratio_to_plain"] = round(row["tokens_per_s_excl_load"] / base["tokens_per_s_with_tokenize"], 3)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     with open(os.path.join(os.path.dirname(__file__), "results.jsonl"), "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+        fh.write(json.dumps({"bench": "embed_throughput", "model": args.model, "texts": len(texts),
+                             "max_length": args.max_length, "machine": machine(),
+                             "time": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The `lens-ray` command: run (the main job; also `python jobs/full.py`), tune (the search; also
-`python jobs/tune.py`), synthesize (pairs at scale; also `python jobs/synthesize.py`), score, settings.
+`python jobs/tune.py`), synthesize (pairs at scale; also `python jobs/synthesize.py`), curve (the learning
+curve; also `python jobs/curve.py`), score, settings.
 
 Flags come from the config fields (`config.setting(..., cli=...)`), with the field's own help; defaults
 <- a YAML file (`--config`) <- flags and `--set section.field=value`, which reaches any field.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Callable
 
 from lens_ray.config import ConfigError, LensConfig, apply_overrides, describe, join_uri, load_config, walk
@@ -29,8 +31,9 @@ def parser(command: str, description: str, prog: str | None = None) -> argparse.
     for path, f, value in walk(LensConfig()):
         flag = _flag(f, command)
         if flag:
+            switch = {"nargs": "?", "const": "true"} if str(f.type).startswith("bool") else {}   # --flag alone: on
             p.add_argument(flag, dest=path, default=None, metavar=flag[2:].upper().replace("-", "_"),
-                           help=f"{describe(f)} (--set {path}; default {value!r})")
+                           help=f"{describe(f)} (--set {path}; default {value!r})", **switch)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, e.g. --set vae.beta=0.5 --set synth.noise_var=0.05")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -142,6 +145,91 @@ def _leased(uri: str, what: str, wait: bool):
     return Lease(Storage(uri), what=what).held(wait=wait, log=_print)
 
 
+# ------------------------------------------------------------------ curve
+
+def curve_main(argv: list[str] | None = None, prog: str = "lens-ray curve") -> dict:
+    p = parser("curve", "Learning curve: every method x head at several seed-pair counts (nested subsets by whole "
+               "prompts), from a finished run's embeddings (never re-embeds), one held-out evaluation.", prog)
+    p.add_argument("--from-run", required=True, metavar="RUN_URI", help="a finished run")
+    p.add_argument("--out", help="output URI (default: <parent of the run>/<name>)")
+    p.add_argument("--wait", action="store_true", help="if another job holds the output folder, wait for it")
+    args = p.parse_args(argv)
+    from lens_ray.run_inputs import load_run_inputs
+    source = load_run_inputs(args.from_run)
+    source.config.ray_address = None
+    cfg = load_config(args.config, overrides(args, "curve"), base=source.config)
+    name = cfg.curve.name or f"{cfg.name}-curve"
+    out = args.out or join_uri(source.uri.rsplit("/", 1)[0], name)
+    from lens_ray.ray_curve import run_curve
+    from lens_ray.ray_session import connect
+    with _leased(out, f"curve {name}", args.wait):
+        connect(cfg.ray_address)
+        return run_curve(cfg, source, out, log=_print)
+
+
+# ------------------------------------------------------------------ serve
+
+def serve_main(argv: list[str] | None = None, prog: str = "lens-ray serve") -> None:
+    p = parser("serve", "Serve a trained head on Ray Serve: POST /get_reward (OpenRLHF), POST /score, GET /healthz, "
+               "GET /info. Runs until interrupted.", prog)
+    p.add_argument("--run", required=True, metavar="RUN_URI", help="a finished run")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, overrides(args, "serve"))
+    from ray import serve
+
+    from lens_ray.ray_session import connect
+    from lens_ray.serve import APP, build
+    app = build(args.run, cfg.serve)                       # a missing token variable fails before Ray starts
+    connect(cfg.ray_address)
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.run(app, name=APP, route_prefix="/", blocking=False)
+    url = f"http://{cfg.serve.host}:{cfg.serve.port}"
+    _print(f"serving {args.run} at {url}: POST /get_reward (OpenRLHF: --reward.remote_url {url}/get_reward), "
+           "POST /score, GET /healthz, GET /info; Ctrl-C stops it")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+
+
+# ------------------------------------------------------------------ batch scoring, export
+
+def batch_score_main(argv: list[str] | None = None, prog: str = "lens-ray batch-score") -> dict:
+    p = parser("batch-score", "Score every (prompt, response) of a data set with a run's head on the cluster's "
+               "embedding actors: pairs -> rewards and accuracy; scored completions -> rewards and the Best-of-N "
+               "pick per prompt with its gold score.", prog)
+    p.add_argument("--run", required=True, metavar="RUN_URI", help="a finished run")
+    p.add_argument("--data", required=True, help="data URI, any format the pipeline ingests")
+    p.add_argument("--out", required=True, help="output URI (rewards.parquet, summary.json)")
+    p.add_argument("--best-of", type=int, metavar="N", help="Best-of-N over each prompt's first N responses")
+    p.add_argument("--wait", action="store_true", help="if another job holds the output folder, wait for it")
+    args = p.parse_args(argv)
+    if args.best_of is not None and args.best_of < 1:
+        raise ConfigError(f"--best-of: must be >= 1, got {args.best_of}")
+    cfg = load_config(args.config, overrides(args, "batch-score"))
+    from lens_ray.ray_session import connect
+    from lens_ray.score_job import batch_score
+    with _leased(args.out, "batch scoring", args.wait):
+        connect(cfg.ray_address)
+        return batch_score(cfg, args.run, args.data, args.out, args.best_of, log=_print)
+
+
+def export_main(argv: list[str] | None = None, prog: str = "lens-ray export") -> str:
+    p = parser("export", "Write a run's head and its LM as a Hugging Face folder that "
+               "AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True) loads.", prog)
+    p.add_argument("--run", required=True, metavar="RUN_URI", help="a finished run")
+    p.add_argument("--out", required=True, metavar="DIR", help="a local folder")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, overrides(args, "export"))
+    from lens_ray.export import export
+    from lens_ray.score import RewardModel
+    folder = export(RewardModel.from_run(args.run, cfg.serve.head), args.out)
+    _print(f"exported to {folder}: AutoModelForSequenceClassification.from_pretrained({folder!r}, "
+           "trust_remote_code=True)")
+    return folder
+
+
 # ------------------------------------------------------------------ score, settings
 
 def score_main(argv: list[str] | None = None, prog: str = "lens-ray score") -> None:
@@ -196,7 +284,8 @@ def settings_main(argv: list[str] | None = None, prog: str = "lens-ray settings"
 # ------------------------------------------------------------------ entry
 
 COMMANDS: dict[str, Callable] = {"run": run_main, "tune": tune_main, "synthesize": synthesize_main,
-                                 "score": score_main, "settings": settings_main}
+                                 "curve": curve_main, "serve": serve_main, "batch-score": batch_score_main,
+                                 "export": export_main, "score": score_main, "settings": settings_main}
 
 
 def user_errors() -> tuple[type[Exception], ...]:

@@ -34,14 +34,14 @@ PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")   # run, head and s
 
 def setting(default: Any, help: str, *, choices: tuple | None = None, ge: float | None = None,
             gt: float | None = None, le: float | None = None, lt: float | None = None, nonempty: bool = False,
-            plain_name: bool = False, cli: tuple[str, ...] | dict[str, str] = ()) -> Any:
+            plain_name: bool = False, pattern: str | None = None, cli: tuple[str, ...] | dict[str, str] = ()) -> Any:
     """A config field with its help, choices and bounds (checked on the value, or on each item of a tuple).
 
     cli: the commands that get a flag for it, either ("run", "tune") (flag `--<field-name>`) or
     {"tune": "--name"} (an explicit flag). Every field is reachable with `--set` anyway.
     """
     meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "nonempty": nonempty,
-            "plain_name": plain_name, "cli": cli}
+            "plain_name": plain_name, "pattern": pattern, "cli": cli}
     return field(default=default, metadata=meta)
 
 
@@ -83,6 +83,11 @@ class EmbedConfig:
     storage_dtype: str = setting("float32", "dtype of the stored embedding shards", choices=("float32", "float16"))
     padding_side: str = setting("right", "padding side; must not change a vector (a test proves it)",
                                 choices=("left", "right"))
+    layer: tuple[int, ...] = setting((-1,), "hidden-state layer(s) embedded, negative from the end (-1: the last); "
+                                     "several are combined by layer_combine", le=-1, ge=-256, nonempty=True)
+    layer_combine: str = setting("concat", "how several layers make one embedding", choices=("concat", "mean"))
+    cache_layers: tuple[int, ...] = setting((), "more layers taken from the same forward pass into the cache, so "
+                                            "a later run or search over them embeds nothing", le=-1, ge=-256)
     cache: bool = setting(True, "content-addressed embedding cache under <storage>/cache")
 
 
@@ -123,6 +128,9 @@ class SynthConfig:
 
 @dataclass
 class RewardConfig:
+    heads: tuple[str, ...] = setting(("mlp",), "reward heads each method is trained with: mlp (early-stopped "
+                                     "MLP) and/or linear (Bradley-Terry weights fitted to convergence, design "
+                                     "chosen by k-fold)", choices=HEADS, nonempty=True, cli=("run", "curve"))
     hidden_dim: int = setting(256, "MLP head: hidden width", ge=1, le=65536)
     depth: int = setting(1, "MLP head: hidden layers", ge=1, le=16)
     dropout: float = setting(0.1, "MLP head: dropout", ge=0, lt=1)
@@ -134,6 +142,17 @@ class RewardConfig:
     patience: int = setting(6, "MLP head: validation checks without improvement before stopping", ge=1)
     synthetic_weight: float = setting(1.0, "weight of a synthetic pair in the Bradley-Terry loss (originals: 1)",
                                       gt=0, le=10)
+    linear_norms: tuple[str, ...] = setting(("none", "diag", "whiten"), "linear head: input normalizations the "
+                                            "k-fold chooses from", choices=("none", "diag", "whiten"), nonempty=True)
+    linear_l2: tuple[float, ...] = setting((1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0), "linear head: L2 strengths the "
+                                           "k-fold chooses from (on unit-mean-square differences)", gt=0,
+                                           nonempty=True)
+    linear_shrink: tuple[float, ...] = setting((0.0, 0.25, 0.5, 0.75, 1.0), "linear head: shrinkage toward the "
+                                               "class-mean direction the k-fold chooses from (1: mean_diff)",
+                                               ge=0, le=1, nonempty=True)
+    linear_folds: int = setting(5, "linear head: folds (whole prompts) of the design choice", ge=2)
+    whiten_shrinkage: float = setting(0.1, "linear head: shrinkage of the covariance toward its scaled identity "
+                                      "before whitening", gt=0, le=1)
 
 
 @dataclass
@@ -151,9 +170,42 @@ class TuneConfig:
     methods: tuple[str, ...] = setting(("lens", "direct_perturbation", "gaussian_sampling"),
                                        "augmenting methods the search spans", choices=AUGMENTING, nonempty=True)
     factors: tuple[int, ...] = setting((2, 4, 8), "augmentation factors the search spans", ge=2, le=64, nonempty=True)
+    heads: tuple[str, ...] = setting(HEADS, "reward heads the search spans", choices=HEADS, nonempty=True)
     open_choices: bool = setting(True, "also span the choices the paper leaves open (VAE shape, residual, ...)")
     searcher_seed: int = setting(0, "seed of the Optuna sampler", ge=0)
     test_seeds: int = setting(5, "seeds for the chosen configuration's test accuracy", ge=1)
+
+
+@dataclass
+class CurveConfig:
+    """`lens-ray curve`: every method x head at several seed-pair counts, from a finished run's embeddings."""
+    name: str | None = setting(None, "curve name; unset: <run name>-curve; the same name resumes", plain_name=True,
+                               cli={"curve": "--name"})
+    sizes: tuple[str, ...] = setting(("50", "100", "250", "500", "1000", "all"), "seed-pair counts (nested subsets "
+                                     "by whole prompts); all: every seed pair", pattern=r"all|[1-9][0-9]*",
+                                     nonempty=True, cli={"curve": "--sizes"})
+
+
+@dataclass
+class ServeConfig:
+    """`lens-ray serve`: a trained head as a reward server on Ray Serve (and the batch scorer's head)."""
+    head: str | None = setting(None, "head under <run>/heads; unset: the best validation accuracy", plain_name=True,
+                               cli={"serve": "--head", "batch-score": "--head", "export": "--head"})
+    host: str = setting("127.0.0.1", "address the HTTP proxy listens on (0.0.0.0 exposes it: set a token)",
+                        cli={"serve": "--host"})
+    port: int = setting(8000, "HTTP port", ge=1, le=65535, cli={"serve": "--port"})
+    replicas: int = setting(1, "server replicas (each loads the LM once)", ge=1, cli={"serve": "--replicas"})
+    cpus_per_replica: float = setting(1.0, "CPUs per replica", gt=0)
+    max_batch_size: int = setting(32, "requests batched into one forward pass", ge=1, le=4096,
+                                  cli={"serve": "--max-batch-size"})
+    batch_wait_ms: float = setting(10.0, "how long a batch waits to fill", ge=0, le=10000,
+                                   cli={"serve": "--batch-wait-ms"})
+    normalize: bool = setting(False, "standardize rewards with the head's training-reward mean and std",
+                              cli={"serve": "--normalize"})
+    token_env: str | None = setting(None, "name of an environment variable holding a bearer token clients must "
+                                    "send (Authorization: Bearer ...); unset: no token", cli={"serve": "--token-env"})
+    max_body_bytes: int = setting(8 << 20, "largest request body accepted", ge=1024)
+    max_items: int = setting(1024, "most texts in one request", ge=1)
 
 
 @dataclass
@@ -174,7 +226,8 @@ class ScaleConfig:
 @dataclass
 class ResourcesConfig:
     """Where and how wide the job runs. No fingerprint, cache key or manifest reads this section."""
-    embed_actors: int = setting(1, "embedding actors (model replicas)", ge=1)
+    embed_actors: int = setting(0, "embedding actors (model replicas); 0: one per GPU on a GPU cluster, else one "
+                                "single-threaded actor per CPU (at most 8), which measured fastest on CPUs", ge=0)
     embed_cpus_per_actor: float = setting(0.5, "CPUs per embedding actor; fractional, so read tasks never starve",
                                           gt=0)
     embed_gpus_per_actor: float | None = setting(None, "GPUs per embedding actor; unset: 1 when the cluster has "
@@ -203,13 +256,15 @@ class LensConfig:
     storage: str = setting("runs", "artifact root: path, file:// or s3://bucket/prefix", cli=("run",))
     out: str | None = setting(None, "this run's output URI; unset: <storage>/<name>", cli=("run",))
     cache: str | None = setting(None, "embedding cache URI; unset: <storage>/cache", cli=("run",))
-    methods: tuple[str, ...] = setting(METHODS, "methods compared", choices=METHODS, nonempty=True, cli=("run",))
+    methods: tuple[str, ...] = setting(METHODS, "methods compared", choices=METHODS, nonempty=True,
+                                       cli=("run", "curve"))
     factors: tuple[int, ...] = setting((4, 8), "augmentation factors (pairs per original pair)", ge=2, le=64,
-                                       nonempty=True, cli=("run",))
+                                       nonempty=True, cli=("run", "curve"))
     seeds: int = setting(5, "seeds per method (validation split, initialization, synthesis noise)", ge=1,
-                         cli=("run",))
+                         cli=("run", "curve"))
     ray_address: str | None = setting(None, "Ray cluster to join; unset: RAY_ADDRESS (set by `ray job submit`), "
-                                      "else a local Ray", cli=("run", "tune", "synthesize"))
+                                      "else a local Ray", cli=("run", "tune", "synthesize", "curve", "serve",
+                                                               "batch-score"))
     from_tune: str | None = setting(None, "a search's output URI whose chosen settings this run used")
     data: DataConfig = field(default_factory=DataConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
@@ -217,7 +272,9 @@ class LensConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    curve: CurveConfig = field(default_factory=CurveConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     @property
@@ -269,6 +326,8 @@ def _check(path: str, f: dataclasses.Field, value: Any) -> None:
                                   ("lt", v.__lt__, "<")):
                 if m.get(key) is not None and not ok(m[key]):
                     raise ConfigError(f"{path}: must be {word} {m[key]}, got {v}")
+        if m.get("pattern") and not (isinstance(v, str) and re.fullmatch(m["pattern"], v)):
+            raise ConfigError(f"{path}: {v!r} does not match {m['pattern']}")
         if m.get("plain_name") and not (isinstance(v, str) and PLAIN_NAME.fullmatch(v) and v not in (".", "..")):
             raise ConfigError(f"{path}: {v!r} is not a plain name (letters, digits, '.', '_', '-'; no '/')")
 
@@ -317,7 +376,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     try:
         if tp.startswith("tuple"):
             items = value.split(",") if isinstance(value, str) else list(value)
-            inner = int if "int" in tp else str
+            inner = int if "int" in tp else float if "float" in tp else str
             return tuple(inner(str(v).strip()) for v in items if str(v).strip())
         if tp.startswith("bool"):
             if isinstance(value, str):

@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,22 +95,60 @@ def resolve_dtype(dtype: str, device: str | None = None) -> str:
     return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 
+def dequantized_copy(src: ModelSource, dtype: str) -> str:
+    """Where a GGUF model's dequantized weights are kept as a plain transformers folder, per dtype: loading
+    it takes seconds, where de-quantizing the GGUF takes ~20 (each embedding actor, every run)."""
+    root = os.environ.get("LENS_RAY_MODEL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lens-ray",
+                                                                  "models")
+    return os.path.join(root, hashlib.sha256(f"{src.model_id}|{dtype}".encode()).hexdigest()[:16])
+
+
+def _save_copy(model, tok, folder: str) -> None:
+    """Write beside the target, then rename: a reader sees no copy or a whole one (of racing writers, one wins)."""
+    import copy
+
+    from safetensors.torch import save_model
+    tmp = f"{folder}.tmp-{os.getpid()}-{time.time_ns()}"
+    try:
+        os.makedirs(tmp)
+        # transformers refuses save_pretrained on a GGUF-loaded model, though its weights are plain tensors by now
+        config = copy.deepcopy(model.config)
+        for attr in ("quantization_config", "_pre_quantization_dtype"):
+            if hasattr(config, attr):
+                delattr(config, attr)
+        config.save_pretrained(tmp)
+        save_model(model, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        tok.save_pretrained(tmp)
+        if not os.path.exists(folder):
+            os.replace(tmp, folder)
+    except OSError:
+        pass                                         # no room or a race lost: the GGUF still loads
+    finally:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def load_model(spec: str, dtype: str = "auto", device: str | None = None) -> LoadedModel:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     src = resolve_model(spec)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
-                   "float16": torch.float16}[resolve_dtype(dtype, dev.type)]
-    kw: dict[str, Any] = {"gguf_file": src.gguf_file} if src.gguf_file else {}
+    name = resolve_dtype(dtype, dev.type)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    folder, kw = src.folder, {"gguf_file": src.gguf_file} if src.gguf_file else {}
+    copy = dequantized_copy(src, name) if src.gguf_file else None
+    if copy and os.path.exists(os.path.join(copy, "config.json")):
+        folder, kw = copy, {}
     try:
-        tok = AutoTokenizer.from_pretrained(src.folder, **kw)
-        config = AutoConfig.from_pretrained(src.folder, **kw)
+        tok = AutoTokenizer.from_pretrained(folder, **kw)
+        config = AutoConfig.from_pretrained(folder, **kw)
         causal = src.gguf_file is not None or any(a.endswith("ForCausalLM") for a in (config.architectures or []))
         cls = AutoModelForCausalLM if causal else AutoModel
-        model = cls.from_pretrained(src.folder, dtype=torch_dtype, attn_implementation="sdpa", **kw)
+        model = cls.from_pretrained(folder, dtype=torch_dtype, attn_implementation="sdpa", **kw)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load model {spec!r} from {src.folder}: {exc}") from exc
+        raise ModelLoadError(f"cannot load model {spec!r} from {folder}: {exc}") from exc
+    if copy and kw:
+        _save_copy(model, tok, copy)
     base = model.base_model if causal else model
     base.to(dev).eval()
     if tok.pad_token_id is None:
@@ -174,48 +213,85 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def embed_ids(lm: LoadedModel, ids: list[list[int]], pooling: str, padding_side: str = "right") -> np.ndarray:
-    """Token ids of one batch -> (B, H) float32."""
+def embed_layers(lm: LoadedModel, ids: list[list[int]], pooling: str, padding_side: str = "right",
+                 layers: tuple[int, ...] = (-1,)) -> np.ndarray:
+    """Token ids of one batch -> the pooled hidden states of `layers` (B, L, H) float32, all from one forward
+    pass. A layer is an index into the hidden states, negative from the end: -1 is the last layer's output
+    (after the final norm), -2 the output of the layer before it, and so on."""
     how = ("last" if lm.kind == "causal" else "mean") if pooling == "auto" else pooling
     input_ids, mask = pad(ids, lm.tokenizer.pad_token_id, padding_side)
     position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
     input_ids, mask, position_ids = (t.to(lm.device) for t in (input_ids, mask, position_ids))
-    out = lm.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids)
-    return pool(out.last_hidden_state, mask, how).float().cpu().numpy()
+    inner = any(layer != -1 for layer in layers)
+    out = lm.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, output_hidden_states=inner)
+    states = [out.last_hidden_state if layer == -1 else out.hidden_states[layer] for layer in layers]
+    return torch.stack([pool(h, mask, how) for h in states], 1).float().cpu().numpy()
+
+
+def embed_ids(lm: LoadedModel, ids: list[list[int]], pooling: str, padding_side: str = "right") -> np.ndarray:
+    """Token ids of one batch -> the last layer's pooled states (B, H) float32."""
+    return embed_layers(lm, ids, pooling, padding_side)[:, 0]
+
+
+def combine_layers(vectors: np.ndarray, how: str) -> np.ndarray:
+    """(..., L, H) -> (..., L*H) concatenated or (..., H) averaged."""
+    if how == "mean":
+        return vectors.mean(-2)
+    return vectors.reshape(*vectors.shape[:-2], -1)
 
 
 def text_key(model_id: str, pooling: str, max_length: int, prompt: list[dict[str, str]], response: str,
-             dtype: str = "float32") -> str:
-    """Content address of one embedding: same model, settings, compute dtype and text -> same key, across runs."""
-    blob = json.dumps([model_id, pooling, max_length, prompt, response] + ([dtype] if dtype != "float32" else []),
-                      sort_keys=True, ensure_ascii=False)
+             dtype: str = "float32", layer: dict | None = None) -> str:
+    """Content address of one embedding: same model, settings, compute dtype, layer(s) and text -> same key,
+    across runs. The last layer (the default) and fp32 add nothing, so older keys still match."""
+    extra = ([dtype] if dtype != "float32" else []) + ([layer] if layer else [])
+    blob = json.dumps([model_id, pooling, max_length, prompt, response] + extra, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def settings_key(settings: dict, prompt: list[dict[str, str]], response: str) -> str:
-    """text_key under an embeddings manifest's settings (model, pooling, max_length[, dtype])."""
+    """text_key under an embeddings manifest's settings (model, pooling, max_length[, dtype][, layer])."""
+    layer = {k: settings[k] for k in ("layer", "layer_combine") if k in settings}
     return text_key(settings["model"], settings["pooling"], settings["max_length"], prompt, response,
-                    settings.get("dtype", "float32"))
+                    settings.get("dtype", "float32"), layer or None)
+
+
+def layer_settings(settings: dict, layers: tuple[int, ...], combine: str) -> dict:
+    """Embedding settings for these layers: the default (the last layer alone) adds no key."""
+    base = {k: v for k, v in settings.items() if k not in ("layer", "layer_combine")}
+    if tuple(layers) == (-1,):
+        return base
+    return {**base, "layer": list(layers), **({"layer_combine": combine} if len(layers) > 1 else {})}
 
 
 class Embedder:
-    """Callable on a batch {"prompt_json", "response", "key"} -> adds "embedding" (B, H) and truncation flags.
+    """Callable on a batch {"prompt_json", "response", "key"} -> adds "embedding" (B, L, H) and truncation flags.
 
     Built once per Ray Data actor; loads the model in its constructor.
     """
 
     def __init__(self, model: str, pooling: str = "auto", max_length: int = 256, dtype: str = "auto",
-                 padding_side: str = "right", torch_threads: int = 0):
+                 padding_side: str = "right", torch_threads: int = 0, layers: tuple[int, ...] = (-1,)):
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
+        t0 = time.perf_counter()
         self.lm = load_model(model, dtype)
-        self.pooling, self.max_length, self.padding_side = pooling, max_length, padding_side
+        self.load_s = time.perf_counter() - t0          # reported once, with the first batch
+        self.pooling, self.max_length, self.padding_side, self.layers = pooling, max_length, padding_side, layers
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """-> "embedding" (B, L, H): the pooled states of each of self.layers; and where the time went."""
+        t0 = time.perf_counter()
         prompts = [json.loads(p) for p in batch["prompt_json"]]
         responses = [str(r) for r in batch["response"]]
         tk = tokenize(self.lm, prompts, responses, self.max_length)
-        emb = embed_ids(self.lm, tk.ids, self.pooling, self.padding_side)
+        t1 = time.perf_counter()
+        emb = embed_layers(self.lm, tk.ids, self.pooling, self.padding_side, self.layers)
+        t2 = time.perf_counter()
+        n = len(tk.ids)
+        timing = np.zeros((n, 3))
+        timing[0] = (t1 - t0, t2 - t1, self.load_s)   # (tokenize, forward, model load) seconds, on the first row
+        self.load_s = 0.0
         return {"key": np.asarray(batch["key"]), "embedding": emb,
                 "n_tokens": np.array([len(x) for x in tk.ids]), "truncated": tk.truncated,
-                "response_truncated": tk.response_truncated}
+                "response_truncated": tk.response_truncated, "seconds": timing}

@@ -20,6 +20,7 @@ from torch import nn
 
 from lens_ray.config import RewardConfig, VAEConfig
 from lens_ray.evaluate import preference_accuracy
+from lens_ray.linear_head import fit_linear_head
 from lens_ray.models.reward import RewardHead, bradley_terry_loss
 from lens_ray.models.vae import PreferenceVAE, lens_vae_loss, relative_reconstruction_error
 from lens_ray.rng import BATCHES, keyed_rng
@@ -94,13 +95,22 @@ def fit_vae(cfg: VAEConfig, train_pos: torch.Tensor, train_neg: torch.Tensor, se
 
 @dataclass
 class PairSet:
-    """Training pairs as embeddings: chosen, rejected (P, d); weight (P,) per pair in the BT loss."""
+    """Training pairs as embeddings: chosen, rejected (P, d); weight (P,) per pair in the BT loss; source (P,)
+    the real pair each comes from and original (P,) whether it is that real pair (default: all are)."""
     pos: torch.Tensor
     neg: torch.Tensor
     weight: torch.Tensor | None = None
+    source: np.ndarray | None = None
+    original: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.pos)
+
+    def sources(self) -> np.ndarray:
+        return self.source if self.source is not None else np.arange(len(self))
+
+    def originals(self) -> torch.Tensor:
+        return self.original if self.original is not None else torch.ones(len(self), dtype=torch.bool)
 
 
 def augmented_set(pos: torch.Tensor, neg: torch.Tensor, syn_pos: torch.Tensor, syn_neg: torch.Tensor,
@@ -109,7 +119,7 @@ def augmented_set(pos: torch.Tensor, neg: torch.Tensor, syn_pos: torch.Tensor, s
     (originals included, see synth.combinatorial_pairs), synthetic ones weighted `synthetic_weight`."""
     pairs = combinatorial_pairs(np.arange(len(pos)), synth_per_side(factor), factor, seed)
     p, n, is_orig = gather_pairs(pos, neg, syn_pos, syn_neg, pairs)
-    return PairSet(p, n, torch.where(is_orig, torch.tensor(1.0), torch.tensor(synthetic_weight)))
+    return PairSet(p, n, torch.where(is_orig, torch.tensor(1.0), torch.tensor(synthetic_weight)), pairs[:, 0], is_orig)
 
 
 @dataclass
@@ -170,6 +180,22 @@ def fit_head(cfg: RewardConfig, train: PairSet, val: PairSet, seed: int, norm_po
     if not all(bool(torch.isfinite(v).all()) for v in head.state_dict().values()):
         return HeadFit(head, float("nan"), best[1], step, history, "non-finite weights")
     return HeadFit(head, best[0], best[1], step, history)
+
+
+def fit_reward_head(cfg: RewardConfig, kind: str, train: PairSet, val: PairSet, seed: int, groups: list[str],
+                    norm_pos: torch.Tensor, norm_neg: torch.Tensor, workers: Workers = ALONE) -> HeadFit:
+    """A head of `kind`: mlp (fit_head) or linear (fit_linear_head, its design chosen by k-fold over the
+    training pairs by prompt, `groups` the prompt of each real training pair)."""
+    if kind == "mlp":
+        return fit_head(cfg, train, val, seed, norm_pos, norm_neg, workers)
+    weight = train.weight if train.weight is not None else torch.ones(len(train))
+    fit = fit_linear_head(cfg, train.pos, train.neg, weight, train.sources(), train.originals(), groups, seed)
+    if not bool(torch.isfinite(fit.head.w).all()):
+        return HeadFit(fit.head, float("nan"), 0, 0, failure="non-finite weights")
+    val_acc = score_accuracy(fit.head, val.pos, val.neg)
+    design = {"norm": fit.design.norm, "l2": fit.design.l2, "shrink": fit.design.shrink,
+              "cv_accuracy": fit.cv_accuracy}
+    return HeadFit(fit.head, val_acc, 0, 0, history=[design])
 
 
 @torch.no_grad()

@@ -29,7 +29,7 @@ from lens_ray.artifacts import (
 from lens_ray.augment import Augmenter
 from lens_ray.config import LensConfig, fingerprint
 from lens_ray.data import Datasets, Split, load_datasets, seed_splits
-from lens_ray.embed import resolve_dtype, resolve_model, settings_key
+from lens_ray.embed import combine_layers, layer_settings, resolve_dtype, resolve_model, settings_key
 from lens_ray.embed_cache import EmbeddingCache
 from lens_ray.evaluate import best_of_n_gold, bon_oracle, bon_random, preference_accuracy
 from lens_ray.fit import score
@@ -89,7 +89,7 @@ def run(cfg: LensConfig, log: Log = print, ds: Datasets | None = None,
     with t.stage("embed", log):
         emb = embed_stage(cfg, ds, out, log)
     splits = seed_splits(ds.seed_pairs, cfg.data.val_fraction, cfg.seeds, cfg.data.split_seed)
-    seeds = [SeedData.of(s, emb) for s in splits]
+    seeds = [SeedData.of(s, emb, ds.seed_pairs) for s in splits]
     keys = StageKeys(cfg, splits, emb.dim)
     jobs = plan_jobs(cfg)
     vaes: dict[int, FittedVAE] = {}
@@ -133,7 +133,8 @@ class StageKeys:
         return fingerprint(self.base, self.cfg.vae, seed)
 
     def synthetic(self, job: Job) -> str:
-        return fingerprint(self.base, self.cfg.synth, job.name, self.vae(job.seed) if job.method == "lens" else None)
+        made_from = self.vae(job.seed) if job.method == "lens" else None
+        return fingerprint(self.base, self.cfg.synth, job.synthetic_name, made_from)
 
     def head(self, job: Job) -> str:
         made_from = self.synthetic(job) if job.augments else None
@@ -152,7 +153,7 @@ def embedding_settings(cfg: LensConfig) -> dict:
                 "storage_dtype": e.storage_dtype}
     if dtype != "float32":       # fp32 runs keep the settings (and cache) they always had
         settings["dtype"] = dtype
-    return settings
+    return layer_settings(settings, e.layer, e.layer_combine)
 
 
 def embed_stage(cfg: LensConfig, ds: Datasets, out: Storage, log: Log) -> Embedded:
@@ -195,16 +196,26 @@ def embed_texts(cfg: LensConfig, settings: dict, needed: list[str], texts: dict[
              "tokens": 0, "tokens_per_s": None}
     if not needed:
         return {}, stats
-    cache = EmbeddingCache(Storage(cfg.cache_uri).child("embeddings"), settings) if cfg.embed.cache else None
+    root = Storage(cfg.cache_uri).child("embeddings")
+    cache = EmbeddingCache(root, settings) if cfg.embed.cache else None
     vectors = cache.lookup(needed) if cache else {}
     stats["cached"] = len(vectors)
     todo = [EmbedItem(k, *texts[k]) for k in needed if k not in vectors]
     log(f"  {len(needed)} distinct texts: {len(vectors)} cached, {len(todo)} to embed with {cfg.embed.model}")
     if todo:
-        # commit to the cache as batches arrive: a killed run keeps what it embedded
-        on_chunk = cache.add if cache else None
-        fresh, st = embed_items(todo, cfg.embed, cfg.resources, log, on_chunk=on_chunk)
-        vectors.update(fresh)
+        e = cfg.embed
+        layers = tuple(dict.fromkeys(e.layer + e.cache_layers))        # the run's layers first, then extra ones
+        primary = [layers.index(layer) for layer in e.layer]
+        per_layer = {j: layer_settings(settings, (layer,), e.layer_combine) for j, layer in enumerate(layers)}
+        per_layer = {j: EmbeddingCache(root, s) for j, s in per_layer.items() if s != settings and e.cache}
+
+        def on_chunk(keys: list[str], vecs: np.ndarray) -> None:    # committed as batches arrive: a killed
+            if cache:                                                # run keeps what it embedded
+                cache.add(keys, combine_layers(vecs[:, primary], e.layer_combine))
+            for j, layer_cache in per_layer.items():
+                layer_cache.add([settings_key(layer_cache.settings, *texts[k]) for k in keys], vecs[:, j])
+        fresh, st = embed_items(todo, e, cfg.resources, log, on_chunk=on_chunk, layers=layers)
+        vectors.update({k: combine_layers(v[primary], e.layer_combine) for k, v in fresh.items()})
         stats.update(embedded=st.rows, truncated=st.truncated, response_truncated=st.response_truncated,
                      tokens=st.tokens, tokens_per_s=round(st.tokens / max(st.seconds, 1e-9), 1))
         if st.truncated:
@@ -260,8 +271,9 @@ def synthesize_stage(cfg: LensConfig, jobs: list[Job], seeds: list[SeedData], va
     from lens_ray.ray_data import synthesize_jobs
 
     failures = {j: vaes[j.seed].failure for j in jobs if j.method == "lens" and vaes[j.seed].failure}
-    todo = [j for j in jobs if j not in failures and read_synthetic(out, j.name, keys.synthetic(j)) is None]
-    log(f"  {len(jobs) - len(todo) - len(failures)} synthetic sets reused, {len(todo)} to synthesize")
+    sets = list({j.synthetic_name: j for j in jobs if j not in failures}.values())     # one per set, any head
+    todo = [j for j in sets if read_synthetic(out, j.synthetic_name, keys.synthetic(j)) is None]
+    log(f"  {len(sets) - len(todo)} synthetic sets reused, {len(todo)} to synthesize")
     if not todo:
         return failures
     by_seed = {sd.seed: sd for sd in seeds}
@@ -271,18 +283,19 @@ def synthesize_stage(cfg: LensConfig, jobs: list[Job], seeds: list[SeedData], va
     train = {sd.seed: (sd.train_pos, sd.train_neg) for sd in seeds}
     for job, (sp, sn) in synthesize_jobs(augmenters, train, cfg.resources, log).items():
         if not (np.isfinite(sp).all() and np.isfinite(sn).all()):
-            failures[job] = f"synthesis of {job.name} gave non-finite embeddings"
-            log(f"  {failures[job]}: its row is marked failed")
+            why = f"synthesis of {job.synthetic_name} gave non-finite embeddings"
+            failures.update({j: why for j in jobs if j.synthetic_name == job.synthetic_name})
+            log(f"  {why}: its rows are marked failed")
             continue
-        write_synthetic(out, job.name, sp, sn, keys.synthetic(job))
+        write_synthetic(out, job.synthetic_name, sp, sn, keys.synthetic(job))
     return failures
 
 
 def train_stage(cfg: LensConfig, jobs: list[Job], seeds: list[SeedData], keys: StageKeys,
                 failures: dict[Job, str], out: Storage, log: Log) -> list[TrainedHead]:
     """Every job's head: reused from <out>/heads when made from the same inputs, mean_diff in closed form,
-    the rest fitted in one Ray Train run. Every head is stored as it is known."""
-    from lens_ray.ray_train import fit_heads
+    linear heads as Ray tasks, MLP heads in one Ray Train (DDP) run. Every head is stored as it is known."""
+    from lens_ray.ray_train import fit_heads, fit_linear_heads
 
     store, heads = out.child("heads"), {j: TrainedHead(j, None, {}, why) for j, why in failures.items()}
     by_seed = {sd.seed: sd for sd in seeds}
@@ -293,28 +306,39 @@ def train_stage(cfg: LensConfig, jobs: list[Job], seeds: list[SeedData], keys: S
         elif not job.trained:
             sd = by_seed[job.seed]
             w = mean_diff_direction(torch.from_numpy(sd.train_pos), torch.from_numpy(sd.train_neg))
-            heads[job] = _store(store, keys, TrainedHead(job, LinearScorer(w), {}))
+            heads[job] = _store(store, keys, TrainedHead(job, LinearScorer(w), {}), sd)
     todo = [j for j in jobs if j not in heads]
     log(f"  {len(jobs) - len(todo) - len(failures)} heads reused or closed-form, {len(todo)} to train")
-    if todo:
-        states, meta = fit_heads(cfg.reward, todo, [by_seed[s] for s in sorted({j.seed for j in todo})], out.uri,
-                                 f"heads-{fingerprint([keys.head(j) for j in todo])}", out.child("ray_train"),
+
+    def done(job: Job, state: dict, meta: dict) -> None:
+        if meta.get("failed"):
+            heads[job] = TrainedHead(job, None, meta["metrics"], f"head {job.name}: {meta['failed']}")
+            log(f"  {heads[job].failure}: its row is marked failed")
+            return
+        head = build_head(meta["config"])
+        head.load_state_dict(state)
+        heads[job] = _store(store, keys, TrainedHead(job, head.eval(), meta["metrics"]), by_seed[job.seed])
+    def seeds_of(js: list[Job]) -> list[SeedData]:
+        return [by_seed[s] for s in sorted({j.seed for j in js})]
+    linear, mlp = [j for j in todo if j.head == "linear"], [j for j in todo if j.head != "linear"]
+    if linear:
+        fit_linear_heads(cfg.reward, linear, seeds_of(linear), out.uri, cfg.resources, on_done=done)
+    if mlp:
+        states, meta = fit_heads(cfg.reward, mlp, seeds_of(mlp), out.uri,
+                                 f"heads-{fingerprint([keys.head(j) for j in mlp])}", out.child("ray_train"),
                                  cfg.resources)
-        for job in todo:
-            m = meta[job.name]
-            if m.get("failed"):
-                heads[job] = TrainedHead(job, None, m["metrics"], f"head {job.name}: {m['failed']}")
-                log(f"  {heads[job].failure}: its row is marked failed")
-                continue
-            head = build_head(m["config"])
-            head.load_state_dict(states[job.name])
-            heads[job] = _store(store, keys, TrainedHead(job, head.eval(), m["metrics"]))
+        for job in mlp:
+            done(job, states[job.name], meta[job.name])
     return [heads[j] for j in jobs]
 
 
-def _store(store: Storage, keys: StageKeys, th: TrainedHead) -> TrainedHead:
+def _store(store: Storage, keys: StageKeys, th: TrainedHead, sd: SeedData) -> TrainedHead:
+    """Save a head with what made it and the mean and std of its rewards on its seed's real training
+    responses (what a server's --normalize standardizes with)."""
+    r = score(th.head, torch.from_numpy(np.concatenate([sd.train_pos, sd.train_neg])))
+    norm = {"mean": float(r.mean()), "std": float(r.std())}
     save_model(store, th.job.name, th.head.state_dict(), th.head.config(),
-               {"fingerprint": keys.head(th.job), "metrics": th.metrics})
+               {"fingerprint": keys.head(th.job), "metrics": th.metrics, "reward_norm": norm})
     return th
 
 
@@ -328,8 +352,8 @@ def evaluate_stage(heads: list[TrainedHead], emb: Embedded) -> list[dict]:
     rows = []
     for th in sorted(heads, key=lambda h: h.job.name):
         j = th.job
-        row = {"method": j.method, "factor": j.factor, "seed": j.seed, "accuracy": None, "bon_gold": None,
-               "val_accuracy": None, "head": f"heads/{j.name}", "status": "ok"}
+        row = {"method": j.method, "factor": j.factor, "seed": j.seed, "head_kind": j.head, "accuracy": None,
+               "bon_gold": None, "val_accuracy": None, "head": f"heads/{j.name}", "status": "ok"}
         if th.failure:
             rows.append({**row, "status": "failed", "reason": th.failure, "head": None})
             continue
@@ -370,7 +394,7 @@ def write_report(cfg: LensConfig, out: Storage, report: dict, seeds: list[SeedDa
     reporting.write(out, report)
     proj = None
     lens = [j for j in plan_jobs(cfg) if j.method == "lens" and j.seed == 0]
-    syn = read_synthetic(out, max(lens, key=lambda j: j.factor).name) if lens else None
+    syn = read_synthetic(out, max(lens, key=lambda j: j.factor).synthetic_name) if lens else None
     if syn is not None:
         proj = report_html.projection(seeds[0].train_pos, seeds[0].train_neg, *syn)
     trials = read_trials(Storage(cfg.from_tune)) if cfg.from_tune else None

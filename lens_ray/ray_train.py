@@ -18,6 +18,7 @@ import os
 import socket
 import tempfile
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import ray.train
@@ -31,7 +32,7 @@ from safetensors.torch import save as st_save
 
 from lens_ray.artifacts import read_synthetic
 from lens_ray.config import ResourcesConfig, RewardConfig, VAEConfig
-from lens_ray.fit import NonFiniteError, PairSet, Workers, augmented_set, fit_head, fit_vae
+from lens_ray.fit import NonFiniteError, PairSet, Workers, augmented_set, fit_reward_head, fit_vae
 from lens_ray.models.reward import RewardHead, bradley_terry_loss
 from lens_ray.models.vae import relative_reconstruction_error
 from lens_ray.run_types import Job, SeedData
@@ -72,6 +73,8 @@ def load_models(folder: str) -> tuple[dict[str, dict[str, torch.Tensor]], dict[s
 def quiet_train_logs() -> None:
     """Our loops report per model; Ray Train's own line per checkpoint and report drowns `ray job logs`."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+    from ray.train.v2._internal.execution import context  # its logger is named by its file, not ray.train
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def _resume() -> tuple[dict, dict]:
@@ -148,6 +151,31 @@ def fit_vaes(cfg: VAEConfig, seeds: list[SeedData], run_name: str, storage: Stor
 
 # ------------------------------------------------------------------ reward heads
 
+def _training_set(cfg: RewardConfig, job: Job, sd: SeedData, run: Storage) -> tuple[PairSet, PairSet, PairSet]:
+    """A job's training pairs (real, plus its synthetic set from <run>/synthetic), validation pairs, and the
+    real training pairs alone (what the MLP head standardizes with)."""
+    pos, neg = torch.tensor(sd.train_pos), torch.tensor(sd.train_neg)
+    train = PairSet(pos, neg)
+    if job.augments:
+        syn = read_synthetic(run, job.synthetic_name)
+        if syn is None:
+            raise ChecksumError(f"{run.uri}/synthetic/{job.synthetic_name}.parquet: missing or corrupt")
+        syn_pos, syn_neg = (torch.from_numpy(a) for a in syn)
+        train = augmented_set(pos, neg, syn_pos, syn_neg, job.factor, job.seed, cfg.synthetic_weight)
+    return train, PairSet(torch.tensor(sd.val_pos), torch.tensor(sd.val_neg)), PairSet(pos, neg)
+
+
+def _fit_one(cfg: RewardConfig, job: Job, sd: SeedData, run: Storage, workers: Workers) -> tuple[dict, dict]:
+    """One head -> (state, meta); a failed fit has no state and says why."""
+    train, val, real = _training_set(cfg, job, sd, run)
+    fit = fit_reward_head(cfg, job.head, train, val, job.seed, sd.train_groups, real.pos, real.neg, workers=workers)
+    metrics = {"val_acc": fit.best_val_acc, "best_step": fit.best_step, "steps": fit.steps, "train_pairs": len(train)}
+    if job.head == "linear":
+        metrics["design"] = fit.history[0] if fit.history else None
+    meta = {"config": fit.head.config(), "job": asdict(job), "failed": fit.failure, "metrics": metrics}
+    return ({} if fit.failure else fit.head.state_dict()), meta
+
+
 def _head_loop(config: dict) -> None:
     cfg = RewardConfig(**config["reward"])
     states, meta = _resume()
@@ -157,22 +185,28 @@ def _head_loop(config: dict) -> None:
     for job in config["jobs"]:
         if job.name in meta:
             continue
-        sd = seeds[job.seed]
-        pos, neg = torch.tensor(sd.train_pos), torch.tensor(sd.train_neg)
-        train = PairSet(pos, neg)
-        if job.augments:
-            syn = read_synthetic(run, job.name)
-            if syn is None:
-                raise ChecksumError(f"{run.uri}/synthetic/{job.name}.parquet: missing or corrupt")
-            syn_pos, syn_neg = (torch.from_numpy(a) for a in syn)
-            train = augmented_set(pos, neg, syn_pos, syn_neg, job.factor, job.seed, cfg.synthetic_weight)
-        val = PairSet(torch.tensor(sd.val_pos), torch.tensor(sd.val_neg))
-        fit = fit_head(cfg, train, val, job.seed, pos, neg, workers=_workers())
-        states[job.name] = {} if fit.failure else fit.head.state_dict()
-        meta[job.name] = {"config": fit.head.config(), "job": asdict(job), "failed": fit.failure,
-                          "metrics": {"val_acc": fit.best_val_acc, "best_step": fit.best_step, "steps": fit.steps,
-                                      "train_pairs": len(train)}}
-        _report({"model": job.name, "val_acc": fit.best_val_acc}, states, meta)
+        states[job.name], meta[job.name] = _fit_one(cfg, job, seeds[job.seed], run, _workers())
+        _report({"model": job.name, "val_acc": meta[job.name]["metrics"]["val_acc"]}, states, meta)
+
+
+@ray.remote
+def _linear_task(reward: dict, job: Job, sd: SeedData, run_uri: str, threads: int) -> tuple[dict, dict]:
+    torch.set_num_threads(threads)
+    return _fit_one(RewardConfig(**reward), job, sd, Storage(run_uri), Workers())
+
+
+def fit_linear_heads(cfg: RewardConfig, jobs: list[Job], seeds: list[SeedData], run_uri: str, res: ResourcesConfig,
+                     on_done: Callable[[Job, dict, dict], None]) -> None:
+    """Linear heads as independent Ray tasks (full-batch L-BFGS: nothing to gain from DDP), as many at once as
+    the cluster fits; on_done(job, state, meta) as each finishes, so a killed stage keeps what it stored."""
+    by_seed = {sd.seed: sd for sd in seeds}
+    threads = max(1, int(res.reward_cpus_per_worker))
+    task = _linear_task.options(num_cpus=res.reward_cpus_per_worker, max_retries=res.train_max_failures)
+    pending = {task.remote(asdict(cfg), job, by_seed[job.seed], run_uri, threads): job for job in jobs}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        job = pending.pop(done[0])
+        on_done(job, *ray.get(done[0]))
 
 
 def fit_heads(cfg: RewardConfig, jobs: list[Job], seeds: list[SeedData], run_uri: str, run_name: str,

@@ -10,16 +10,17 @@ ORDER = ("mean_diff", "original", "direct_perturbation", "gaussian_sampling", "l
 
 
 def summarize(results: list[dict]) -> list[dict]:
-    """Per (method, factor): accuracy and BoN gold, mean and std over seeds, and the gain over
-    `original` paired by seed (same validation split, same budget)."""
-    by_key: dict[tuple[str, int], dict[int, dict]] = defaultdict(dict)
+    """Per (method, factor, head kind): accuracy and BoN gold, mean and std over seeds, and the gain over
+    `original` on the same head kind, paired by seed (same validation split, same budget)."""
+    by_key: dict[tuple[str, int, str], dict[int, dict]] = defaultdict(dict)
     for r in results:
-        by_key[(r["method"], r["factor"])][r["seed"]] = r
-    base = by_key.get(("original", 1), {})
+        by_key[(r["method"], r["factor"], r.get("head_kind", "mlp"))][r["seed"]] = r
     rank = {m: i for i, m in enumerate(ORDER)}
     out = []
-    for (method, factor), seeds in sorted(by_key.items(), key=lambda kv: (rank.get(kv[0][0], 99), kv[0][1])):
-        row = {"method": method, "factor": factor,
+    for (method, factor, head), seeds in sorted(by_key.items(),
+                                                key=lambda kv: (rank.get(kv[0][0], 99), kv[0][2], kv[0][1])):
+        base = by_key.get(("original", 1, head)) or by_key.get(("original", 1, "mlp"), {})
+        row = {"method": method, "factor": factor, "head_kind": head,
                "failed": sum(r.get("status") == "failed" for r in seeds.values())}
         for metric in ("accuracy", "bon_gold"):
             row[metric] = mean_std(r[metric] for r in seeds.values())
@@ -46,10 +47,10 @@ def table(report: dict) -> str:
              f"({data.get('seed_prompts', '?')} prompts), {report['eval_pairs']} eval pairs "
              f"({data.get('eval_prompts', '?')} prompts), {report.get('bon_prompts') or 0} BoN prompts" + dupes,
              "",
-             "| method | factor | accuracy | vs original | BoN gold | vs original |",
-             "|---|---|---|---|---|---|"]
+             "| method | factor | head | accuracy | vs original | BoN gold | vs original |",
+             "|---|---|---|---|---|---|---|"]
     for r in report["summary"]:
-        lines.append(f"| {r['method']} | {r['factor']}x | {_fmt(r['accuracy'])} | "
+        lines.append(f"| {r['method']} | {r['factor']}x | {r.get('head_kind', 'mlp')} | {_fmt(r['accuracy'])} | "
                      f"{_fmt(r['accuracy_vs_original'], signed=True)} | {_fmt(r['bon_gold'])} | "
                      f"{_fmt(r['bon_gold_vs_original'], signed=True)} |")
     if report.get("bon_random") is not None:

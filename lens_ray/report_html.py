@@ -36,15 +36,21 @@ def metric_vs_factor(summary: list[dict], metric: str, title: str) -> str | None
         return None
     fig, ax = plt.subplots(figsize=(6, 3.6))
     factors = sorted({r["factor"] for r in rows})
-    for method in sorted({r["method"] for r in rows}, key=lambda m: ORDER.index(m) if m in ORDER else 99):
-        pts = sorted((r["factor"], r[metric]["mean"], r[metric]["std"]) for r in rows if r["method"] == method)
+    kinds = sorted({r.get("head_kind", "mlp") for r in rows if r["method"] != "mean_diff"})
+    lines = sorted({(r["method"], r.get("head_kind", "mlp")) for r in rows},
+                   key=lambda mh: (ORDER.index(mh[0]) if mh[0] in ORDER else 99, mh[1]))
+    for method, head in lines:
+        label = method if len(kinds) < 2 or method == "mean_diff" else f"{method} ({head})"
+        style = "--" if method == "mean_diff" or head == "linear" else "-"
+        pts = sorted((r["factor"], r[metric]["mean"], r[metric]["std"]) for r in rows
+                     if r["method"] == method and r.get("head_kind", "mlp") == head)
         if len(pts) == 1 and pts[0][0] == 1:       # factor-1 methods: a band across the plot
             _, m, s = pts[0]
-            ax.axhline(m, color=COLORS.get(method, "k"), ls="--" if method == "mean_diff" else "-", lw=1, label=method)
+            ax.axhline(m, color=COLORS.get(method, "k"), ls=style, lw=1, label=label)
             ax.axhspan(m - s, m + s, color=COLORS.get(method, "k"), alpha=0.08)
         else:
             x, m, s = zip(*pts)
-            ax.errorbar(x, m, yerr=s, marker="o", capsize=3, color=COLORS.get(method), label=method)
+            ax.errorbar(x, m, yerr=s, marker="o", capsize=3, color=COLORS.get(method), ls=style, label=label)
     ax.set_xticks(factors)
     ax.set_xlabel("augmentation factor")
     ax.set_ylabel(metric.replace("_", " "))
@@ -151,3 +157,73 @@ def render_search(report: dict) -> str:
              f"<h2>Trials (k-fold objective: accuracy gain over original on the same folds)</h2>"
              f"<pre>{html.escape(trials_table(report['trials']))}</pre>"]
     return _page("lens-ray search", parts, [("Tuning landscape", landscape(report["trials"]))])
+
+
+FACTOR_STYLE = {2: ":", 4: "-.", 8: "--"}
+
+
+def curve_figure(summary: list[dict], metric: str, gain: bool) -> str | None:
+    """metric (or its gain over original on the same head) against seed pairs, log axis, one panel per head:
+    original, mean_diff, and each augmenting method at each factor (colour: method, line style: factor)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    key = f"{metric}_vs_original" if gain else metric
+    rows = [r for r in summary if r.get(key)]
+    if not rows:
+        return None
+    heads = sorted({r["head_kind"] for r in rows if r["method"] != "mean_diff"}) or ["linear"]
+    fig, axes = plt.subplots(1, len(heads), figsize=(5.2 * len(heads), 3.8), sharey=True, squeeze=False)
+    for ax, head in zip(axes[0], heads):
+        # mean_diff's gain is paired with the linear original: shown in the linear panel only
+        mine = [r for r in rows if r["head_kind"] == head or (r["method"] == "mean_diff" and not gain)]
+        lines = sorted({(r["method"], r["factor"]) for r in mine},
+                       key=lambda mf: (ORDER.index(mf[0]) if mf[0] in ORDER else 99, mf[1]))
+        for method, factor in lines:
+            pts = sorted((r["size"], r[key]["mean"], r[key]["std"]) for r in mine
+                         if r["method"] == method and r["factor"] == factor)
+            x, m, s = zip(*pts)
+            ax.errorbar(x, m, yerr=s, marker="o", ms=3, capsize=2, color=COLORS.get(method, "k"),
+                        ls=FACTOR_STYLE.get(factor, "-"), label=method + (f" x{factor}" if factor > 1 else ""))
+        if gain:
+            ax.axhline(0, color="k", lw=1)
+        ax.set_xscale("log")
+        sizes = sorted({r["size"] for r in rows})
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("seed pairs")
+        ax.set_title(f"{head} head")
+    axes[0][0].set_ylabel(("gain over original in " if gain else "") + metric.replace("_", " "))
+    axes[0][-1].legend(fontsize=6, ncol=2)
+    return _png(fig)
+
+
+def render_curve(curve: dict) -> str:
+    """The learning curve's page: figures, the verdict per size, and the summary table."""
+    s = curve["summary"]
+    figs = [("Accuracy against seed pairs", curve_figure(s, "accuracy", gain=False)),
+            ("Gain over original (same head, paired by seed)", curve_figure(s, "accuracy", gain=True)),
+            ("Best-of-N gold against seed pairs", curve_figure(s, "bon_gold", gain=False)),
+            ("Best-of-N gain over original", curve_figure(s, "bon_gold", gain=True))]
+    text = [f"{'pairs':>6} {'best head':>9} {'original':>8} {'vs mean_diff':>14} {'best augmentation':>22} gain ± se"]
+    for v in curve["verdicts"].get("accuracy", []):
+        text.append(f"{v['size']:>6} {v['best_head']:>9} {v['original']:>8.3f} "
+                    f"{v['over_mean_diff']:>+8.3f} ± {v['over_mean_diff_se']:.3f} {v['best_augmentation']:>22} "
+                    f"{v['gain']:+.3f} ± {v['gain_se']:.3f}{'  beyond noise' if v['augmentation_pays'] else ''}")
+    table = [f"{'pairs':>6} {'method':>20} {'factor':>6} {'head':>6} {'accuracy':>15} {'vs original':>16} failed"]
+    for r in s:
+        acc = f"{r['accuracy']['mean']:.3f} ± {r['accuracy']['std']:.3f}" if r["accuracy"] else "-"
+        vs = r["accuracy_vs_original"]
+        gain_text = f"{vs['mean']:+.3f} ± {vs['se']:.3f}" if vs else "-"
+        table.append(f"{r['size']:>6} {r['method']:>20} {r['factor']:>6} {r['head_kind']:>6} {acc:>15} "
+                     f"{gain_text:>16} {r['failed']}")
+    parts = [f"<h1>lens-ray learning curve: {html.escape(curve['name'])}</h1>",
+             f"<p>{html.escape(str(curve['model']))} (d={curve['embedding_dim']}), {curve['seed_pairs']} seed pairs, "
+             f"{curve['eval_pairs']} eval pairs (the same for every size), {curve['bon_prompts']} Best-of-N prompts. "
+             "Gains are paired by seed against original on the same head and subset; 'beyond noise' means more "
+             "than twice the standard error, and the best augmentation is the best of several on these test "
+             "figures, so its gain is optimistic.</p>",
+             f"<h2>Verdict per size (accuracy)</h2><pre>{html.escape(chr(10).join(text))}</pre>",
+             f"<h2>Every cell (mean ± std over seeds; gain ± standard error)</h2>"
+             f"<pre>{html.escape(chr(10).join(table))}</pre>"]
+    return _page("lens-ray learning curve", parts, figs)

@@ -10,20 +10,29 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lens_ray.config import AUGMENTING, LensConfig
-from lens_ray.data import Datasets, Split
+from lens_ray.data import Datasets, Pair, Split
 from lens_ray.evaluate import draw_bon
 
 
 @dataclass(frozen=True)
 class Job:
-    """One reward model of a run: a method at a factor for a seed (factor 1 for methods that do not augment)."""
+    """One reward model of a run: a method at a factor for a seed (factor 1 for methods that do not augment),
+    trained as a head of one kind (mean_diff: linear, closed form)."""
     method: str
     factor: int
     seed: int
+    head: str = "mlp"
 
     @property
     def name(self) -> str:
-        """The head's name in storage (heads/<name>.safetensors), e.g. lens-f8-s2."""
+        """The head's name in storage (heads/<name>.safetensors), e.g. lens-f8-s2 (MLP), lens-f8-s2-linear."""
+        suffix = "" if self.head == "mlp" or self.method == "mean_diff" else f"-{self.head}"
+        return f"{self.method}-f{self.factor}-s{self.seed}{suffix}"
+
+    @property
+    def synthetic_name(self) -> str:
+        """Its synthetic set in storage (synthetic/<name>.parquet): one per (method, factor, seed), whatever the
+        head, so every head of a job trains on the same pairs."""
         return f"{self.method}-f{self.factor}-s{self.seed}"
 
     @property
@@ -37,9 +46,11 @@ class Job:
 
 
 def plan_jobs(cfg: LensConfig) -> list[Job]:
-    """Every (method, factor, seed) the config asks for, in the config's method order."""
-    return [Job(m, f, s) for m in cfg.methods for f in (cfg.factors if m in AUGMENTING else (1,))
-            for s in range(cfg.seeds)]
+    """Every (method, factor, seed, head) the config asks for, in the config's method order."""
+    def heads(m: str) -> tuple[str, ...]:
+        return ("linear",) if m == "mean_diff" else cfg.reward.heads
+    return [Job(m, f, s, h) for m in cfg.methods for f in (cfg.factors if m in AUGMENTING else (1,))
+            for h in heads(m) for s in range(cfg.seeds)]
 
 
 @dataclass
@@ -66,11 +77,12 @@ class SeedData:
     train_neg: np.ndarray
     val_pos: np.ndarray           # (n_val, d)
     val_neg: np.ndarray
+    train_groups: list[str] | None = None   # (n_train,) each training pair's prompt (the linear head's folds)
 
     @classmethod
-    def of(cls, split: Split, emb: Embedded) -> "SeedData":
+    def of(cls, split: Split, emb: Embedded, pairs: list[Pair]) -> "SeedData":
         return cls(split.seed, emb.seed_pos[split.train], emb.seed_neg[split.train], emb.seed_pos[split.val],
-                   emb.seed_neg[split.val])
+                   emb.seed_neg[split.val], [pairs[i].group for i in split.train])
 
 
 def bon_draws(cfg: LensConfig, ds: Datasets) -> tuple[list[np.ndarray], np.ndarray | None]:

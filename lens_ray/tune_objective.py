@@ -18,7 +18,7 @@ from lens_ray.augment import Augmenter
 from lens_ray.config import LensConfig
 from lens_ray.data import Pair, group_rows, seed_splits
 from lens_ray.evaluate import best_of_n_gold, preference_accuracy
-from lens_ray.fit import PairSet, augmented_set, fit_head, fit_vae, score
+from lens_ray.fit import NonFiniteError, PairSet, augmented_set, fit_reward_head, fit_vae, score
 from lens_ray.models.reward import LinearScorer, mean_diff_direction
 from lens_ray.rng import FOLDS, INNER_SPLIT, keyed_rng
 from lens_ray.run_types import Embedded
@@ -60,8 +60,9 @@ def units(folds: int, repeats: int) -> list[tuple[int, int]]:
 
 
 def fit_method(cfg: LensConfig, method: str, factor: int, train_pos: torch.Tensor, train_neg: torch.Tensor,
-               val_pos: torch.Tensor, val_neg: torch.Tensor, seed: int) -> torch.nn.Module:
-    """One reward model by `method` from training pairs (n, d) x2, early-stopped on val (m, d) x2."""
+               val_pos: torch.Tensor, val_neg: torch.Tensor, seed: int, groups: list[str]) -> torch.nn.Module:
+    """One reward model by `method` from training pairs (n, d) x2 (groups: each pair's prompt), with the
+    config's first head kind; the MLP early-stops on val (m, d) x2. A fit that diverges raises."""
     if method == "mean_diff":
         return LinearScorer(mean_diff_direction(train_pos, train_neg))
     train = PairSet(train_pos, train_neg)
@@ -70,7 +71,11 @@ def fit_method(cfg: LensConfig, method: str, factor: int, train_pos: torch.Tenso
         aug = Augmenter.fit(method, seed, cfg.synth, train_pos, train_neg, vae)
         syn_pos, syn_neg = aug.draw(train_pos, train_neg, np.arange(len(train_pos)), synth_per_side(factor))
         train = augmented_set(train_pos, train_neg, syn_pos, syn_neg, factor, seed, cfg.reward.synthetic_weight)
-    return fit_head(cfg.reward, train, PairSet(val_pos, val_neg), seed, train_pos, train_neg).head
+    fit = fit_reward_head(cfg.reward, cfg.reward.heads[0], train, PairSet(val_pos, val_neg), seed, groups,
+                          train_pos, train_neg)
+    if fit.failure:
+        raise NonFiniteError(f"{method} x{factor} head, seed {seed}: {fit.failure}")
+    return fit.head
 
 
 def _rows(pos: np.ndarray, neg: np.ndarray, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +92,7 @@ def paired_unit(cfg: LensConfig, method: str, factor: int, pos: np.ndarray, neg:
                          keyed_rng(cfg.data.split_seed, INNER_SPLIT, repeat, fold))
     acc = {}
     for name, m, f in (("original", "original", 1), ("method", method, factor)):
-        model = fit_method(cfg, m, f, *_rows(pos, neg, tr), *_rows(pos, neg, va), seed)
+        model = fit_method(cfg, m, f, *_rows(pos, neg, tr), *_rows(pos, neg, va), seed, [groups[i] for i in tr])
         held_pos, held_neg = _rows(pos, neg, held)
         acc[name] = preference_accuracy(score(model, held_pos), score(model, held_neg))
     return {"repeat": repeat, "fold": fold, "accuracy": acc["method"], "accuracy_original": acc["original"],
@@ -110,7 +115,7 @@ def score_choice(cfg: LensConfig, method: str, factor: int, seed_pairs: list[Pai
     e_pos, e_neg = torch.tensor(emb.eval_pos), torch.tensor(emb.eval_neg)     # copies: arrays from Ray are read-only
     for s in seed_splits(seed_pairs, cfg.data.val_fraction, seeds, cfg.data.split_seed):
         model = fit_method(cfg, method, factor, *_rows(emb.seed_pos, emb.seed_neg, s.train),
-                           *_rows(emb.seed_pos, emb.seed_neg, s.val), s.seed)
+                           *_rows(emb.seed_pos, emb.seed_neg, s.val), s.seed, [seed_pairs[i].group for i in s.train])
         row = {"seed": s.seed, "accuracy": preference_accuracy(score(model, e_pos), score(model, e_neg)),
                "bon_gold": None}
         if emb.bon is not None:

@@ -28,6 +28,7 @@ def _with(choices: tuple, value) -> list:
 def suggest(trial, tcfg: TuneConfig, sources: int, base: LensConfig) -> None:
     """Draw one point on an Optuna trial (define-by-run); categoricals include base's values."""
     method = trial.suggest_categorical("method", list(tcfg.methods))
+    trial.suggest_categorical("reward.heads", list(tcfg.heads))     # the head (the paired original gets the same)
     trial.suggest_categorical("factor", list(tcfg.factors))   # the default point's factor is one of these
     if sources > 1:
         trial.suggest_categorical("source", list(range(sources)))
@@ -60,7 +61,7 @@ def default_point(cfg: LensConfig, sources: int) -> dict[str, Any]:
     search always measures them. Factor: the run's first factor the search spans."""
     t = cfg.tune
     point: dict[str, Any] = {
-        "method": "lens",
+        "method": "lens", "reward.heads": cfg.reward.heads[0] if cfg.reward.heads[0] in t.heads else t.heads[0],
         "factor": next((f for f in cfg.factors if f in t.factors), t.factors[0]),
         "reward.synthetic_weight": cfg.reward.synthetic_weight,
         "vae.beta": cfg.vae.beta, "vae.gamma": cfg.vae.gamma, "synth.noise_var": cfg.synth.noise_var,
@@ -86,5 +87,6 @@ def tuned_overrides(point: dict[str, Any], source_embed: dict[str, Any]) -> dict
     """The dotted fields a run needs to use a chosen point (`jobs/full.py --from-tune`): the point's knobs
     and the embedding settings of the run whose embeddings it was measured on."""
     out = {k: v for k, v in point.items() if k not in KEYS}
-    out.update({f"embed.{k}": source_embed[k] for k in ("model", "pooling", "max_length", "dtype")})
+    out.update({f"embed.{k}": source_embed[k] for k in ("model", "pooling", "max_length", "dtype", "layer",
+                                                        "layer_combine") if k in source_embed})
     return out

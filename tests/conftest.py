@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("LENS_RAY_MODEL_CACHE", tempfile.mkdtemp(prefix="lens-ray-models-"))   # dequantized GGUF copies
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HH = SHARED_DATA / "hh_harmless_dev.jsonl.gz"

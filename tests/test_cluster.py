@@ -43,3 +43,35 @@ def test_no_credentials_in_cluster_files(name):
     text = (CLUSTER / name).read_text().lower()
     for secret in ("aws_access_key_id", "aws_secret_access_key", "secretaccesskey", "akia"):
         assert secret not in text
+
+
+def test_cluster_processes_use_token_auth_from_a_secret():
+    """The dashboard listens beyond loopback on a cluster: every Ray process runs with token auth, the token
+    comes from a secret store at start-up, and no file holds it."""
+    cfg = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
+    for cmd in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]:
+        assert "RAY_AUTH_MODE=token ray" in cmd
+    assert any("secretsmanager get-secret-value" in c and "~/.ray/auth_token" in c for c in cfg["setup_commands"])
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in (CLUSTER / "aws.yaml").read_text()   # would bind loopback only
+    doc = yaml.safe_load((CLUSTER / "kuberay-rayjob.yaml").read_text())
+    spec = doc["spec"]["rayClusterSpec"]
+    pods = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]] + \
+        [doc["spec"]["submitterPodTemplate"]]
+    for pod in pods:
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "lens-ray-auth"
+
+
+def test_serve_config_builds_the_reward_application():
+    """cluster/serve.yaml passes Ray Serve's own schema and its args are settings of the serve section."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from lens_ray.config import ServeConfig, apply_overrides, load_config
+    doc = yaml.safe_load((CLUSTER / "serve.yaml").read_text())
+    schema = ServeDeploySchema.parse_obj(doc)
+    app = schema.applications[0]
+    assert app.import_path == "lens_ray.serve:app_builder" and app.route_prefix == "/"
+    args = {k: v for k, v in app.args.items() if k != "run"}
+    cfg = apply_overrides(load_config(None), {f"serve.{k}": v for k, v in args.items()})
+    assert isinstance(cfg.serve, ServeConfig) and cfg.serve.normalize is True and cfg.serve.token_env

@@ -65,7 +65,7 @@ def test_embedder_batch(tiny_llama):
     emb = Embedder(tiny_llama, max_length=64)
     out = emb({"prompt_json": np.array([json.dumps(p) for p in PROMPTS]), "response": np.array(RESPONSES),
                "key": np.array(["a", "b", "c"])})
-    assert out["embedding"].shape == (3, 32) and out["embedding"].dtype == np.float32
+    assert out["embedding"].shape == (3, 1, 32) and out["embedding"].dtype == np.float32
     assert out["truncated"].dtype == bool and (out["n_tokens"] <= 64).all()
 
 
@@ -109,3 +109,20 @@ def test_resolve_dtype():
     from lens_ray.embed import resolve_dtype
     assert resolve_dtype("float32") == "float32" and resolve_dtype("auto", "cuda") == "bfloat16"
     assert resolve_dtype("auto", "cpu") in ("float32", "bfloat16")
+
+
+def test_several_layers_come_from_one_pass_and_ignore_padding(tiny_llama):
+    from lens_ray.embed import combine_layers, embed_layers, layer_settings, settings_key
+    lm = load_model(tiny_llama, "float32")
+    ids = tokenize(lm, PROMPTS, RESPONSES, 512).ids
+    both = embed_layers(lm, ids, "auto", "right", (-1, -2))
+    assert both.shape == (3, 2, 32)
+    assert np.allclose(both[:, 0], embed_ids(lm, ids, "auto"), atol=1e-6)              # -1 is the default
+    alone = np.stack([embed_layers(lm, [x], "auto", "left", (-2,))[0, 0] for x in ids])
+    assert np.allclose(both[:, 1], alone, atol=1e-5) and not np.allclose(both[:, 0], both[:, 1], atol=1e-3)
+    assert combine_layers(both, "concat").shape == (3, 64) and combine_layers(both, "mean").shape == (3, 32)
+    base = {"model": "m", "pooling": "auto", "max_length": 8, "storage_dtype": "float32"}
+    assert layer_settings(base, (-1,), "concat") == base                                # old keys still match
+    key = lambda s: settings_key(s, PROMPTS[0], "r")  # noqa: E731
+    assert len({key(base), key(layer_settings(base, (-2,), "concat")),
+                key(layer_settings(base, (-1, -2), "concat")), key(layer_settings(base, (-1, -2), "mean"))}) == 4

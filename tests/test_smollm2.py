@@ -23,3 +23,21 @@ def test_smollm2_on_real_hh(ray_cluster, hh_path, tmp_path):
     assert np.linalg.matrix_rank(pos) > 12
     assert (np.abs(pos - neg).max(1) > 1e-3).all()
     assert 0.0 < report["vae"]["seed-0"]["rel_recon_train"] < 1.5
+
+
+def test_gguf_dequantized_copy_loads_fast_and_embeds_identically(tmp_path, monkeypatch):
+    """The first load of a GGUF model keeps a plain safetensors copy per dtype; later loads read it, and the
+    vectors are the same, bit for bit."""
+    import os
+
+    from lens_ray.embed import dequantized_copy, embed_ids, load_model, resolve_model, tokenize
+    monkeypatch.setenv("LENS_RAY_MODEL_CACHE", str(tmp_path))
+    prompts = [[{"role": "user", "content": "How do I bake bread?"}]] * 2
+    responses = ["Mix flour, water and yeast.", "I can't help with that."]
+    first = load_model("smollm2", "bfloat16")
+    copy = dequantized_copy(resolve_model("smollm2"), "bfloat16")
+    assert os.path.exists(os.path.join(copy, "model.safetensors"))
+    again = load_model("smollm2", "bfloat16")
+    a = embed_ids(first, tokenize(first, prompts, responses, 128).ids, "auto")
+    b = embed_ids(again, tokenize(again, prompts, responses, 128).ids, "auto")
+    assert np.array_equal(a, b) and a.shape == (2, 576)

@@ -29,7 +29,8 @@ class RewardHead(nn.Module):
 
 
 class LinearScorer(nn.Module):
-    """r(e) = w . e, for the zero-training `mean_diff` scorer: w = mean(chosen) - mean(rejected)."""
+    """r(e) = w . e: the zero-training `mean_diff` scorer (w = mean(chosen) - mean(rejected)) and the fitted
+    linear Bradley-Terry head (linear_head.py)."""
 
     def __init__(self, w: torch.Tensor):  # w: (d,)
         super().__init__()

@@ -1,0 +1,115 @@
+"""Load on the reward server (`lens-ray serve`) over loopback: single-sample POST /get_reward requests at
+concurrency 1, 8 and 32, batched (@serve.batch, --max-batch-size 32) against unbatched (--max-batch-size 1),
+and the in-process RewardModel.score on the same texts as the floor. Bounded in requests and time.
+
+    .venv/bin/python bench/serve_load.py --run runs/lens-hh [--requests 256] [--head NAME]
+
+Prints requests/s and p50/p99 latency per setting, the ratios, and appends them to bench/results.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from lens_ray.config import ServeConfig  # noqa: E402
+from lens_ray.data import Quarantine, read_table, to_pairs  # noqa: E402
+from lens_ray.run_inputs import FinishedRun  # noqa: E402
+
+
+def texts(run: FinishedRun, n: int) -> list[tuple[str, str]]:
+    rows, where = read_table(run.config.data.data, Quarantine())
+    pairs = to_pairs(rows, Quarantine(), where)[:n]
+    return [(p.prompt[-1]["content"], p.chosen) for p in pairs]
+
+
+def post(url: str, prompt: str, response: str) -> float:
+    body = json.dumps({"query": [prompt + response], "prompts": [prompt], "labels": [""]}).encode()
+    req = urllib.request.Request(url + "/get_reward", data=body, headers={"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        json.loads(resp.read())
+    return time.perf_counter() - t0
+
+
+def load(url: str, items: list[tuple[str, str]], concurrency: int, deadline_s: float) -> dict:
+    t0, lat = time.perf_counter(), []
+    with ThreadPoolExecutor(concurrency) as pool:
+        futures = [pool.submit(post, url, p, r) for p, r in items]
+        for f in futures:
+            lat.append(f.result(timeout=max(1.0, deadline_s - (time.perf_counter() - t0))))
+    wall = time.perf_counter() - t0
+    return {"requests": len(lat), "requests_per_s": round(len(lat) / wall, 2),
+            "p50_ms": round(float(np.percentile(lat, 50)) * 1000, 1),
+            "p99_ms": round(float(np.percentile(lat, 99)) * 1000, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", default="runs/lens-hh")
+    ap.add_argument("--head")
+    ap.add_argument("--requests", type=int, default=256, help="requests per setting (concurrency 1: a quarter)")
+    ap.add_argument("--deadline", type=float, default=600, help="seconds a setting may take at most")
+    args = ap.parse_args()
+    from ray import serve
+
+    from lens_ray.ray_session import connect
+    from lens_ray.score import RewardModel
+    from lens_ray.serve import APP, build
+    run = FinishedRun.open(args.run)
+    items = texts(run, args.requests)
+    rm = RewardModel.from_run(args.run, args.head)
+    rm.score([p for p, _ in items[:32]], [r for _, r in items[:32]], batch_size=32)        # warm-up
+    t0 = time.perf_counter()
+    rm.score([p for p, _ in items], [r for _, r in items], batch_size=32)
+    floor = len(items) / (time.perf_counter() - t0)
+    print(f"in-process RewardModel.score, batches of 32: {floor:.1f} items/s", flush=True)
+    connect(log=lambda m: None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url, rows = f"http://127.0.0.1:{port}", []
+    try:
+        for batch in (32, 1):
+            sc = ServeConfig(head=rm.head_name, max_batch_size=batch, batch_wait_ms=10, cpus_per_replica=1.0)
+            serve.run(build(args.run, sc), name=APP, route_prefix="/", blocking=False)
+            while True:
+                try:
+                    post(url, *items[0])
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            for conc in (1, 8, 32):
+                n = args.requests // 4 if conc == 1 else args.requests
+                rows.append({"max_batch_size": batch, "concurrency": conc,
+                             **load(url, items[:n], conc, args.deadline)})
+                print(json.dumps(rows[-1]), flush=True)
+            serve.delete(APP)
+    finally:
+        serve.shutdown()
+    batched = next(r for r in rows if r["max_batch_size"] == 32 and r["concurrency"] == 32)
+    single = next(r for r in rows if r["max_batch_size"] == 1 and r["concurrency"] == 32)
+    ratios = {"batched_over_unbatched_c32": round(batched["requests_per_s"] / single["requests_per_s"], 2),
+              "server_over_in_process": round(batched["requests_per_s"] / floor, 3)}
+    print(f"batched / unbatched at concurrency 32: {ratios['batched_over_unbatched_c32']}x; "
+          f"server / in-process floor: {ratios['server_over_in_process']:.2f}", flush=True)
+    sys.path.insert(0, os.path.dirname(__file__))
+    from embed_throughput import machine
+    with open(os.path.join(os.path.dirname(__file__), "results.jsonl"), "a") as fh:
+        fh.write(json.dumps({"bench": "serve_load", "run": args.run, "head": rm.head_name, "machine": machine(),
+                             "time": time.strftime("%Y-%m-%d %H:%M"), "in_process_items_per_s": round(floor, 1),
+                             "rows": rows, **ratios}) + "\n")
+
+
+if __name__ == "__main__":
+    main()

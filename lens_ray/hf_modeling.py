@@ -1,0 +1,83 @@
+"""modeling_lens_reward.py of an exported lens-ray reward model (`lens-ray export`): copied as-is into the
+export folder, so it imports only torch and transformers.
+
+`AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)` builds LensRewardModel:
+the base LM (its own config), the pooling lens-ray embedded with (last non-pad token or mean, chosen
+layers) and the trained head. logits[:, 0] is the reward, equal to `RewardModel.score` for the same tokens:
+the chat-templated (prompt, response) tokenized without special tokens (causal LMs), left-truncated to
+lens_reward["max_length"] tokens.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+
+def _mlp(dims: list[int], dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2:
+            layers.append(nn.GELU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class _Standardizer(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+
+class _MLPHead(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.norm = _Standardizer(cfg["dim"])
+        self.net = _mlp([cfg["dim"]] + [cfg["hidden_dim"]] * cfg["depth"] + [1], cfg["dropout"])
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return self.net((e - self.norm.mean) / self.norm.std).squeeze(-1)
+
+
+class _LinearHead(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.register_buffer("w", torch.zeros(cfg["dim"]))
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return e @ self.w
+
+
+class LensRewardModel(PreTrainedModel):
+    config_class = PretrainedConfig
+    base_model_prefix = "model"
+    _keep_in_fp32_modules = ["head"]
+
+    def __init__(self, config: PretrainedConfig):
+        super().__init__(config)
+        spec = config.lens_reward
+        self.model = AutoModel.from_config(config)
+        self.head = (_LinearHead if spec["head"]["kind"] == "linear" else _MLPHead)(spec["head"])
+        self.post_init()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        spec = self.config.lens_reward
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        layers = spec["layers"]
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
+                         output_hidden_states=any(layer != -1 for layer in layers))
+        states = [out.last_hidden_state if layer == -1 else out.hidden_states[layer] for layer in layers]
+        pooled = torch.stack([self._pool(h, mask) for h in states], 1).float()       # (B, L, H)
+        emb = pooled.mean(1) if spec["layer_combine"] == "mean" else pooled.flatten(1)
+        return SequenceClassifierOutput(logits=self.head.float()(emb)[:, None])
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.config.lens_reward["pooling"] == "last":
+            pos = torch.arange(mask.shape[1], device=mask.device)
+            return hidden[torch.arange(len(hidden), device=hidden.device), (mask * pos).argmax(1)]
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)

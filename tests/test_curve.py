@@ -1,0 +1,92 @@
+"""The learning curve: nested subsets by prompt, one task's rows on tensors, pairing and verdicts; then the
+job on the session's local Ray from a finished run, with results on S3 (moto) and a resume."""
+import numpy as np
+import pytest
+
+from lens_ray.config import LensConfig
+from lens_ray.curve import nested_subset, summarize_curve, task_rows, verdicts
+from lens_ray.run_types import Embedded
+
+
+def test_nested_subsets_keep_prompts_whole_and_grow_by_prefix():
+    groups = [f"p{i // 3}" for i in range(90)]
+    small, large = nested_subset(groups, 20, seed=1, split_seed=0), nested_subset(groups, 50, seed=1, split_seed=0)
+    assert len(small) == 20 and len(large) == 50 and list(large[:20]) == list(small)
+    cut = [g for g in {groups[i] for i in small} if sum(groups[i] == g for i in small) != 3]
+    assert len(cut) <= 1                                          # only the last prompt taken may be cut
+    assert list(nested_subset(groups, 20, seed=2, split_seed=0)) != list(small)
+
+
+def _emb(n=120, m=60, d=12, seed=0) -> tuple[Embedded, list[str]]:
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(d)
+    def side(k):
+        base = rng.standard_normal((k, d))
+        noise = 0.5 * rng.standard_normal((k, d))
+        return (base + 0.4 * w).astype(np.float32), (base - 0.4 * w + noise).astype(np.float32)
+    (sp, sn), (ep, en) = side(n), side(m)
+    return Embedded(sp, sn, ep, en, None, None), [f"p{i // 2}" for i in range(n)]
+
+
+def test_a_task_fits_every_method_and_head_on_its_subset():
+    emb, groups = _emb()
+    cfg = LensConfig()
+    cfg.methods, cfg.factors, cfg.reward.heads = ("original", "mean_diff", "direct_perturbation", "lens"), (2, 4), \
+        ("mlp", "linear")
+    cfg.vae.epochs, cfg.reward.max_steps, cfg.reward.hidden_dim, cfg.vae.latent_dim = 3, 40, 16, 4
+    rows = task_rows(cfg, emb, groups, "40", seed=0)
+    keys = {(r["method"], r["factor"], r["head_kind"]) for r in rows}
+    assert keys == {("mean_diff", 1, "linear")} | {(m, f, h) for h in ("mlp", "linear")
+                                                   for m, f in (("original", 1), ("direct_perturbation", 2),
+                                                                ("direct_perturbation", 4), ("lens", 2), ("lens", 4))}
+    assert all(r["size"] == 40 and r["status"] == "ok" and 0 <= r["accuracy"] <= 1 for r in rows)
+    assert all(r["train_pairs"] < 40 for r in rows)               # its validation part is held out
+    assert max(r["accuracy"] for r in rows) > 0.7                 # the signal is learnable
+
+
+def test_summary_pairs_each_seed_against_original_on_the_same_head():
+    rows = [{"size": 10, "method": m, "factor": f, "head_kind": h, "seed": s, "status": "ok", "bon_gold": None,
+             "accuracy": a} for (m, f, h, s, a) in [
+        ("original", 1, "mlp", 0, 0.6), ("original", 1, "mlp", 1, 0.7), ("original", 1, "linear", 0, 0.5),
+        ("original", 1, "linear", 1, 0.5), ("lens", 4, "mlp", 0, 0.62), ("lens", 4, "mlp", 1, 0.74),
+        ("lens", 4, "linear", 0, 0.6), ("lens", 4, "linear", 1, 0.5), ("mean_diff", 1, "linear", 0, 0.55),
+        ("mean_diff", 1, "linear", 1, 0.65)]]
+    summary = {(r["method"], r["head_kind"]): r for r in summarize_curve(rows)}
+    assert summary[("lens", "mlp")]["accuracy_vs_original"]["mean"] == pytest.approx(0.03)
+    assert summary[("lens", "linear")]["accuracy_vs_original"]["mean"] == pytest.approx(0.05)
+    v = verdicts(rows, list(summary.values()))[0]
+    assert v["best_head"] == "mlp" and v["over_mean_diff"] == pytest.approx(0.05)
+    assert v["best_augmentation"] == "lens x4" and v["augmentation_pays"] == (0.03 > 2 * v["gain_se"])
+
+
+@pytest.fixture(scope="module")
+def curve(local_run, s3_server):
+    from lens_ray.cli import curve_main
+    _, _, run = local_run
+    out = f"s3://{s3_server['bucket']}/curves/c"
+    argv = ["--from-run", run.uri, "--out", out, "--sizes", "20,all", "--seeds", "2", "--heads", "mlp,linear",
+            "--methods", "original,mean_diff,lens", "--factors", "2", "--set", "resources.tune_cpus_per_trial=0.5"]
+    return argv, curve_main(argv), out
+
+
+def test_curve_job_fits_every_cell_and_writes_its_report(curve):
+    from lens_ray.storage import Storage
+    _, result, out = curve
+    assert {(r["size"], r["seed"]) for r in result["rows"]} == {(20, 0), (20, 1), (60, 0), (60, 1)}
+    assert len(result["rows"]) == 4 * (1 + 2 * 2)                 # mean_diff + (original, lens x2) x 2 heads
+    assert Storage(out).read_json("curve.json")["summary"] == result["summary"]
+    page = Storage(out).read_bytes("report.html").decode()
+    assert page.count("data:image/png;base64") == 2 and "Verdict per size" in page
+    assert len(result["verdicts"]["accuracy"]) == 2
+
+
+def test_curve_resumes_only_the_missing_tasks(curve, s3_server, capsys):
+    import boto3
+
+    from lens_ray.cli import curve_main
+    argv, first, out = curve
+    boto3.client("s3").delete_object(Bucket=s3_server["bucket"], Key="curves/c/cells/20-s1.json")
+    capsys.readouterr()
+    again = curve_main(argv)
+    assert "(3 done before)" in capsys.readouterr().out
+    assert sorted(map(str, again["rows"])) == sorted(map(str, first["rows"]))   # the same rows, recomputed alike

@@ -103,20 +103,25 @@ def dequantized_copy(src: ModelSource, dtype: str) -> str:
     return os.path.join(root, hashlib.sha256(f"{src.model_id}|{dtype}".encode()).hexdigest()[:16])
 
 
+def plain_config(config):
+    """A copy of a model's config without the GGUF quantization marker: its weights are plain tensors once
+    loaded, and a folder saved with the marker would not load without the GGUF file."""
+    import copy
+    config = copy.deepcopy(config)
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    return config
+
+
 def _save_copy(model, tok, folder: str) -> None:
     """Write beside the target, then rename: a reader sees no copy or a whole one (of racing writers, one wins)."""
-    import copy
-
     from safetensors.torch import save_model
     tmp = f"{folder}.tmp-{os.getpid()}-{time.time_ns()}"
     try:
         os.makedirs(tmp)
         # transformers refuses save_pretrained on a GGUF-loaded model, though its weights are plain tensors by now
-        config = copy.deepcopy(model.config)
-        for attr in ("quantization_config", "_pre_quantization_dtype"):
-            if hasattr(config, attr):
-                delattr(config, attr)
-        config.save_pretrained(tmp)
+        plain_config(model.config).save_pretrained(tmp)
         save_model(model, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         tok.save_pretrained(tmp)
         if not os.path.exists(folder):

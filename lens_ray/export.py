@@ -15,6 +15,7 @@ import shutil
 import torch
 from safetensors.torch import save_file
 
+from lens_ray.embed import plain_config
 from lens_ray.score import RewardModel
 
 MODELING = "modeling_lens_reward.py"
@@ -25,7 +26,7 @@ def export(rm: RewardModel, out_dir: str) -> str:
     os.makedirs(out_dir, exist_ok=True)
     lm, e = rm.lm, rm.embed_cfg
     pooling = ("last" if lm.kind == "causal" else "mean") if e["pooling"] == "auto" else e["pooling"]
-    config = copy.deepcopy(lm.model.config)
+    config = plain_config(lm.model.config)
     config.architectures = ["LensRewardModel"]
     config.auto_map = {"AutoModelForSequenceClassification": f"{MODELING[:-3]}.LensRewardModel"}
     config.num_labels = 1
@@ -58,6 +59,7 @@ def exported_logits(model: torch.nn.Module, tokenizer, prompts: list, responses:
         else:
             texts.append("\n".join(f"{m['role']}: {m['content']}" for m in msgs))
     tokenizer.truncation_side = "left"                 # as lens-ray truncates: the prompt loses its start
+    tokenizer.padding_side = "right"                   # and pads
     enc = tokenizer(texts, add_special_tokens=spec["add_special_tokens"], truncation=True,
                     max_length=spec["max_length"], padding=True, return_tensors="pt")
     with torch.no_grad():

@@ -56,6 +56,10 @@ class LensRewardModel(PreTrainedModel):
     config_class = PretrainedConfig
     base_model_prefix = "model"
     _keep_in_fp32_modules = ["head"]
+    # the base LM picks its attention kernel as lens-ray did (SDPA): in bf16, eager attention moves rewards by ~1%
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
 
     def __init__(self, config: PretrainedConfig):
         super().__init__(config)
@@ -63,6 +67,20 @@ class LensRewardModel(PreTrainedModel):
         self.model = AutoModel.from_config(config)
         self.head = (_LinearHead if spec["head"]["kind"] == "linear" else _MLPHead)(spec["head"])
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, path, *args, **kwargs):
+        """As PreTrainedModel's, then the head's tensors again in fp32: transformers casts every module to the
+        requested dtype, and a head (its standardizer above all) rounded to bf16 moves rewards by ~1e-2."""
+        from safetensors import safe_open
+        from transformers.utils import cached_file
+
+        model = super().from_pretrained(path, *args, **kwargs)
+        file = cached_file(path, "model.safetensors", **{k: kwargs[k] for k in ("revision", "token") if k in kwargs})
+        with safe_open(file, framework="pt") as fh:                    # the head's keys only, not the LM's
+            head = {k[len("head."):]: fh.get_tensor(k) for k in fh.keys() if k.startswith("head.")}
+        model.head.float().load_state_dict(head)
+        return model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
         spec = self.config.lens_reward

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lens_ray.cli import run_main, tune_main
+from lens_ray.config import LensConfig, apply_overrides
 from lens_ray.storage import Storage, StorageError
 from lens_ray.tune_results import read_trials
 
@@ -110,11 +111,10 @@ def test_full_run_from_tune_uses_the_chosen_settings(search, local_run):
     cfg = tuned["config"]
     assert cfg["from_tune"] == out
     flags = dict(a.split("=", 1) for a in argv[argv.index("--set") + 1::2] if "=" in a)   # --set wins over the pick
-    for key, value in best["overrides"].items():
+    expect = apply_overrides(LensConfig(), {**best["overrides"], **flags}).to_dict()       # parsed as the CLI parses
+    for key in best["overrides"]:
         section, field = key.split(".")
-        want = tuple(int(h) for h in value.split(",")) if field == "hidden_dims" else value
-        got = tuple(cfg[section][field]) if field == "hidden_dims" else cfg[section][field]
-        assert got == (type(got)(flags[key]) if key in flags else want), key
+        assert cfg[section][field] == expect[section][field], key
     assert best["point"]["factor"] in cfg["factors"] and set(cfg["factors"]) >= {4, 8}  # the defaults and the pick's
     assert tuned["embedding"]["embedded"] == 0                 # the cache held every text: nothing re-embedded
     page = Storage(argv[argv.index("--storage") + 1]).child("t-tuned").read_bytes("report.html").decode()

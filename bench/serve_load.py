@@ -41,6 +41,11 @@ def post(url: str, prompt: str, response: str) -> float:
     return time.perf_counter() - t0
 
 
+def info(url: str) -> dict:
+    with urllib.request.urlopen(url + "/info", timeout=60) as resp:
+        return json.loads(resp.read())
+
+
 def load(url: str, items: list[tuple[str, str]], concurrency: int, deadline_s: float) -> dict:
     t0, lat = time.perf_counter(), []
     with ThreadPoolExecutor(concurrency) as pool:
@@ -59,7 +64,11 @@ def main() -> None:
     ap.add_argument("--head")
     ap.add_argument("--requests", type=int, default=256, help="requests per setting (concurrency 1: a quarter)")
     ap.add_argument("--deadline", type=float, default=600, help="seconds a setting may take at most")
+    ap.add_argument("--cpus", type=int, default=os.cpu_count(),
+                    help="CPUs of the replica, and torch threads of the in-process floor (the same, to be fair)")
     args = ap.parse_args()
+    import torch
+    torch.set_num_threads(args.cpus)
     from ray import serve
 
     from lens_ray.ray_session import connect
@@ -72,7 +81,7 @@ def main() -> None:
     t0 = time.perf_counter()
     rm.score([p for p, _ in items], [r for _, r in items], batch_size=32)
     floor = len(items) / (time.perf_counter() - t0)
-    print(f"in-process RewardModel.score, batches of 32: {floor:.1f} items/s", flush=True)
+    print(f"in-process RewardModel.score, batches of 32, {args.cpus} threads: {floor:.1f} items/s", flush=True)
     connect(log=lambda m: None)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -81,7 +90,8 @@ def main() -> None:
     url, rows = f"http://127.0.0.1:{port}", []
     try:
         for batch in (32, 1):
-            sc = ServeConfig(head=rm.head_name, max_batch_size=batch, batch_wait_ms=10, cpus_per_replica=1.0)
+            sc = ServeConfig(head=rm.head_name, max_batch_size=batch, batch_wait_ms=10,
+                             cpus_per_replica=float(args.cpus))
             serve.run(build(args.run, sc), name=APP, route_prefix="/", blocking=False)
             while True:
                 try:
@@ -91,8 +101,12 @@ def main() -> None:
                     time.sleep(0.5)
             for conc in (1, 8, 32):
                 n = args.requests // 4 if conc == 1 else args.requests
-                rows.append({"max_batch_size": batch, "concurrency": conc,
-                             **load(url, items[:n], conc, args.deadline)})
+                before = info(url)
+                measured = load(url, items[:n], conc, args.deadline)
+                after = info(url)
+                batches = max(1, after["batches"] - before["batches"])     # one replica: its own counts
+                rows.append({"max_batch_size": batch, "concurrency": conc, **measured,
+                             "mean_batch": round((after["items"] - before["items"]) / batches, 1)})
                 print(json.dumps(rows[-1]), flush=True)
             serve.delete(APP)
     finally:
@@ -107,8 +121,8 @@ def main() -> None:
     from embed_throughput import machine
     with open(os.path.join(os.path.dirname(__file__), "results.jsonl"), "a") as fh:
         fh.write(json.dumps({"bench": "serve_load", "run": args.run, "head": rm.head_name, "machine": machine(),
-                             "time": time.strftime("%Y-%m-%d %H:%M"), "in_process_items_per_s": round(floor, 1),
-                             "rows": rows, **ratios}) + "\n")
+                             "time": time.strftime("%Y-%m-%d %H:%M"), "cpus": args.cpus,
+                             "in_process_items_per_s": round(floor, 1), "rows": rows, **ratios}) + "\n")
 
 
 if __name__ == "__main__":

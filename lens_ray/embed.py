@@ -195,6 +195,20 @@ def tokenize(lm: LoadedModel, prompts: list[list[dict[str, str]]], responses: li
     return Tokenized(ids, np.array(trunc), np.array(rtrunc))
 
 
+def length_batches(lengths: list[int], max_items: int, max_tokens: int) -> list[list[int]]:
+    """Row indices (n,) in batches of similar length: sorted by length, each batch at most max_items rows and
+    max_tokens padded tokens (a row longer than max_tokens gets a batch of its own). Each index once.
+    Pooled vectors do not depend on batch composition, so this only removes padding work."""
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda j: lengths[j]):
+        if cur and (len(cur) == max_items or lengths[i] * (len(cur) + 1) > max_tokens):   # lengths[i]: the longest
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    return batches + ([cur] if cur else [])
+
+
 def pad(ids: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
     """Ragged ids -> input_ids, attention_mask (B, T)."""
     t = max(len(x) for x in ids)

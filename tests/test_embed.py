@@ -6,6 +6,7 @@ from lens_ray.embed import (
     Embedder,
     ModelLoadError,
     embed_ids,
+    length_batches,
     load_model,
     pad,
     pool,
@@ -48,6 +49,17 @@ def test_pooled_vector_ignores_padding_side_and_batch(tiny_llama):
     assert np.allclose(left, alone, atol=1e-5)
     assert np.allclose(mixed, alone[[2, 0]], atol=1e-5)
     assert not np.allclose(alone[0], alone[1], atol=1e-3)
+
+
+def test_length_batches_group_similar_lengths_within_budgets():
+    lengths = [5, 300, 7, 120, 6, 5000, 118, 8]
+    batches = length_batches(lengths, max_items=3, max_tokens=400)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))           # each row once
+    assert [lengths[b[0]] for b in batches] == sorted(lengths[b[0]] for b in batches)  # shortest first
+    for b in batches:
+        assert len(b) <= 3 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 400)
+    assert [5] in batches                                       # the over-budget row alone
+    assert length_batches([], 8, 4096) == []
 
 
 def test_left_truncation_keeps_the_response(tiny_llama):

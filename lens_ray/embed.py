@@ -199,6 +199,8 @@ def length_batches(lengths: list[int], max_items: int, max_tokens: int) -> list[
     """Row indices (n,) in batches of similar length: sorted by length, each batch at most max_items rows and
     max_tokens padded tokens (a row longer than max_tokens gets a batch of its own). Each index once.
     Pooled vectors do not depend on batch composition, so this only removes padding work."""
+    if max_items < 1 or max_tokens < 1:
+        raise ValueError(f"batches need max_items >= 1 and max_tokens >= 1, got {max_items} and {max_tokens}")
     batches: list[list[int]] = []
     cur: list[int] = []
     for i in sorted(range(len(lengths)), key=lambda j: lengths[j]):

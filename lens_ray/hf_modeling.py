@@ -76,7 +76,8 @@ class LensRewardModel(PreTrainedModel):
         from transformers.utils import cached_file
 
         model = super().from_pretrained(path, *args, **kwargs)
-        file = cached_file(path, "model.safetensors", **{k: kwargs[k] for k in ("revision", "token") if k in kwargs})
+        where = ("cache_dir", "subfolder", "revision", "token", "local_files_only")     # find the file as super() did
+        file = cached_file(path, "model.safetensors", **{k: kwargs[k] for k in where if k in kwargs})
         with safe_open(file, framework="pt") as fh:                    # the head's keys only, not the LM's
             head = {k[len("head."):]: fh.get_tensor(k) for k in fh.keys() if k.startswith("head.")}
         model.head.float().load_state_dict(head)

@@ -60,6 +60,8 @@ def test_length_batches_group_similar_lengths_within_budgets():
         assert len(b) <= 3 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 400)
     assert [5] in batches                                       # the over-budget row alone
     assert length_batches([], 8, 4096) == []
+    with pytest.raises(ValueError, match="max_items >= 1"):
+        length_batches(lengths, max_items=0, max_tokens=400)          # not one silent batch of everything
 
 
 def test_left_truncation_keeps_the_response(tiny_llama):

@@ -28,9 +28,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from lens_ray.config import DataConfig, EmbedConfig, ResourcesConfig  # noqa: E402
-from lens_ray.data import load_datasets  # noqa: E402
-from lens_ray.embed import embed_ids, load_model, text_key, tokenize  # noqa: E402
-from lens_ray.run_types import bon_draws, table_texts  # noqa: E402
+from lens_ray.core.records import bon_draws, table_texts  # noqa: E402
+from lens_ray.data.embed import embed_ids, load_model, text_key, tokenize  # noqa: E402
+from lens_ray.data.ingest import load_datasets  # noqa: E402
 
 
 def machine() -> str:
@@ -127,7 +127,7 @@ def plain_full(model: str, texts: list[tuple], max_length: int, best: dict) -> d
 
 def ray_path(model: str, texts: list[tuple], max_length: int, actors: int, threads: int, batch: int,
              batch_tokens: int) -> dict:
-    from lens_ray.ray_data import EmbedItem, embed_items
+    from lens_ray.distributed.embedding import EmbedItem, embed_items
     items = [EmbedItem(text_key("bench", "auto", max_length, p, r), p, r) for p, r in texts]
     cfg = EmbedConfig(model=model, max_length=max_length)
     res = ResourcesConfig(embed_actors=actors, embed_threads=threads, embed_batch_size=batch,
@@ -170,7 +170,7 @@ def main() -> None:
     rows.append(plain_full(args.model, texts, args.max_length, best))
     print(json.dumps(rows[-1]), flush=True)
     if not args.skip_ray:
-        from lens_ray.ray_session import connect
+        from lens_ray.distributed.session import connect
         connect(log=lambda m: None, dashboard=True)
         for variant in args.ray_variants.split(","):
             actors, threads = (int(x) for x in variant.split("x"))

@@ -20,12 +20,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lens_ray.evaluate import preference_accuracy  # noqa: E402
-from lens_ray.fit import score  # noqa: E402
-from lens_ray.rng import INNER_SPLIT, keyed_rng  # noqa: E402
-from lens_ray.run_inputs import load_run_inputs  # noqa: E402
-from lens_ray.stats import standard_error  # noqa: E402
-from lens_ray.tune_objective import fit_method, inner_split, kfold_by_group  # noqa: E402
+from lens_ray.core.heads import rewards  # noqa: E402
+from lens_ray.core.metrics import preference_accuracy  # noqa: E402
+from lens_ray.core.pairs import inner_split, kfold_by_group  # noqa: E402
+from lens_ray.core.rng import INNER_SPLIT, keyed_rng  # noqa: E402
+from lens_ray.core.search import fit_method
+from lens_ray.core.stats import standard_error  # noqa: E402
+from lens_ray.data.finished_run import load_run_inputs  # noqa: E402
 
 HEADS = {"mean_diff": ("mean_diff", "mlp"), "mlp": ("original", "mlp"), "linear": ("original", "linear")}
 
@@ -43,7 +44,7 @@ def measure(uri: str, folds: int, repeats: int) -> dict:
                 cfg = copy.deepcopy(src.config)
                 cfg.reward.heads = (head,)
                 model = fit_method(cfg, method, 1, *t(tr), *t(va), 1000 * r + f, [groups[i] for i in tr])
-                acc[name].append(preference_accuracy(score(model, t(held)[0]), score(model, t(held)[1])))
+                acc[name].append(preference_accuracy(rewards(model, t(held)[0]), rewards(model, t(held)[1])))
     out = {"run": uri, "model": src.config.embed.model, "seed_pairs": len(groups), "folds": folds, "repeats": repeats}
     for name, values in acc.items():
         out[name] = {"mean": float(np.mean(values)), "se": standard_error(values)}

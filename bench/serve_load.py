@@ -22,8 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from lens_ray.config import ServeConfig  # noqa: E402
-from lens_ray.data import Quarantine, read_table, to_pairs  # noqa: E402
-from lens_ray.run_inputs import FinishedRun  # noqa: E402
+from lens_ray.core.pairs import Quarantine
+from lens_ray.data.finished_run import FinishedRun  # noqa: E402
+from lens_ray.data.formats import to_pairs  # noqa: E402
+from lens_ray.data.ingest import read_table
 
 
 def texts(run: FinishedRun, n: int) -> list[tuple[str, str]]:
@@ -71,9 +73,9 @@ def main() -> None:
     torch.set_num_threads(args.cpus)
     from ray import serve
 
-    from lens_ray.ray_session import connect
-    from lens_ray.score import RewardModel
-    from lens_ray.serve import APP, build
+    from lens_ray.distributed.serving import APP, build
+    from lens_ray.distributed.session import connect
+    from lens_ray.scoring.reward_model import RewardModel
     run = FinishedRun.open(args.run)
     items = texts(run, args.requests)
     rm = RewardModel.from_run(args.run, args.head)

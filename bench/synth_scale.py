@@ -21,10 +21,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
-from lens_ray.augment import Augmenter  # noqa: E402
 from lens_ray.config import ResourcesConfig, RewardConfig  # noqa: E402
-from lens_ray.run_inputs import FinishedRun  # noqa: E402
-from lens_ray.storage import Storage  # noqa: E402
+from lens_ray.core.augment import Augmenter  # noqa: E402
+from lens_ray.data.finished_run import FinishedRun  # noqa: E402
+from lens_ray.store.storage import Storage  # noqa: E402
 
 
 class PeakRSS:
@@ -71,8 +71,8 @@ def main() -> None:
     import ray
     from ray.data import DataContext
 
-    from lens_ray.ray_data import pairs_dataset, synthesize_at_scale
-    from lens_ray.ray_train import fit_head_streaming
+    from lens_ray.distributed.synthesis import pairs_dataset, synthesize_at_scale
+    from lens_ray.distributed.training import train_head_streaming
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(include_dashboard=False, log_to_driver=False)
     DataContext.get_current().enable_progress_bars = False
@@ -108,7 +108,7 @@ def main() -> None:
             res = ResourcesConfig(reward_workers=workers, reward_cpus_per_worker=0.5)   # leave CPU for reads
             ds = pairs_dataset(keep["materialized"]).limit(args.train_pairs)
             t0 = time.time()
-            _, metrics = fit_head_streaming(cfg, ds, pos.shape[1], stats.mean(0).numpy(), stats.std(0).numpy(),
+            _, metrics = train_head_streaming(cfg, ds, pos.shape[1], stats.mean(0).numpy(), stats.std(0).numpy(),
                                             f"bench-stream-{workers}", Storage(os.path.join(tmp, "train")), res)
             wall = time.time() - t0
             rows.append({"stage": "reward_stream", "workers": workers, "pairs": args.train_pairs,

@@ -19,11 +19,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from lens_ray.augment import Augmenter  # noqa: E402
 from lens_ray.config import DataConfig  # noqa: E402
-from lens_ray.data import load_datasets  # noqa: E402
-from lens_ray.run_inputs import FinishedRun  # noqa: E402
-from lens_ray.synth_stream import materialize  # noqa: E402
+from lens_ray.core.augment import Augmenter  # noqa: E402
+from lens_ray.core.synth_stream import materialize  # noqa: E402
+from lens_ray.data.finished_run import FinishedRun  # noqa: E402
+from lens_ray.data.ingest import load_datasets  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
     # text: generate 2 responses per prompt with the embedding LLM (its own chat template)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lens_ray.embed import resolve_dtype, resolve_model
+    from lens_ray.data.embed import resolve_dtype, resolve_model
     src = resolve_model(config["embed"]["model"])
     kw = {"gguf_file": src.gguf_file} if src.gguf_file else {}
     tok = AutoTokenizer.from_pretrained(src.folder, **kw)

@@ -39,8 +39,8 @@ def main() -> None:
     ap.add_argument("--storage", default="runs")
     ap.add_argument("--only", help="variant names separated by |")
     args = ap.parse_args()
-    from lens_ray.pipeline import run
-    from lens_ray.ray_session import connect
+    from lens_ray.distributed.session import connect
+    from lens_ray.pipelines.run import run
     connect()
     rows = []
     names = args.only.split("|") if args.only else list(VARIANTS)

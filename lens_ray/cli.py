@@ -66,7 +66,7 @@ def config_from_args(args: argparse.Namespace) -> LensConfig:
     """defaults <- YAML <- a search's chosen settings (--from-tune) <- flags and --set."""
     cfg = load_config(args.config)
     if getattr(args, "from_tune", None):
-        from lens_ray.tune_results import apply_tuned, read_best
+        from lens_ray.store.search_results import apply_tuned, read_best
         apply_tuned(cfg, read_best(args.from_tune))
         cfg.from_tune = args.from_tune
     return apply_overrides(cfg, overrides(args, "run"))
@@ -75,13 +75,13 @@ def config_from_args(args: argparse.Namespace) -> LensConfig:
 def run_main(argv: list[str] | None = None, prog: str = "lens-ray run") -> dict:
     args = run_parser(prog).parse_args(argv)
     cfg = config_from_args(args)
-    from lens_ray.lease import Lease
-    from lens_ray.preflight import preflight
-    from lens_ray.storage import Storage
+    from lens_ray.pipelines.preflight import preflight
+    from lens_ray.store.lease import Lease
+    from lens_ray.store.storage import Storage
     ds = preflight(cfg, log=_print)                 # before Ray starts: errors in seconds, not minutes
     with Lease(Storage(cfg.out_uri), what=f"run {cfg.name}").held(wait=args.wait, log=_print) as lease:
-        from lens_ray.pipeline import run
-        from lens_ray.ray_session import connect
+        from lens_ray.distributed.session import connect
+        from lens_ray.pipelines.run import run
         connect(cfg.ray_address)
         return run(cfg, log=_print, ds=ds, guard=lease.ensure_held)
 
@@ -100,7 +100,7 @@ def tune_parser(prog: str = "lens-ray tune") -> argparse.ArgumentParser:
 
 def tune_main(argv: list[str] | None = None, prog: str = "lens-ray tune") -> dict:
     args = tune_parser(prog).parse_args(argv)
-    from lens_ray.run_inputs import load_run_inputs
+    from lens_ray.data.finished_run import load_run_inputs
     sources = [load_run_inputs(uri) for uri in args.from_run]
     for s in sources:
         _print(f"run {s.uri}: {len(s.seed_pairs)} seed pairs, embeddings {s.settings}")
@@ -109,8 +109,8 @@ def tune_main(argv: list[str] | None = None, prog: str = "lens-ray tune") -> dic
     cfg = load_config(args.config, overrides(args, "tune"), base=base)
     name = cfg.tune.name or f"{cfg.name}-tune"
     out = args.out or join_uri(sources[0].uri.rsplit("/", 1)[0], name)
-    from lens_ray.ray_session import connect
-    from lens_ray.ray_tune import search
+    from lens_ray.distributed.session import connect
+    from lens_ray.pipelines.search import search
     with _leased(out, f"search {name}", args.wait):
         connect(cfg.ray_address)
         return search(cfg, sources, out, log=_print)
@@ -125,12 +125,12 @@ def synthesize_main(argv: list[str] | None = None, prog: str = "lens-ray synthes
     p.add_argument("--out", required=True, help="output URI of the pair set")
     p.add_argument("--wait", action="store_true", help="if another job holds the output folder, wait for it")
     args = p.parse_args(argv)
-    from lens_ray.run_inputs import FinishedRun
+    from lens_ray.data.finished_run import FinishedRun
     run = FinishedRun.open(args.from_run)
     run.config.ray_address = None
     cfg = load_config(args.config, overrides(args, "synthesize"), base=run.config)   # the run's synth settings
-    from lens_ray.ray_session import connect
-    from lens_ray.synthesize_job import synthesize_pairs
+    from lens_ray.distributed.session import connect
+    from lens_ray.pipelines.synthesize import synthesize_pairs
     with _leased(args.out, "synthesis", args.wait):
         connect(cfg.ray_address)
         return synthesize_pairs(cfg, run, args.out, log=_print)
@@ -138,9 +138,9 @@ def synthesize_main(argv: list[str] | None = None, prog: str = "lens-ray synthes
 
 def _leased(uri: str, what: str, wait: bool):
     """The output folder checked writable, then leased to this job (see lease.py)."""
-    from lens_ray.lease import Lease
-    from lens_ray.preflight import check_writable
-    from lens_ray.storage import Storage
+    from lens_ray.pipelines.preflight import check_writable
+    from lens_ray.store.lease import Lease
+    from lens_ray.store.storage import Storage
     check_writable(Storage(uri))
     return Lease(Storage(uri), what=what).held(wait=wait, log=_print)
 
@@ -154,14 +154,14 @@ def curve_main(argv: list[str] | None = None, prog: str = "lens-ray curve") -> d
     p.add_argument("--out", help="output URI (default: <parent of the run>/<name>)")
     p.add_argument("--wait", action="store_true", help="if another job holds the output folder, wait for it")
     args = p.parse_args(argv)
-    from lens_ray.run_inputs import load_run_inputs
+    from lens_ray.data.finished_run import load_run_inputs
     source = load_run_inputs(args.from_run)
     source.config.ray_address = None
     cfg = load_config(args.config, overrides(args, "curve"), base=source.config)
     name = cfg.curve.name or f"{cfg.name}-curve"
     out = args.out or join_uri(source.uri.rsplit("/", 1)[0], name)
-    from lens_ray.ray_curve import run_curve
-    from lens_ray.ray_session import connect
+    from lens_ray.distributed.session import connect
+    from lens_ray.pipelines.curve import run_curve
     with _leased(out, f"curve {name}", args.wait):
         connect(cfg.ray_address)
         return run_curve(cfg, source, out, log=_print)
@@ -177,8 +177,8 @@ def serve_main(argv: list[str] | None = None, prog: str = "lens-ray serve") -> N
     cfg = load_config(args.config, overrides(args, "serve"))
     from ray import serve
 
-    from lens_ray.ray_session import connect
-    from lens_ray.serve import APP, build
+    from lens_ray.distributed.serving import APP, build
+    from lens_ray.distributed.session import connect
     app = build(args.run, cfg.serve)                       # a missing token variable fails before Ray starts
     connect(cfg.ray_address)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
@@ -208,8 +208,8 @@ def batch_score_main(argv: list[str] | None = None, prog: str = "lens-ray batch-
     if args.best_of is not None and args.best_of < 1:
         raise ConfigError(f"--best-of: must be >= 1, got {args.best_of}")
     cfg = load_config(args.config, overrides(args, "batch-score"))
-    from lens_ray.ray_session import connect
-    from lens_ray.score_job import batch_score
+    from lens_ray.distributed.session import connect
+    from lens_ray.pipelines.batch_score import batch_score
     with _leased(args.out, "batch scoring", args.wait):
         connect(cfg.ray_address)
         return batch_score(cfg, args.run, args.data, args.out, args.best_of, log=_print)
@@ -222,8 +222,8 @@ def export_main(argv: list[str] | None = None, prog: str = "lens-ray export") ->
     p.add_argument("--out", required=True, metavar="DIR", help="a local folder")
     args = p.parse_args(argv)
     cfg = load_config(args.config, overrides(args, "export"))
-    from lens_ray.export import export
-    from lens_ray.score import RewardModel
+    from lens_ray.scoring.export import export
+    from lens_ray.scoring.reward_model import RewardModel
     folder = export(RewardModel.from_run(args.run, cfg.serve.head), args.out)
     _print(f"exported to {folder}: AutoModelForSequenceClassification.from_pretrained({folder!r}, "
            "trust_remote_code=True)")
@@ -241,7 +241,7 @@ def score_main(argv: list[str] | None = None, prog: str = "lens-ray score") -> N
     p.add_argument("--input", help="jsonl with prompt and response fields; prints one JSON line per row")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     args = p.parse_args(argv)
-    from lens_ray.score import RewardModel
+    from lens_ray.scoring.reward_model import RewardModel
     if args.input is None and (args.prompt is None or args.response is None):
         raise ConfigError("give --prompt and --response, or --input FILE")
     rows = _score_rows(args.input) if args.input else None
@@ -255,7 +255,7 @@ def score_main(argv: list[str] | None = None, prog: str = "lens-ray score") -> N
 
 
 def _score_rows(path: str) -> list[dict]:
-    from lens_ray.data import DataError
+    from lens_ray.core.pairs import DataError
     try:
         with open(path, encoding="utf-8") as fh:
             lines = [line for line in fh if line.strip()]
@@ -290,9 +290,9 @@ COMMANDS: dict[str, Callable] = {"run": run_main, "tune": tune_main, "synthesize
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors that a user's input causes and one line explains (anything else is a bug: a traceback)."""
-    from lens_ray.data import DataError
-    from lens_ray.embed import ModelLoadError
-    from lens_ray.storage import StorageError
+    from lens_ray.core.pairs import DataError
+    from lens_ray.data.embed import ModelLoadError
+    from lens_ray.store.storage import StorageError
     return ConfigError, DataError, ModelLoadError, StorageError, FileNotFoundError, PermissionError, FloatingPointError
 
 

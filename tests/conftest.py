@@ -122,7 +122,7 @@ FAST = ["--set", "vae.epochs=5", "--set", "reward.max_steps=30", "--set", "rewar
 def local_run(ray_cluster, tiny_llama, hh_path, tmp_path_factory):
     """One finished run of the whole job (tiny model, real HH data, local storage): (argv, report, Storage)."""
     from lens_ray.cli import run_main
-    from lens_ray.storage import Storage
+    from lens_ray.store.storage import Storage
     storage = tmp_path_factory.mktemp("runs")
     argv = ["--data", str(hh_path), "--model", tiny_llama, "--seed-pairs", "60", "--eval-pairs", "40",
             "--seeds", "2", "--factors", "2,4", "--storage", str(storage), "--name", "t"] + FAST

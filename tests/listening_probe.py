@@ -9,15 +9,15 @@ import time
 import numpy as np
 import psutil
 
-from lens_ray.ray_session import connect
+from lens_ray.distributed.session import connect
 
 connect(log=lambda m: None)
 import ray  # noqa: E402
 
 from lens_ray.config import ResourcesConfig, VAEConfig  # noqa: E402
-from lens_ray.ray_train import fit_vaes  # noqa: E402
-from lens_ray.run_types import SeedData  # noqa: E402
-from lens_ray.storage import Storage  # noqa: E402
+from lens_ray.core.records import SeedData  # noqa: E402
+from lens_ray.distributed.training import train_vaes  # noqa: E402
+from lens_ray.store.storage import Storage  # noqa: E402
 
 seen, stop = set(), threading.Event()
 
@@ -35,7 +35,7 @@ t = threading.Thread(target=sample)
 t.start()
 rng = np.random.default_rng(0)
 seeds = [SeedData(0, *(rng.standard_normal((n, 8)).astype(np.float32) for n in (64, 64, 8, 8)))]
-fit_vaes(VAEConfig(latent_dim=2, hidden_dims=(4,), epochs=30), seeds, "listen", Storage(sys.argv[1]),
+train_vaes(VAEConfig(latent_dim=2, hidden_dims=(4,), epochs=30), seeds, "listen", Storage(sys.argv[1]),
          ResourcesConfig(vae_workers=2, vae_cpus_per_worker=0.5))
 stop.set()
 t.join()

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from lens_ray.artifacts import _canonical, load_head, reuse_model, save_model
-from lens_ray.models.reward import RewardHead, build_head
-from lens_ray.storage import ChecksumError, Storage, StorageError, sha256
+from lens_ray.core.heads import RewardHead, build_head
+from lens_ray.store.artifacts import _canonical, load_head, reuse_model, save_model
+from lens_ray.store.storage import ChecksumError, Storage, StorageError, sha256
 
 
 def _saved(tmp_path) -> Storage:
@@ -58,7 +58,7 @@ def test_garbage_document_is_refused(tmp_path):
 
 def test_head_is_checked_before_the_language_model_loads(tmp_path):
     """RewardModel.from_run verifies the head first: a bad head fails in milliseconds, not after an LM load."""
-    from lens_ray.score import RewardModel
+    from lens_ray.scoring.reward_model import RewardModel
     run = Storage(str(tmp_path / "run"))
     run.write_json("report.json", {"results": [], "config": {"embed": {"model": "./no/such/model", "dtype": "auto",
                                                                        "pooling": "auto", "max_length": 8}}})

@@ -1,9 +1,9 @@
 import numpy as np
 import torch
 
-from lens_ray.augment import Augmenter
-from lens_ray.baselines import ClassGaussian, direct_perturbation, gaussian_sampling
 from lens_ray.config import SynthConfig
+from lens_ray.core.augment import Augmenter
+from lens_ray.core.baselines import ClassGaussian, direct_perturbation, gaussian_sampling
 
 
 def test_direct_perturbation_scale():
@@ -31,7 +31,7 @@ def test_gaussian_sampling_matches_class_moments():
 def test_augmenter_exact_factor_for_every_method():
     torch.manual_seed(0)
     pos, neg = torch.randn(30, 8), torch.randn(30, 8)
-    from lens_ray.models.vae import PreferenceVAE
+    from lens_ray.core.vae import PreferenceVAE
     vae = PreferenceVAE(8, 2, (4,))
     vae.norm.fit(torch.cat([pos, neg]))
     for method in ("lens", "direct_perturbation", "gaussian_sampling"):

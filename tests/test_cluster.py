@@ -71,7 +71,7 @@ def test_serve_config_builds_the_reward_application():
     doc = yaml.safe_load((CLUSTER / "serve.yaml").read_text())
     schema = ServeDeploySchema.parse_obj(doc)
     app = schema.applications[0]
-    assert app.import_path == "lens_ray.serve:app_builder" and app.route_prefix == "/"
+    assert app.import_path == "lens_ray.distributed.serving:app_builder" and app.route_prefix == "/"
     args = {k: v for k, v in app.args.items() if k != "run"}
     cfg = apply_overrides(load_config(None), {f"serve.{k}": v for k, v in args.items()})
     assert isinstance(cfg.serve, ServeConfig) and cfg.serve.normalize is True and cfg.serve.token_env

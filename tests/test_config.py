@@ -72,16 +72,16 @@ def test_every_setting_is_described_once_and_flags_come_from_the_fields():
 
 def test_resources_never_reach_a_fingerprint():
     from lens_ray.config import LensConfig
-    from lens_ray.data import Pair, seed_splits
-    from lens_ray.pipeline import StageKeys
-    from lens_ray.run_types import Job
+    from lens_ray.core.pairs import Pair, seed_splits
+    from lens_ray.core.records import Cell
+    from lens_ray.pipelines.run import StageKeys
     pairs = [Pair(i, [{"role": "user", "content": f"q{i}"}], "a", "b", i) for i in range(40)]
     splits = seed_splits(pairs, 0.2, 2, 0)
     small, big = LensConfig(), load_config(None, {"resources.vae_workers": 8, "resources.embed_actors": 4,
                                                   "resources.reward_cpus_per_worker": 3.0})
     small.embed.model = big.embed.model = "minilm"
     a, b = StageKeys(small, splits, 8), StageKeys(big, splits, 8)
-    job = Job("lens", 4, 1)
+    job = Cell("lens", 4, 1)
     assert (a.vae(1), a.synthetic(job), a.head(job)) == (b.vae(1), b.synthetic(job), b.head(job))
     big.synth.noise_var = 0.5
-    assert a.synthetic(job) != b.synthetic(job) and a.head(Job("original", 1, 1)) == b.head(Job("original", 1, 1))
+    assert a.synthetic(job) != b.synthetic(job) and a.head(Cell("original", 1, 1)) == b.head(Cell("original", 1, 1))

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from lens_ray.config import LensConfig
-from lens_ray.curve import nested_subset, summarize_curve, task_rows, verdicts
-from lens_ray.run_types import Embedded
+from lens_ray.core.curve import nested_subset, summarize_curve, task_rows, verdicts
+from lens_ray.core.records import Embedded
 
 
 def test_nested_subsets_keep_prompts_whole_and_grow_by_prefix():
@@ -70,7 +70,7 @@ def curve(local_run, s3_server):
 
 
 def test_curve_job_fits_every_cell_and_writes_its_report(curve):
-    from lens_ray.storage import Storage
+    from lens_ray.store.storage import Storage
     _, result, out = curve
     assert {(r["size"], r["seed"]) for r in result["rows"]} == {(20, 0), (20, 1), (60, 0), (60, 1)}
     assert len(result["rows"]) == 4 * (1 + 2 * 2)                 # mean_diff + (original, lens x2) x 2 heads
@@ -85,7 +85,7 @@ def test_curve_resumes_only_the_missing_tasks(curve, s3_server, capsys):
 
     from lens_ray.cli import curve_main
     argv, first, out = curve
-    boto3.client("s3").delete_object(Bucket=s3_server["bucket"], Key="curves/c/cells/20-s1.json")
+    boto3.client("s3").delete_object(Bucket=s3_server["bucket"], Key="curves/c/tasks/20-s1.json")
     capsys.readouterr()
     again = curve_main(argv)
     assert "(3 done before)" in capsys.readouterr().out

@@ -5,17 +5,9 @@ import numpy as np
 import pytest
 
 from lens_ray.config import DataConfig
-from lens_ray.data import (
-    DataError,
-    Quarantine,
-    load_datasets,
-    pairs_from_scored,
-    parse_hh_transcript,
-    read_records,
-    split_by_group,
-    to_pairs,
-    to_scored,
-)
+from lens_ray.core.pairs import DataError, Quarantine, split_by_group
+from lens_ray.data.formats import pairs_from_scored, parse_hh_transcript, to_pairs, to_scored
+from lens_ray.data.ingest import load_datasets, read_records
 
 HH_ROW = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how to bake bread?\n\nAssistant: Mix flour.",
           "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how to bake bread?\n\nAssistant: No."}

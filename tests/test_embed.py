@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from lens_ray.embed import (
+from lens_ray.data.embed import (
     Embedder,
     ModelLoadError,
     embed_ids,
@@ -120,13 +120,13 @@ def test_bf16_embeddings_close_to_fp32(tiny_llama):
 
 
 def test_resolve_dtype():
-    from lens_ray.embed import resolve_dtype
+    from lens_ray.data.embed import resolve_dtype
     assert resolve_dtype("float32") == "float32" and resolve_dtype("auto", "cuda") == "bfloat16"
     assert resolve_dtype("auto", "cpu") in ("float32", "bfloat16")
 
 
 def test_several_layers_come_from_one_pass_and_ignore_padding(tiny_llama):
-    from lens_ray.embed import combine_layers, embed_layers, layer_settings, settings_key
+    from lens_ray.data.embed import combine_layers, embed_layers, layer_settings, settings_key
     lm = load_model(tiny_llama, "float32")
     ids = tokenize(lm, PROMPTS, RESPONSES, 512).ids
     both = embed_layers(lm, ids, "auto", "right", (-1, -2))

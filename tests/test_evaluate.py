@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lens_ray.evaluate import best_of_n_gold, bon_oracle, bon_random, draw_bon, preference_accuracy
+from lens_ray.core.metrics import best_of_n_gold, bon_oracle, bon_random, draw_bon, preference_accuracy
 
 
 def test_accuracy_counts_ties_half():

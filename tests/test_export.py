@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from lens_ray.export import export, exported_logits
-from lens_ray.score import RewardModel
+from lens_ray.scoring.export import export, exported_logits
+from lens_ray.scoring.reward_model import RewardModel
 
 PROMPTS = ["How do I bake bread?", "Tell me a joke about cats. " * 30, "What is 2+2?"]
 RESPONSES = ["Mix flour, water and yeast, then bake.", "I can't help with that.", "4"]

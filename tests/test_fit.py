@@ -1,7 +1,9 @@
 import torch
 
 from lens_ray.config import RewardConfig, VAEConfig
-from lens_ray.fit import PairSet, fit_head, fit_vae, score_accuracy
+from lens_ray.core.augment import PairSet
+from lens_ray.core.fit import fit_head, fit_vae
+from lens_ray.core.metrics import head_accuracy
 
 
 def _pairs(n, d=16, seed=0, signal=1.0):
@@ -18,7 +20,7 @@ def test_fit_head_learns_and_stops_early():
     cfg = RewardConfig(hidden_dim=16, max_steps=400, eval_every=10, patience=3, batch_size=32)
     fit = fit_head(cfg, PairSet(pos, neg), PairSet(vpos, vneg), seed=0, norm_pos=pos, norm_neg=neg)
     tpos, tneg = _pairs(500, seed=2)
-    assert score_accuracy(fit.head, tpos, tneg) > 0.8
+    assert head_accuracy(fit.head, tpos, tneg) > 0.8
     assert fit.best_val_acc == max(h["val_acc"] for h in fit.history)
     assert fit.steps <= cfg.max_steps
 
@@ -38,7 +40,7 @@ def test_synthetic_weight_controls_extra_pairs():
     def fit_with(weight):
         both = PairSet(torch.cat([pos, neg]), torch.cat([neg, pos]),
                        torch.cat([torch.ones(64), torch.full((64,), weight)]))
-        return score_accuracy(fit_head(cfg, both, PairSet(pos, neg), 0, pos, neg).head, pos, neg)
+        return head_accuracy(fit_head(cfg, both, PairSet(pos, neg), 0, pos, neg).head, pos, neg)
     assert fit_with(0.0) > 0.9
     assert fit_with(1.0) < fit_with(0.0) - 0.1
 
@@ -62,7 +64,7 @@ def test_a_diverging_head_is_marked_failed_never_a_result():
 def test_a_diverging_vae_raises_naming_the_epoch():
     import pytest
 
-    from lens_ray.fit import NonFiniteError
+    from lens_ray.core.fit import NonFiniteError
     pos, neg = _pairs(64)
     with pytest.raises(NonFiniteError, match="epoch"):
         fit_vae(VAEConfig(latent_dim=2, hidden_dims=(8,), epochs=20, lr=1e30), pos, neg, seed=0)

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from lens_ray.lease import NAME, Lease, LeaseError
-from lens_ray.storage import Storage
+from lens_ray.store.lease import NAME, Lease, LeaseError
+from lens_ray.store.storage import Storage
 
 
 @pytest.fixture(params=["local", "s3"])

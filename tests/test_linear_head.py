@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from lens_ray.config import RewardConfig
-from lens_ray.fit import PairSet, augmented_set, fit_reward_head, score_accuracy
-from lens_ray.linear_head import fit_linear_head, fit_weights, transform
-from lens_ray.models.reward import mean_diff_direction
+from lens_ray.core.augment import PairSet, augmented_set
+from lens_ray.core.fit import fit_reward_head
+from lens_ray.core.heads import mean_diff_direction
+from lens_ray.core.linear_head import fit_linear_head, fit_weights, transform
+from lens_ray.core.metrics import head_accuracy
 
 
 def _pairs(n: int, d: int, seed: int, noise_dims: float = 0.0):
@@ -41,7 +43,7 @@ def test_linear_head_learns_and_records_its_design():
     groups = [f"p{i // 2}" for i in range(300)]
     fit = fit_reward_head(cfg, "linear", PairSet(pos, neg), PairSet(pos[:40], neg[:40]), 0, groups, pos, neg)
     tpos, tneg = _pairs(500, 16, 0)
-    assert fit.failure is None and score_accuracy(fit.head, tpos, tneg) > 0.8
+    assert fit.failure is None and head_accuracy(fit.head, tpos, tneg) > 0.8
     design = fit.history[0]
     assert design["norm"] in cfg.linear_norms and design["l2"] in cfg.linear_l2 and 0 <= design["cv_accuracy"] <= 1
     again = fit_reward_head(cfg, "linear", PairSet(pos, neg), PairSet(pos[:40], neg[:40]), 0, groups, pos, neg)

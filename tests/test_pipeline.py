@@ -4,12 +4,12 @@ import pytest
 import torch
 from conftest import FAST
 
-from lens_ray.artifacts import read_pair_embeddings, read_synthetic
 from lens_ray.cli import run_main
 from lens_ray.config import METHODS
-from lens_ray.embed import resolve_model
-from lens_ray.score import RewardModel
-from lens_ray.storage import Manifest, Storage, StorageError
+from lens_ray.data.embed import resolve_model
+from lens_ray.scoring.reward_model import RewardModel
+from lens_ray.store.artifacts import read_pair_embeddings, read_synthetic
+from lens_ray.store.storage import Manifest, Storage, StorageError
 
 
 def test_report_schema_and_contents(local_run):
@@ -60,7 +60,7 @@ def test_scoring_api_matches_stored_embeddings(local_run, tiny_llama):
                                                   "max_length": 64, "storage_dtype": "float32"})
     pos, _ = read_pair_embeddings(man, "eval")
     from lens_ray.cli import config_from_args, run_parser
-    from lens_ray.data import load_datasets
+    from lens_ray.data.ingest import load_datasets
     cfg = config_from_args(run_parser().parse_args(argv))
     pairs = load_datasets(cfg.data).eval_pairs[:3]
     rewards = rm.score([p.prompt for p in pairs], [p.chosen for p in pairs])
@@ -122,7 +122,7 @@ def test_score_cli(local_run, tmp_path, capsys):
 def test_rerun_on_another_cluster_shape_recomputes_nothing(local_run):
     """Resources are not part of any fingerprint: more workers, other CPUs and batch sizes reuse every stage."""
     from lens_ray.cli import config_from_args, run_parser
-    from lens_ray.pipeline import run
+    from lens_ray.pipelines.run import run
     argv, report, out = local_run
     before = set(out.listdir("ray_train"))
     shape = ["--set", "resources.vae_workers=1", "--set", "resources.reward_workers=1", "--set",

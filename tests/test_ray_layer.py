@@ -6,16 +6,18 @@ import pyarrow as pa
 import pytest
 import torch
 
-from lens_ray.augment import Augmenter
 from lens_ray.config import EmbedConfig, ResourcesConfig, RewardConfig, SynthConfig, VAEConfig
-from lens_ray.embed import Embedder
-from lens_ray.fit import fit_vae, score_accuracy
-from lens_ray.models.vae import PreferenceVAE
-from lens_ray.ray_data import EmbedItem, embed_items, pairs_dataset, synthesize_at_scale, synthesize_jobs
-from lens_ray.ray_train import fit_head_streaming, fit_heads, fit_vaes
-from lens_ray.run_types import Job, SeedData
-from lens_ray.storage import Storage, StorageError
-from lens_ray.synth_stream import decode_seeded, materialize
+from lens_ray.core.augment import Augmenter
+from lens_ray.core.fit import fit_vae
+from lens_ray.core.metrics import head_accuracy
+from lens_ray.core.records import Cell, SeedData
+from lens_ray.core.synth_stream import decode_seeded, materialize
+from lens_ray.core.vae import PreferenceVAE
+from lens_ray.data.embed import Embedder
+from lens_ray.distributed.embedding import EmbedItem, embed_items
+from lens_ray.distributed.synthesis import pairs_dataset, synthesize_at_scale, synthesize_sets
+from lens_ray.distributed.training import train_head_streaming, train_mlp_heads, train_vaes
+from lens_ray.store.storage import Storage, StorageError
 
 PROMPT = [{"role": "user", "content": "How do I bake bread?"}]
 SHARDS = ["part-000000000000-000000000300.parquet", "part-000000000300-000000000600.parquet",
@@ -40,9 +42,9 @@ def test_synthesize_jobs_equals_pure_augmenter(ray_cluster):
     pos, neg = torch.randn(50, 8), torch.randn(50, 8)
     vae = PreferenceVAE(8, 2, (4,))
     vae.norm.fit(torch.cat([pos, neg]))
-    jobs = {Job("lens", 8, 0): Augmenter.fit("lens", 0, SynthConfig(), pos, neg, vae.eval()),
-            Job("gaussian_sampling", 4, 0): Augmenter.fit("gaussian_sampling", 0, SynthConfig(), pos, neg)}
-    out = synthesize_jobs(jobs, {0: (pos.numpy(), neg.numpy())}, ResourcesConfig(synth_batch_size=7),
+    jobs = {Cell("lens", 8, 0): Augmenter.fit("lens", 0, SynthConfig(), pos, neg, vae.eval()),
+            Cell("gaussian_sampling", 4, 0): Augmenter.fit("gaussian_sampling", 0, SynthConfig(), pos, neg)}
+    out = synthesize_sets(jobs, {0: (pos.numpy(), neg.numpy())}, ResourcesConfig(synth_batch_size=7),
                           log=lambda m: None)
     for job, aug in jobs.items():
         sp, sn, _ = aug.synthesize(pos, neg, np.arange(50), job.factor)
@@ -62,16 +64,16 @@ def _seeds() -> list[SeedData]:
 def test_vae_trainer_fits_with_ddp_and_resumes(ray_cluster, tmp_path):
     store = Storage(str(tmp_path / "train"))
     cfg, res = VAEConfig(latent_dim=2, hidden_dims=(8,), epochs=3), ResourcesConfig(vae_workers=2)
-    states, meta = fit_vaes(cfg, _seeds(), "vae-test", store, res)
+    states, meta = train_vaes(cfg, _seeds(), "vae-test", store, res)
     assert set(states) == {"seed-0", "seed-1"} and "rel_recon_val" in meta["seed-0"]["metrics"]
-    again, _ = fit_vaes(cfg, _seeds(), "vae-test", store, res)          # same run name: resumes, refits nothing
+    again, _ = train_vaes(cfg, _seeds(), "vae-test", store, res)          # same run name: resumes, refits nothing
     assert all(torch.equal(states["seed-0"][k], again["seed-0"][k]) for k in states["seed-0"])
 
 
 def test_head_trainer_fits_with_ddp(ray_cluster, tmp_path):
     store = Storage(str(tmp_path / "train"))
     rcfg = RewardConfig(hidden_dim=8, max_steps=40, eval_every=10)
-    _, meta = fit_heads(rcfg, [Job("original", 1, 0)], _seeds()[:1], store.uri, "heads-test", store,
+    _, meta = train_mlp_heads(rcfg, [Cell("original", 1, 0)], _seeds()[:1], store.uri, "heads-test", store,
                         ResourcesConfig(reward_workers=2))
     assert meta["original-f1-s0"]["metrics"]["val_acc"] > 0.8 and not meta["original-f1-s0"]["failed"]
 
@@ -94,7 +96,7 @@ def _at_scale(lens_source, store, mode, total=1000, shard_pairs=300, workers=2, 
 
 
 def test_synthesis_at_scale_writes_every_pair_once(ray_cluster, lens_source, tmp_path):
-    from lens_ray.artifacts import read_pair_embeddings
+    from lens_ray.store.artifacts import read_pair_embeddings
     aug, pos, neg = lens_source
     man = _at_scale(lens_source, Storage(str(tmp_path / "mat")), "materialized")
     assert sorted(man.files) == SHARDS
@@ -137,10 +139,10 @@ def test_streaming_head_learns_from_synthetic_pairs_alone(ray_cluster, lens_sour
     res = ResourcesConfig(reward_workers=2, reward_cpus_per_worker=0.5)
     stats = torch.cat([pos, neg])
     ds = pairs_dataset(man, aug, pos.numpy(), neg.numpy(), 2)
-    head, metrics = fit_head_streaming(rcfg, ds, 8, stats.mean(0).numpy(), stats.std(0).numpy(), f"stream-{mode}",
+    head, metrics = train_head_streaming(rcfg, ds, 8, stats.mean(0).numpy(), stats.std(0).numpy(), f"stream-{mode}",
                                        Storage(str(tmp_path / "train")), res, epochs=2)
     assert 400 <= metrics["pairs"] <= 1200            # rank 0's share of 2 epochs over 1,000 pairs
-    assert score_accuracy(head, pos, neg) > 0.8
+    assert head_accuracy(head, pos, neg) > 0.8
 
 
 def test_streaming_head_resumes_per_epoch(ray_cluster, lens_source, tmp_path):
@@ -151,8 +153,8 @@ def test_streaming_head_resumes_per_epoch(ray_cluster, lens_source, tmp_path):
     args = (RewardConfig(hidden_dim=8, batch_size=32, dropout=0.0), pairs_dataset(man), 8, stats.mean(0).numpy(),
             stats.std(0).numpy(), "stream-resume", Storage(str(tmp_path / "train")),
             ResourcesConfig(reward_workers=2, reward_cpus_per_worker=0.5))
-    _, first = fit_head_streaming(*args, epochs=1)
-    head, second = fit_head_streaming(*args, epochs=2)
+    _, first = train_head_streaming(*args, epochs=1)
+    head, second = train_head_streaming(*args, epochs=2)
     assert first["epoch"] == 1 and second["epoch"] == 2
     assert second["pairs"] <= 600                       # one epoch's share of rank 0, not two
-    assert score_accuracy(head, pos, neg) > 0.8
+    assert head_accuracy(head, pos, neg) > 0.8

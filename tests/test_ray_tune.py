@@ -7,8 +7,8 @@ import pytest
 
 from lens_ray.cli import run_main, tune_main
 from lens_ray.config import LensConfig, apply_overrides
-from lens_ray.storage import Storage, StorageError
-from lens_ray.tune_results import read_trials
+from lens_ray.store.search_results import read_trials
+from lens_ray.store.storage import Storage, StorageError
 
 SEARCH = ["--num-samples", "3", "--folds", "2", "--repeats", "1", "--name", "tt",
           "--set", "tune.test_seeds=2", "--set", "tune.grace_period=1", "--set", "resources.tune_max_concurrent=2",

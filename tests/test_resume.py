@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lens_ray.storage import Storage
+from lens_ray.store.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,8 +59,8 @@ def _vae_fit_with_kills(tmp_path, kills: int, max_failures: int | None):
     import numpy as np
 
     from lens_ray.config import ResourcesConfig, VAEConfig
-    from lens_ray.ray_train import fit_vaes
-    from lens_ray.run_types import SeedData
+    from lens_ray.core.records import SeedData
+    from lens_ray.distributed.training import train_vaes
 
     rng = np.random.default_rng(0)
     seeds = [SeedData(s, *(rng.standard_normal((n, 16)).astype(np.float32) for n in (400, 400, 50, 50)))
@@ -78,7 +78,7 @@ def _vae_fit_with_kills(tmp_path, kills: int, max_failures: int | None):
     res = ResourcesConfig(vae_workers=2) if max_failures is None else \
         ResourcesConfig(vae_workers=2, train_max_failures=max_failures)
     try:
-        return fit_vaes(VAEConfig(latent_dim=2, hidden_dims=(8,), epochs=80), seeds, "vae-kill",
+        return train_vaes(VAEConfig(latent_dim=2, hidden_dims=(8,), epochs=80), seeds, "vae-kill",
                         Storage(str(tmp_path / "t")), res), killed
     finally:
         t.join()
@@ -100,7 +100,7 @@ def test_killed_embedding_actor_is_replaced(ray_cluster, tiny_llama):
     import threading
 
     from lens_ray.config import EmbedConfig, ResourcesConfig
-    from lens_ray.ray_data import EmbedItem, embed_items
+    from lens_ray.distributed.embedding import EmbedItem, embed_items
 
     prompt = [{"role": "user", "content": "How do I bake bread?"}]
     items = [EmbedItem(f"k{i}", prompt, "word " * (i % 40 + 1) + str(i)) for i in range(3000)]
@@ -156,17 +156,17 @@ def test_two_jobs_on_one_output_one_refused_and_the_shared_cache_complete(ray_cl
     loser = done["a"] if codes["a"] == 2 else done["a2"]
     assert "is in use by run a" in loser[2] and "wait for it with --wait" in loser[2]
     # every text both concurrent writers embedded is in the cache they share
-    from lens_ray.embed_cache import EmbeddingCache
-    from lens_ray.storage import Manifest
+    from lens_ray.store.embedding_cache import EmbeddingCache
+    from lens_ray.store.storage import Manifest
     run_a = Storage(str(tmp_path / "a"))
     settings = Manifest.load(run_a.child("embeddings")).meta
     cache = EmbeddingCache(Storage(str(tmp_path / "cache")).child("embeddings"), settings)
     report = run_a.read_json("report.json")
     assert report["embedding"]["texts"] == 100 and len(cache.committed()) >= 2
     from lens_ray.cli import config_from_args, run_parser
-    from lens_ray.data import load_datasets
-    from lens_ray.embed import settings_key
-    from lens_ray.run_types import bon_draws, table_texts
+    from lens_ray.core.records import bon_draws, table_texts
+    from lens_ray.data.embed import settings_key
+    from lens_ray.data.ingest import load_datasets
     cfg = config_from_args(run_parser().parse_args(base[2:] + ["--name", "a"]))
     ds = load_datasets(cfg.data)
     keys = [settings_key(settings, p, r) for rows in table_texts(ds, bon_draws(cfg, ds)[0]).values() for p, r in rows]

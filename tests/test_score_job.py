@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from lens_ray.cli import batch_score_main
-from lens_ray.score import RewardModel
-from lens_ray.storage import Storage
+from lens_ray.scoring.reward_model import RewardModel
+from lens_ray.store.storage import Storage
 
 
 def test_best_of_n_on_scored_completions(local_run, bon_path, tmp_path):

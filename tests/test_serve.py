@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from lens_ray.score import RewardModel
+from lens_ray.scoring.reward_model import RewardModel
 
 TOKEN = "s3cret-test-token"
 PROMPTS = ["How do I bake bread?", "Tell me a joke about cats.", "What is 2+2?"]
@@ -22,7 +22,7 @@ def server(local_run, monkeypatch_module):
     from ray import serve
 
     from lens_ray.config import ServeConfig
-    from lens_ray.serve import APP, build
+    from lens_ray.distributed.serving import APP, build
     _, _, run = local_run
     monkeypatch_module.setenv("LENS_SERVE_TEST_TOKEN", TOKEN)
     port = _free_port()
@@ -135,7 +135,7 @@ def test_token_routes_and_survival(server):
 
 
 def test_trl_callable_takes_strings_and_conversations(server):
-    from lens_ray.integrations import trl_reward
+    from lens_ray.scoring.integrations import trl_reward
     _, rm, run = server
     f = trl_reward(run.uri, head="lens-f4-s0")
     plain = f(prompts=PROMPTS, completions=RESPONSES, completion_ids=None)
@@ -146,7 +146,7 @@ def test_trl_callable_takes_strings_and_conversations(server):
 
 
 def test_verl_compute_score_asks_the_server(server, monkeypatch):
-    from lens_ray.integrations import compute_score, compute_score_batch
+    from lens_ray.scoring.integrations import compute_score, compute_score_batch
     url, rm, _ = server
     monkeypatch.setenv("LENS_RAY_REWARD_URL", url)
     monkeypatch.setenv("LENS_RAY_REWARD_TOKEN", TOKEN)
@@ -157,12 +157,12 @@ def test_verl_compute_score_asks_the_server(server, monkeypatch):
 
 
 def test_openrlhf_reward_func_in_process(server, monkeypatch):
-    import lens_ray.integrations as integrations
+    import lens_ray.scoring.integrations as integrations
     _, rm, run = server
     monkeypatch.setenv("LENS_RAY_RUN", run.uri)
     monkeypatch.setenv("LENS_RAY_HEAD", "lens-f4-s0")
     monkeypatch.setattr(integrations, "_MODEL", None)
-    from lens_ray.openrlhf_reward import reward_func
+    from lens_ray.scoring.openrlhf_reward import reward_func
     out = reward_func([p + r for p, r in zip(PROMPTS, RESPONSES)], PROMPTS, ["", "", ""])
     assert np.allclose(out["rewards"].numpy(), rm.score(PROMPTS, RESPONSES), atol=1e-5)
     assert out["rewards"].shape == (3,) and "extra_logs" in out

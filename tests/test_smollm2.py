@@ -1,10 +1,10 @@
 """SmolLM2-135M-Instruct (the packaged GGUF) through the whole job on a small slice of real HH data."""
 import numpy as np
 
-from lens_ray.artifacts import read_pair_embeddings
 from lens_ray.cli import run_main
-from lens_ray.embed import resolve_model
-from lens_ray.storage import Manifest, Storage
+from lens_ray.data.embed import resolve_model
+from lens_ray.store.artifacts import read_pair_embeddings
+from lens_ray.store.storage import Manifest, Storage
 
 
 def test_smollm2_on_real_hh(ray_cluster, hh_path, tmp_path):
@@ -27,8 +27,8 @@ def test_smollm2_on_real_hh(ray_cluster, hh_path, tmp_path):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from lens_ray.export import export, exported_logits
-    from lens_ray.score import RewardModel
+    from lens_ray.scoring.export import export, exported_logits
+    from lens_ray.scoring.reward_model import RewardModel
     rm = RewardModel.from_run(str(tmp_path / "smol"), "lens-f4-s0")
     folder = export(rm, str(tmp_path / "hf"))
     model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True, dtype=torch.bfloat16)
@@ -42,7 +42,7 @@ def test_gguf_dequantized_copy_loads_fast_and_embeds_identically(tmp_path, monke
     vectors are the same, bit for bit."""
     import os
 
-    from lens_ray.embed import dequantized_copy, embed_ids, load_model, resolve_model, tokenize
+    from lens_ray.data.embed import dequantized_copy, embed_ids, load_model, resolve_model, tokenize
     monkeypatch.setenv("LENS_RAY_MODEL_CACHE", str(tmp_path))
     prompts = [[{"role": "user", "content": "How do I bake bread?"}]] * 2
     responses = ["Mix flour, water and yeast.", "I can't help with that."]

@@ -2,8 +2,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lens_ray.embed_cache import EmbeddingCache
-from lens_ray.storage import ChecksumError, Manifest, Storage, StorageError
+from lens_ray.store.embedding_cache import EmbeddingCache
+from lens_ray.store.storage import ChecksumError, Manifest, Storage, StorageError
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from lens_ray.config import SynthConfig
-from lens_ray.models.vae import PreferenceVAE
-from lens_ray.synth import combinatorial_pairs, gather_pairs, lens_synthesize, perturb_and_select, synth_per_side
+from lens_ray.core.synth import combinatorial_pairs, gather_pairs, lens_synthesize, perturb_and_select, synth_per_side
+from lens_ray.core.vae import PreferenceVAE
 
 
 @pytest.mark.parametrize("factor,k", [(1, 0), (2, 1), (4, 1), (5, 2), (8, 2), (9, 2), (10, 3), (16, 3)])

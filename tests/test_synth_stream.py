@@ -1,10 +1,10 @@
 import torch
 
-from lens_ray.augment import Augmenter
 from lens_ray.config import SynthConfig
-from lens_ray.models.vae import PreferenceVAE
-from lens_ray.synth import slot_combos
-from lens_ray.synth_stream import decode_seeded, materialize, seeded_pairs
+from lens_ray.core.augment import Augmenter
+from lens_ray.core.synth import slot_combos
+from lens_ray.core.synth_stream import decode_seeded, materialize, seeded_pairs
+from lens_ray.core.vae import PreferenceVAE
 
 
 def _aug(d=8, n=10):

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from lens_ray.config import LensConfig
-from lens_ray.data import Pair
-from lens_ray.run_types import Embedded
-from lens_ray.tune_objective import inner_split, kfold_by_group, paired_unit, score_choice, summarize_units, units
+from lens_ray.core.pairs import Pair, inner_split, kfold_by_group
+from lens_ray.core.records import Embedded
+from lens_ray.core.search import paired_unit, score_choice, summarize_units, units
 
 
 def _groups(n_prompts: int, rng: np.random.Generator) -> list[str]:

@@ -3,8 +3,8 @@ import optuna
 import pytest
 
 from lens_ray.config import ConfigError, LensConfig, TuneConfig
-from lens_ray.tune_results import apply_tuned
-from lens_ray.tune_space import apply_point, default_point, suggest, tuned_overrides
+from lens_ray.core.search import apply_point, default_point, suggest, tuned_overrides
+from lens_ray.store.search_results import apply_tuned
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from lens_ray.models.reward import LinearScorer, RewardHead, bradley_terry_loss, build_head, mean_diff_direction
+from lens_ray.core.heads import LinearScorer, RewardHead, bradley_terry_loss, build_head, mean_diff_direction
 
 
 def test_head_shapes_and_rebuild():

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from lens_ray.models.vae import (
+from lens_ray.core.vae import (
     PreferenceVAE,
     bounded_divergence,
     kl_to_standard_normal,

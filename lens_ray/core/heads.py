@@ -1,0 +1,90 @@
+"""Reward heads r(e) on embeddings, their Bradley-Terry loss, and the rewards they give. Pure torch, no Ray.
+
+A new kind of head goes here: an `nn.Module` (..., d) -> (...) with a `config()` that `build_head` rebuilds
+from, bounded, when a stored head is loaded. `linear_head.py` fits the linear head's weights.
+
+Shapes: B = batch of pairs, n = embeddings, d = embedding dim.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lens_ray.core.vae import Standardizer, bounded_sizes, mlp
+
+
+class RewardHead(nn.Module):
+    """r(e): (..., d) -> (...). An MLP on standardized embeddings."""
+
+    def __init__(self, dim: int, hidden_dim: int = 256, depth: int = 1, dropout: float = 0.1):
+        super().__init__()
+        self.dim, self.hidden_dim, self.depth, self.dropout = dim, hidden_dim, depth, dropout
+        self.norm = Standardizer(dim)
+        self.net = mlp([dim] + [hidden_dim] * depth + [1], dropout=dropout)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return self.net(self.norm(e)).squeeze(-1)
+
+    def config(self) -> dict:
+        return {"kind": "mlp", "dim": self.dim, "hidden_dim": self.hidden_dim, "depth": self.depth,
+                "dropout": self.dropout}
+
+
+class LinearScorer(nn.Module):
+    """r(e) = w . e: the zero-training `mean_diff` scorer (w = mean(chosen) - mean(rejected)) and the fitted
+    linear Bradley-Terry head (linear_head.py)."""
+
+    def __init__(self, w: torch.Tensor):  # w: (d,)
+        super().__init__()
+        self.register_buffer("w", w.clone())
+        self.dim = w.shape[0]
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return e @ self.w
+
+    def config(self) -> dict:
+        return {"kind": "linear", "dim": self.dim}
+
+
+def mean_diff_direction(e_pos: torch.Tensor, e_neg: torch.Tensor) -> torch.Tensor:
+    """(n, d) x2 -> (d,): the mean chosen minus the mean rejected embedding."""
+    return e_pos.mean(0) - e_neg.mean(0)
+
+
+def mean_diff_head(e_pos: torch.Tensor, e_neg: torch.Tensor) -> LinearScorer:
+    """The zero-training head of training pairs (n, d) x2: r(e) = (mean chosen - mean rejected) . e."""
+    return LinearScorer(mean_diff_direction(e_pos, e_neg))
+
+
+@torch.no_grad()
+def rewards(head: nn.Module, e: torch.Tensor, batch: int = 4096) -> np.ndarray:
+    """A head's rewards (n,) of embeddings (n, d), in eval mode."""
+    head.eval()
+    return torch.cat([head(e[i:i + batch]) for i in range(0, len(e), batch)]).numpy() if len(e) else np.zeros(0)
+
+
+def bradley_terry_loss(r_pos: torch.Tensor, r_neg: torch.Tensor,
+                       weight: torch.Tensor | None = None) -> torch.Tensor:
+    """-E[w * log sigmoid(r+ - r-)] / E[w]: (B,) x2 [+ (B,)] -> scalar."""
+    nll = -F.logsigmoid(r_pos - r_neg)
+    if weight is None:
+        return nll.mean()
+    return (nll * weight).sum() / weight.sum().clamp_min(1e-12)
+
+
+def build_head(config: dict) -> nn.Module:
+    """Rebuild a head from its saved `config()` (weights loaded separately); sizes read from storage are
+    bounded before anything is allocated."""
+    kind = config.get("kind")
+    if kind == "linear":
+        bounded_sizes("head config", [config.get("dim"), 1], max_layers=0)
+        return LinearScorer(torch.zeros(config["dim"]))
+    if kind != "mlp":
+        raise ValueError(f"head config: unknown kind {kind!r}")
+    depth, dropout = config.get("depth"), config.get("dropout")
+    if not (isinstance(depth, int) and 1 <= depth <= 16 and isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+        raise ValueError(f"head config: depth {depth!r} or dropout {dropout!r} out of bounds")
+    bounded_sizes("head config", [config.get("dim")] + [config.get("hidden_dim")] * depth + [1], max_layers=16)
+    return RewardHead(config["dim"], config["hidden_dim"], depth, float(dropout))

@@ -1,0 +1,145 @@
+"""The linear Bradley-Terry head: r(e) = u . e + b, fitted to convergence (L-BFGS), its design chosen by
+k-fold over the training pairs. Pure torch, no Ray.
+
+The design has three parts, each chosen by held-out accuracy on whole prompts (never on eval data):
+- the input normalization T the weights are fitted in: none, diag (each dimension standardized) or whiten
+  (the covariance, shrunk toward its scaled identity, to the power -1/2). LLM hidden states have a few
+  huge dimensions and many small noisy ones; which geometry the L2 penalty should see is an empirical
+  question, so it is measured, not assumed;
+- the L2 strength lam on the weights in T-space (the differences are first scaled to unit mean square per
+  dimension, so lam means the same under every T);
+- a shrinkage s toward the class-mean direction: u = (1 - s) w_hat + s m_hat, unit vectors in embedding
+  space, m = mean(e+ - e-) (the zero-training `mean_diff` scorer is s = 1).
+The chosen design is refitted on all training pairs; a one-dimensional Bradley-Terry fit sets the scale of
+u . e, so rewards are calibrated log-odds, not just a ranking.
+
+Shapes: n pairs, d dims, F folds.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lens_ray.config import RewardConfig
+from lens_ray.core.heads import LinearScorer
+from lens_ray.core.pairs import group_rows
+from lens_ray.core.rng import FOLDS, keyed_rng
+
+
+@dataclass(frozen=True)
+class Design:
+    norm: str          # none | diag | whiten
+    l2: float
+    shrink: float
+
+
+@dataclass
+class LinearFit:
+    head: LinearScorer
+    design: Design
+    cv_accuracy: float                          # held-out accuracy of the chosen design, mean over folds
+    grid: list[dict] = field(default_factory=list)   # every design's held-out accuracy
+
+
+def transform(emb: torch.Tensor, norm: str, whiten_shrinkage: float) -> torch.Tensor:
+    """The (d, d) map P of a normalization, fitted on embeddings (m, d): features are e @ P."""
+    d = emb.shape[1]
+    if norm == "none":
+        return torch.eye(d, dtype=emb.dtype)
+    if norm == "diag":
+        return torch.diag(1.0 / emb.std(0).clamp_min(1e-6))
+    cov = torch.cov(emb.T)
+    cov = (1 - whiten_shrinkage) * cov + whiten_shrinkage * cov.diagonal().mean() * torch.eye(d, dtype=emb.dtype)
+    vals, vecs = torch.linalg.eigh(cov)
+    return vecs @ torch.diag(vals.clamp_min(1e-10).rsqrt()) @ vecs.T
+
+
+def fit_weights(x: torch.Tensor, weight: torch.Tensor, l2: float, start: torch.Tensor | None = None,
+                tolerance: float = 1e-6) -> torch.Tensor:
+    """argmin_w sum_i weight_i softplus(-x_i . w) / sum weight + l2/2 |w|^2 for differences x (n, d) -> w (d,).
+    Strictly convex (l2 > 0): L-BFGS with a strong Wolfe line search reaches the optimum, to a largest gradient
+    entry of `tolerance` (the unit-mean-square x keep gradients on one scale)."""
+    w = (start.clone() if start is not None else torch.zeros(x.shape[1], dtype=x.dtype)).requires_grad_(True)
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=1000, tolerance_grad=tolerance, tolerance_change=1e-12,
+                            history_size=20, line_search_fn="strong_wolfe")
+    total = weight.sum()
+
+    def closure():
+        opt.zero_grad()
+        loss = (weight * F.softplus(-(x @ w))).sum() / total + 0.5 * l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return w.detach()
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm().clamp_min(1e-12)
+
+
+def directions(pos: torch.Tensor, neg: torch.Tensor, weight: torch.Tensor, norm: str, l2s: list[float],
+               shrinks: list[float], whiten_shrinkage: float) -> dict[tuple[float, float], torch.Tensor]:
+    """Unit scoring directions in embedding space (d,) for each (l2, shrink), fitted on pairs (n, d) x2."""
+    p = transform(torch.cat([pos, neg]), norm, whiten_shrinkage)
+    x = (pos - neg) @ p
+    x = x / x.pow(2).mean().sqrt().clamp_min(1e-12)          # unit mean square: l2 means the same for every T
+    mean_dir = _unit((weight[:, None] * (pos - neg)).sum(0))
+    out, w = {}, None
+    for l2 in sorted(l2s, reverse=True):                      # strong to weak: each fit starts from the last
+        w = fit_weights(x, weight, l2, w)
+        w_dir = _unit(p @ w)                                   # back to embedding space
+        for s in shrinks:
+            out[(l2, s)] = _unit((1 - s) * w_dir + s * mean_dir)
+    return out
+
+
+def _accuracy(u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> float:
+    margin = (pos - neg) @ u
+    return float(((margin > 0).double() + 0.5 * (margin == 0).double()).mean())
+
+
+def calibrate(u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, weight: torch.Tensor) -> float:
+    """The Bradley-Terry scale a >= 0 of r = a u . e on the training pairs (a few Newton steps in 1-D)."""
+    z, a = (pos - neg) @ u, torch.zeros((), dtype=u.dtype)
+    for _ in range(50):
+        p = torch.sigmoid(-a * z)
+        grad = -(weight * z * p).sum() / weight.sum() + 1e-6 * a
+        hess = (weight * z * z * p * (1 - p)).sum() / weight.sum() + 1e-6
+        a = (a - grad / hess).clamp_min(0.0)
+        if grad.abs() < 1e-10:
+            break
+    return float(a)
+
+
+def fit_linear_head(cfg: RewardConfig, pos: torch.Tensor, neg: torch.Tensor, weight: torch.Tensor,
+                    source: np.ndarray, original: torch.Tensor, groups: list[str], seed: int) -> LinearFit:
+    """pos, neg (n, d), weight (n,): training pairs; source (n,): the real pair each comes from; original (n,):
+    whether it is that real pair; groups[j]: the prompt of real pair j. Folds keep whole prompts and every
+    synthetic pair beside its source; held-out folds are scored on their original pairs only."""
+    pos, neg, weight = pos.double(), neg.double(), weight.double()
+    members = list(group_rows(groups).values())
+    order = keyed_rng(seed, FOLDS).permutation(len(members))
+    fold_of_source = np.empty(len(groups), dtype=np.int64)
+    for rank, g in enumerate(order):
+        fold_of_source[members[g]] = rank % cfg.linear_folds
+    fold = fold_of_source[source]
+    grid: dict[Design, list[float]] = {}
+    for f, norm in itertools.product(range(cfg.linear_folds), cfg.linear_norms):
+        tr, va = torch.from_numpy(fold != f), torch.from_numpy((fold == f)) & original
+        if not va.any():
+            continue
+        dirs = directions(pos[tr], neg[tr], weight[tr], norm, list(cfg.linear_l2), list(cfg.linear_shrink),
+                          cfg.whiten_shrinkage)
+        for (l2, s), u in dirs.items():
+            grid.setdefault(Design(norm, l2, s), []).append(_accuracy(u, pos[va], neg[va]))
+    scored = {d: float(np.mean(a)) for d, a in grid.items()}
+    # best held-out accuracy; ties go to the simpler design (stronger penalty, more shrinkage)
+    best = max(scored, key=lambda d: (round(scored[d], 12), d.l2, d.shrink))
+    u = directions(pos, neg, weight, best.norm, [best.l2], [best.shrink], cfg.whiten_shrinkage)[(best.l2, best.shrink)]
+    a = calibrate(u, pos, neg, weight)
+    table = [{"norm": d.norm, "l2": d.l2, "shrink": d.shrink, "accuracy": acc} for d, acc in scored.items()]
+    return LinearFit(LinearScorer((a * u).float()), best, scored[best], table)

@@ -1,3 +1,0 @@
-"""OpenRLHF reward file: `--remote_rm_url /path/to/lens_ray/openrlhf_reward.py` with LENS_RAY_RUN=<run URI>
-(and optionally LENS_RAY_HEAD, LENS_RAY_NORMALIZE=1) scores in the trainer's own process."""
-from lens_ray.integrations import openrlhf_reward_func as reward_func  # noqa: F401

@@ -1,0 +1,69 @@
+"""What a job can check before Ray starts, in seconds: the settings (config validation), the data (read
+and parsed in full: ingest is cheap), the model (resolvable offline), the output and cache locations
+(writable; on S3 this finds a missing bucket or missing credentials). Each failure is a user error whose
+message names the file, row, field, model or location. No Ray.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+
+from lens_ray.config import LensConfig
+from lens_ray.core.pairs import Datasets
+from lens_ray.data.embed import ModelLoadError, resolve_model
+from lens_ray.data.ingest import load_datasets
+from lens_ray.store.storage import Storage, StorageError
+
+
+def check_model(spec: str) -> None:
+    """The model loads from what is on this machine (or, when the hub is reachable, from the hub)."""
+    src = resolve_model(spec)                      # a missing package or path raises here
+    if src.gguf_file:
+        with open(os.path.join(src.folder, src.gguf_file), "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise ModelLoadError(f"model {spec!r}: {src.gguf_file} is not a GGUF file")
+        return
+    if os.path.isdir(src.folder):
+        if not os.path.exists(os.path.join(src.folder, "config.json")):
+            raise ModelLoadError(f"model {spec!r}: folder {src.folder} has no config.json (not a transformers model)")
+        return
+    from huggingface_hub import try_to_load_from_cache
+    if isinstance(try_to_load_from_cache(spec, "config.json"), str):
+        return
+    aliases = "smollm2, minilm"
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise ModelLoadError(f"model {spec!r} is not an alias ({aliases}), a local folder or a .gguf file, and the "
+                             "hub is offline (HF_HUB_OFFLINE) with no cached copy")
+    from huggingface_hub import hf_hub_download
+    try:
+        hf_hub_download(spec, "config.json", etag_timeout=10)
+    except Exception as exc:                       # any hub failure: one line, not five retries' tracebacks
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"model {spec!r} is not an alias ({aliases}), a local folder or a .gguf file, and the "
+                             f"hub does not serve it ({first})") from exc
+
+
+def check_writable(store: Storage) -> None:
+    """Write and delete a probe object: finds a missing bucket, missing credentials or a read-only folder."""
+    probe = f".write-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        store.write_bytes(probe, b"")
+        store.delete(probe)
+    except (OSError, StorageError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = "; does the bucket exist, and are AWS credentials set?" if store.protocol == "s3" else ""
+        raise StorageError(f"cannot write to {store.uri} ({first}){hint}") from exc
+
+
+def preflight(cfg: LensConfig, log=print) -> Datasets:
+    """Every check of the main job; returns the ingested data (the pipeline then does not read it again)."""
+    cfg.validate()
+    check_model(cfg.embed.model)
+    check_writable(Storage(cfg.out_uri))
+    if cfg.embed.cache:
+        check_writable(Storage(cfg.cache_uri))
+    ds = load_datasets(cfg.data)
+    log(f"checked: settings, model {cfg.embed.model}, output {Storage(cfg.out_uri).uri}, data "
+        f"({len(ds.seed_pairs)} seed pairs, {len(ds.eval_pairs)} eval pairs, {len(ds.bon_prompts)} BoN prompts, "
+        f"{sum(ds.quarantine.counts.values())} quarantined)")
+    return ds

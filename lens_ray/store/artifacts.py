@@ -1,0 +1,159 @@
+"""Artifact formats in storage: embedding tables, synthetic sets, trained models. No Ray.
+
+Every file is written atomically and committed with a checksum; reads verify it, so an uncommitted,
+corrupt or truncated file is never read as data. Models are safetensors + a JSON document holding the
+module's config, the checksums of both and the fingerprint of what the model was made from: a config is
+verified and bounded before any module is built from it, and nothing loaded from storage is unpickled.
+"""
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from lens_ray.core.heads import build_head
+from lens_ray.core.vae import PreferenceVAE
+from lens_ray.store.columns import arrow_to_embeddings, embeddings_to_arrow
+from lens_ray.store.storage import ChecksumError, Manifest, Storage, StorageError, sha256
+
+SYNTHETIC = "synthetic"
+MAX_MODEL_JSON = 1 << 20          # a model's JSON document is small; a larger one is not read
+
+
+def write_pair_embeddings(manifest: Manifest, name: str, pos: np.ndarray, neg: np.ndarray | None, dtype: str,
+                          extra: dict | None = None) -> None:
+    """(n, d) [x2] -> <name>.parquet with columns pos [, neg] in row order (no neg: single responses).
+    `extra` goes into the manifest entry (e.g. a digest of the rows' content keys)."""
+    cols = {"pos": embeddings_to_arrow(pos, dtype)}
+    if neg is not None:
+        cols["neg"] = embeddings_to_arrow(neg, dtype)
+    info = manifest.store.write_parquet(f"{name}.parquet", pa.table(cols))
+    manifest.commit(f"{name}.parquet", {**info, **(extra or {})})
+
+
+def read_pair_embeddings(manifest: Manifest, name: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+    table = manifest.read_parquet(f"{name}.parquet")
+    if table is None:
+        return None
+    neg = arrow_to_embeddings(table.column("neg")) if "neg" in table.column_names else None
+    return arrow_to_embeddings(table.column("pos")), neg
+
+
+def synthetic_manifest(run: Storage) -> Manifest:
+    return Manifest.open(run.child(SYNTHETIC), {"kind": "synthetic"})
+
+
+def write_synthetic(run: Storage, name: str, syn_pos: np.ndarray, syn_neg: np.ndarray, key: str = "") -> None:
+    """(n, k, d) x2 -> synthetic/<name>.parquet (one row per source pair, k*d floats a side); `key` is the
+    fingerprint of what made them, so a re-run with the same settings reuses them."""
+    n, k, d = syn_pos.shape
+    table = pa.table({"pos": embeddings_to_arrow(syn_pos.reshape(n, k * d)),
+                      "neg": embeddings_to_arrow(syn_neg.reshape(n, k * d))},
+                     metadata={"k": str(k), "d": str(d)})
+    man = synthetic_manifest(run)
+    man.commit(f"{name}.parquet", {**man.store.write_parquet(f"{name}.parquet", table), "fingerprint": key})
+
+
+def read_synthetic(run: Storage, name: str, key: str | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The verified synthetic set, or None when missing, corrupt or (given `key`) made from other inputs."""
+    man = synthetic_manifest(run)
+    info = man.files.get(f"{name}.parquet")
+    if info is None or (key is not None and info.get("fingerprint") != key):
+        return None
+    table = man.read_parquet(f"{name}.parquet")
+    if table is None:
+        return None
+    k, d = int(table.schema.metadata[b"k"]), int(table.schema.metadata[b"d"])
+    n = table.num_rows
+    return (arrow_to_embeddings(table.column("pos")).reshape(n, k, d),
+            arrow_to_embeddings(table.column("neg")).reshape(n, k, d))
+
+
+def _canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True).encode()
+
+
+def save_model(store: Storage, name: str, state: dict[str, torch.Tensor], config: dict,
+               meta: dict | None = None) -> None:
+    """<name>.safetensors + <name>.json: config, its checksum, the weights' checksum, and meta (fingerprint,
+    metrics). The weights go first: a document exists only for weights written in full."""
+    blob = st_save({k: v.contiguous() for k, v in state.items()})
+    store.write_bytes(f"{name}.safetensors", blob)
+    store.write_json(f"{name}.json", {"config": config, "config_sha256": sha256(_canonical(config)),
+                                      "sha256": sha256(blob), "meta": meta or {}})
+
+
+def read_model_doc(store: Storage, name: str) -> dict | None:
+    """The model's JSON document, verified (size, shape, config checksum); None when there is none."""
+    if not store.exists(f"{name}.json"):
+        return None
+    raw = store.read_bytes(f"{name}.json")
+    if len(raw) > MAX_MODEL_JSON:
+        raise ChecksumError(f"{store.uri_of(name)}.json: {len(raw)} bytes, not a model document")
+    try:
+        doc = json.loads(raw)
+        ok = isinstance(doc, dict) and isinstance(doc.get("config"), dict) and isinstance(doc.get("sha256"), str)
+    except ValueError:
+        ok = False
+    if not ok or doc.get("config_sha256") != sha256(_canonical(doc["config"])):
+        raise ChecksumError(f"{store.uri_of(name)}.json: corrupt or tampered model document")
+    return doc
+
+
+def load_model_state(store: Storage, name: str) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """-> (state, config, meta), every checksum verified."""
+    doc = read_model_doc(store, name)
+    if doc is None:
+        raise StorageError(f"{store.uri_of(name)}.json: no such model")
+    blob = store.read_bytes(f"{name}.safetensors")
+    if sha256(blob) != doc["sha256"]:
+        raise ChecksumError(f"{store.uri_of(name)}.safetensors: checksum mismatch")
+    return st_load(blob), doc["config"], doc.get("meta", {})
+
+
+def load_head(store: Storage, name: str) -> torch.nn.Module:
+    """A head, its config bounded before the module is built (build_head checks it)."""
+    doc = read_model_doc(store, name)
+    if doc is None:
+        raise StorageError(f"{store.uri_of(name)}.json: no such head")
+    try:
+        head = build_head(doc["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ChecksumError(f"{store.uri_of(name)}.json: {exc}") from exc
+    state, _, _ = load_model_state(store, name)
+    head.load_state_dict(state)
+    return head.eval()
+
+
+def load_vae(store: Storage, name: str) -> PreferenceVAE:
+    doc = read_model_doc(store, name)
+    if doc is None:
+        raise StorageError(f"{store.uri_of(name)}.json: no such VAE")
+    try:
+        vae = PreferenceVAE.from_config(doc["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ChecksumError(f"{store.uri_of(name)}.json: {exc}") from exc
+    state, _, _ = load_model_state(store, name)
+    vae.load_state_dict(state)
+    return vae.eval()
+
+
+def reuse_model(store: Storage, name: str, key: str,
+                build: Callable[[dict], torch.nn.Module]) -> tuple[torch.nn.Module, dict] | None:
+    """(module, meta) of a stored model made from the inputs `key` names, verified, bounded (`build` checks the
+    config) and loaded; None when it must be (re)computed."""
+    try:
+        doc = read_model_doc(store, name)
+        if doc is None or doc.get("meta", {}).get("fingerprint") != key:
+            return None
+        module = build(doc["config"])
+        state, _, meta = load_model_state(store, name)
+        module.load_state_dict(state)
+        return module.eval(), meta
+    except (StorageError, KeyError, TypeError, ValueError, RuntimeError):
+        return None

@@ -1,15 +1,10 @@
-"""Ray job entry point: batch scoring and Best-of-N reranking of a data set with a run's head
-(`lens-ray batch-score`).
-
-    python jobs/score.py --run runs/lens-bon --data ../shared/data/alpaca_bon_dev.jsonl.gz --out runs/scored \
-        --best-of 16
+"""The same as jobs/batch_score.py (`lens-ray batch-score`), under its earlier name.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout too
-
-from lens_ray.cli import main  # noqa: E402
+from lens_ray.cli import job  # noqa: E402
 
 if __name__ == "__main__":
-    main(["batch-score", *sys.argv[1:]], prog="jobs/score.py")
+    job("batch-score", __file__)

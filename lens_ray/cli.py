@@ -1,39 +1,74 @@
-"""The `lens-ray` command: run (the main job; also `python jobs/full.py`), tune (the search; also
-`python jobs/tune.py`), synthesize (pairs at scale; also `python jobs/synthesize.py`), curve (the learning
-curve; also `python jobs/curve.py`), score, settings.
+"""The `lens-ray` command: one sub-command per job (`lens-ray --help` lists them with their purpose). The Ray
+jobs are also `python jobs/<command>.py` (what `ray job submit` runs; `jobs/full.py` is `jobs/run.py`).
 
-Flags come from the config fields (`config.setting(..., cli=...)`), with the field's own help; defaults
-<- a YAML file (`--config`) <- flags and `--set section.field=value`, which reaches any field.
-A user error ends as one line on stderr and exit status 2 (`--debug` shows the traceback).
+Settings: defaults <- a YAML file (`--config`) <- a search's pick (`run --from-tune`) <- flags and
+`--set section.field=value`, which reaches any field. `FLAGS` says which flag of which command sets which
+config field; the field itself holds the help, choices and bounds (config.py). Options that are not
+settings (`--from-run`, `--run`, `--out`, `--wait`) are declared once, in `OPTIONS`. A user error ends as one
+line on stderr and exit status 2 (`--debug` shows the traceback); Ctrl-C ends as one line saying what was kept.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
-import time
+from dataclasses import dataclass
 from typing import Callable
 
 from lens_ray.config import ConfigError, LensConfig, apply_overrides, describe, join_uri, load_config, walk
 
+# flag -> config field, per command (the field's help, choices and bounds describe the flag)
+RAY = {"--ray-address": "ray_address"}
+FLAGS: dict[str, dict[str, str]] = {
+    "run": {"--data": "data.data", "--eval-data": "data.eval_data", "--bon-data": "data.bon_data",
+            "--seed-pairs": "data.seed_pairs", "--eval-pairs": "data.eval_pairs", "--bon-prompts": "data.bon_prompts",
+            "--model": "embed.model", "--heads": "reward.heads", "--methods": "methods", "--factors": "factors",
+            "--seeds": "seeds", "--name": "name", "--storage": "storage", "--out": "out", "--cache": "cache", **RAY},
+    "tune": {"--name": "tune.name", "--num-samples": "tune.num_samples", "--folds": "tune.folds",
+             "--repeats": "tune.repeats", "--max-concurrent": "resources.tune_max_concurrent",
+             "--cpus-per-trial": "resources.tune_cpus_per_trial", **RAY},
+    "synthesize": {"--pairs": "scale.pairs", "--mode": "scale.mode", "--method": "scale.method", "--k": "scale.k",
+                   "--seed": "scale.seed", "--shard-pairs": "scale.shard_pairs", "--dtype": "scale.dtype",
+                   "--workers": "resources.synth_actors", "--cpus-per-worker": "resources.synth_cpus_per_actor",
+                   **RAY},
+    "curve": {"--name": "curve.name", "--sizes": "curve.sizes", "--heads": "reward.heads", "--methods": "methods",
+              "--factors": "factors", "--seeds": "seeds", **RAY},
+    "serve": {"--head": "serve.head", "--host": "serve.host", "--port": "serve.port", "--replicas": "serve.replicas",
+              "--max-batch-size": "serve.max_batch_size", "--batch-wait-ms": "serve.batch_wait_ms",
+              "--normalize": "serve.normalize", "--token-env": "serve.token_env", **RAY},
+    "batch-score": {"--head": "serve.head", **RAY},
+    "export": {"--head": "serve.head"},
+    "score": {"--head": "serve.head"},
+}
 
-def _flag(f, command: str) -> str | None:
-    cli = f.metadata.get("cli") or ()
-    if isinstance(cli, dict):
-        return cli.get(command)
-    return "--" + f.name.replace("_", "-") if command in cli else None
+# options that are not settings, declared once; a command takes the ones it names, with its own wording
+OPTIONS: dict[str, dict] = {
+    "--from-run": {"metavar": "RUN_URI", "required": True, "help": "a finished run (its output URI)"},
+    "--run": {"metavar": "RUN_URI", "required": True, "help": "a finished run (its output URI)"},
+    "--out": {"metavar": "URI", "help": "output URI"},
+    "--from-tune": {"metavar": "SEARCH_URI", "help": "use the settings a search (jobs/tune.py) chose; flags and "
+                    "--set still override them"},
+    "--wait": {"action": "store_true", "help": "if another job holds the output folder, wait for it"},
+    "--overwrite": {"action": "store_true", "help": "write into an output folder that holds other files"},
+}
 
 
-def parser(command: str, description: str, prog: str | None = None) -> argparse.ArgumentParser:
-    """A command's parser: its setting flags (from the config fields), --config, --set and --debug."""
+def parser(command: str, description: str, prog: str | None = None,
+           options: dict[str, dict] | None = None) -> argparse.ArgumentParser:
+    """A command's parser: its setting flags (FLAGS), its shared options (OPTIONS, each with the command's own
+    overrides), --config, --set and --debug."""
     p = argparse.ArgumentParser(prog=prog or f"lens-ray {command}", description=description)
     p.add_argument("--config", help="YAML file with the sections of lens_ray/config.py (lens-ray settings lists them)")
-    for path, f, value in walk(LensConfig()):
-        flag = _flag(f, command)
-        if flag:
-            switch = {"nargs": "?", "const": "true"} if str(f.type).startswith("bool") else {}   # --flag alone: on
-            p.add_argument(flag, dest=path, default=None, metavar=flag[2:].upper().replace("-", "_"),
-                           help=f"{describe(f)} (--set {path}; default {value!r})", **switch)
+    fields = {path: (f, value) for path, f, value in walk(LensConfig())}
+    for flag, path in FLAGS.get(command, {}).items():
+        f, value = fields[path]
+        switch = {"nargs": "?", "const": "true"} if str(f.type).startswith("bool") else {}   # --flag alone: on
+        p.add_argument(flag, dest=path, default=None, metavar=flag[2:].upper().replace("-", "_"),
+                       help=f"{describe(f)} (--set {path}; default {value!r})", **switch)
+    for flag, override in (options or {}).items():
+        p.add_argument(flag, **{**OPTIONS[flag], **override})
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, e.g. --set vae.beta=0.5 --set synth.noise_var=0.05")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -42,8 +77,8 @@ def parser(command: str, description: str, prog: str | None = None) -> argparse.
 
 def overrides(args: argparse.Namespace, command: str) -> dict:
     """The flags given and every --set, as dotted overrides."""
-    out = {path: vars(args)[path] for path, f, _ in walk(LensConfig()) if _flag(f, command) and
-           vars(args).get(path) is not None}
+    given = vars(args)
+    out = {path: given[path] for path in FLAGS.get(command, {}).values() if given.get(path) is not None}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
@@ -52,14 +87,32 @@ def overrides(args: argparse.Namespace, command: str) -> dict:
     return out
 
 
-# ------------------------------------------------------------------ run
+def _settings(args: argparse.Namespace, command: str, base: LensConfig | None = None) -> LensConfig:
+    """base (default: the defaults) <- YAML <- flags and --set; `ray_address` of a run read back says nothing
+    about where this command runs."""
+    if base is not None:
+        base.ray_address = None
+    return load_config(args.config, overrides(args, command), base=base)
+
+
+@contextlib.contextmanager
+def _on_ray(cfg: LensConfig, out: str, what: str, wait: bool):
+    """The output folder checked writable and leased to this job (see store/lease.py), then Ray joined or
+    started (see distributed/session.py); yields the lease."""
+    from lens_ray.distributed.session import connect
+    from lens_ray.pipelines.preflight import check_writable
+    from lens_ray.store.lease import Lease
+    from lens_ray.store.storage import Storage
+    check_writable(Storage(out))
+    with Lease(Storage(out), what=what).held(wait=wait, log=_print) as lease:
+        connect(cfg.ray_address)
+        yield lease
+
+
+# ------------------------------------------------------------------ the jobs
 
 def run_parser(prog: str = "lens-ray run") -> argparse.ArgumentParser:
-    p = parser("run", "LENS: embed, fit a VAE, synthesize pairs, train and compare reward models, on Ray.", prog)
-    p.add_argument("--from-tune", metavar="SEARCH_URI",
-                   help="use the settings a search (jobs/tune.py) chose; flags and --set still override them")
-    p.add_argument("--wait", action="store_true", help="if another job holds the output folder, wait for it")
-    return p
+    return parser("run", COMMANDS["run"].purpose, prog, {"--from-tune": {}, "--wait": {}})
 
 
 def config_from_args(args: argparse.Namespace) -> LensConfig:
@@ -76,180 +129,120 @@ def run_main(argv: list[str] | None = None, prog: str = "lens-ray run") -> dict:
     args = run_parser(prog).parse_args(argv)
     cfg = config_from_args(args)
     from lens_ray.pipelines.preflight import preflight
-    from lens_ray.store.lease import Lease
-    from lens_ray.store.storage import Storage
     ds = preflight(cfg, log=_print)                 # before Ray starts: errors in seconds, not minutes
-    with Lease(Storage(cfg.out_uri), what=f"run {cfg.name}").held(wait=args.wait, log=_print) as lease:
-        from lens_ray.distributed.session import connect
+    with _on_ray(cfg, cfg.out_uri, f"run {cfg.name}", args.wait) as lease:
         from lens_ray.pipelines.run import run
-        connect(cfg.ray_address)
         return run(cfg, log=_print, ds=ds, guard=lease.ensure_held)
 
 
-# ------------------------------------------------------------------ tune
-
-def tune_parser(prog: str = "lens-ray tune") -> argparse.ArgumentParser:
-    p = parser("tune", "Ray Tune search of the synthesis hyperparameters on a finished run's embeddings (never "
-               "re-embeds), k-fold paired against original.", prog)
-    p.add_argument("--from-run", action="append", required=True, metavar="RUN_URI",
-                   help="a finished run; give several (same data, e.g. other pooling) to search over them too")
-    p.add_argument("--out", help="output URI (default: <parent of the first run>/<name>)")
-    p.add_argument("--wait", action="store_true", help="if another job holds the output folder, wait for it")
-    return p
-
-
 def tune_main(argv: list[str] | None = None, prog: str = "lens-ray tune") -> dict:
-    args = tune_parser(prog).parse_args(argv)
+    args = parser("tune", COMMANDS["tune"].purpose, prog, {
+        "--from-run": {"action": "append", "help": "a finished run; give several (same data, e.g. other pooling) "
+                       "to search over them too"},
+        "--out": {"help": "output URI (default: <parent of the first run>/<name>)"}, "--wait": {}}).parse_args(argv)
     from lens_ray.data.finished_run import load_run_inputs
+    from lens_ray.pipelines.search import check_sources, search
     sources = [load_run_inputs(uri) for uri in args.from_run]
+    check_sources(sources)
     for s in sources:
         _print(f"run {s.uri}: {len(s.seed_pairs)} seed pairs, embeddings {s.settings}")
-    base = sources[0].config
-    base.ray_address = None              # where the run ran says nothing about where the search runs
-    cfg = load_config(args.config, overrides(args, "tune"), base=base)
+    cfg = _settings(args, "tune", sources[0].config)
     name = cfg.tune.name or f"{cfg.name}-tune"
     out = args.out or join_uri(sources[0].uri.rsplit("/", 1)[0], name)
-    from lens_ray.distributed.session import connect
-    from lens_ray.pipelines.search import search
-    with _leased(out, f"search {name}", args.wait):
-        connect(cfg.ray_address)
+    with _on_ray(cfg, out, f"search {name}", args.wait):
         return search(cfg, sources, out, log=_print)
 
 
-# ------------------------------------------------------------------ synthesize
-
 def synthesize_main(argv: list[str] | None = None, prog: str = "lens-ray synthesize"):
-    p = parser("synthesize", "N synthetic pairs (up to millions) from a finished run's VAE and embeddings, "
-               "streamed to storage with Ray Data; a re-run after a kill writes only the missing shards.", prog)
-    p.add_argument("--from-run", required=True, metavar="RUN_URI", help="a finished run's output URI")
-    p.add_argument("--out", required=True, help="output URI of the pair set")
-    p.add_argument("--wait", action="store_true", help="if another job holds the output folder, wait for it")
-    args = p.parse_args(argv)
+    args = parser("synthesize", COMMANDS["synthesize"].purpose + " A re-run after a kill writes only the missing "
+                  "shards.", prog, {"--from-run": {}, "--wait": {},
+                                    "--out": {"required": True, "help": "output URI of the pair set"}})
+    args = args.parse_args(argv)
     from lens_ray.data.finished_run import FinishedRun
-    run = FinishedRun.open(args.from_run)
-    run.config.ray_address = None
-    cfg = load_config(args.config, overrides(args, "synthesize"), base=run.config)   # the run's synth settings
-    from lens_ray.distributed.session import connect
     from lens_ray.pipelines.synthesize import synthesize_pairs
-    with _leased(args.out, "synthesis", args.wait):
-        connect(cfg.ray_address)
+    run = FinishedRun.open(args.from_run)
+    cfg = _settings(args, "synthesize", run.config)                  # the run's own synth settings
+    with _on_ray(cfg, args.out, "synthesis", args.wait):
         return synthesize_pairs(cfg, run, args.out, log=_print)
 
 
-def _leased(uri: str, what: str, wait: bool):
-    """The output folder checked writable, then leased to this job (see lease.py)."""
-    from lens_ray.pipelines.preflight import check_writable
-    from lens_ray.store.lease import Lease
-    from lens_ray.store.storage import Storage
-    check_writable(Storage(uri))
-    return Lease(Storage(uri), what=what).held(wait=wait, log=_print)
-
-
-# ------------------------------------------------------------------ curve
-
 def curve_main(argv: list[str] | None = None, prog: str = "lens-ray curve") -> dict:
-    p = parser("curve", "Learning curve: every method x head at several seed-pair counts (nested subsets by whole "
-               "prompts), from a finished run's embeddings (never re-embeds), one held-out evaluation.", prog)
-    p.add_argument("--from-run", required=True, metavar="RUN_URI", help="a finished run")
-    p.add_argument("--out", help="output URI (default: <parent of the run>/<name>)")
-    p.add_argument("--wait", action="store_true", help="if another job holds the output folder, wait for it")
-    args = p.parse_args(argv)
+    args = parser("curve", COMMANDS["curve"].purpose, prog, {
+        "--from-run": {}, "--out": {"help": "output URI (default: <parent of the run>/<name>)"},
+        "--wait": {}}).parse_args(argv)
     from lens_ray.data.finished_run import load_run_inputs
+    from lens_ray.pipelines.curve import run_curve
     source = load_run_inputs(args.from_run)
-    source.config.ray_address = None
-    cfg = load_config(args.config, overrides(args, "curve"), base=source.config)
+    cfg = _settings(args, "curve", source.config)
     name = cfg.curve.name or f"{cfg.name}-curve"
     out = args.out or join_uri(source.uri.rsplit("/", 1)[0], name)
-    from lens_ray.distributed.session import connect
-    from lens_ray.pipelines.curve import run_curve
-    with _leased(out, f"curve {name}", args.wait):
-        connect(cfg.ray_address)
+    with _on_ray(cfg, out, f"curve {name}", args.wait):
         return run_curve(cfg, source, out, log=_print)
 
 
-# ------------------------------------------------------------------ serve
-
 def serve_main(argv: list[str] | None = None, prog: str = "lens-ray serve") -> None:
-    p = parser("serve", "Serve a trained head on Ray Serve: POST /get_reward (OpenRLHF), POST /score, GET /healthz, "
-               "GET /info. Runs until interrupted.", prog)
-    p.add_argument("--run", required=True, metavar="RUN_URI", help="a finished run")
-    args = p.parse_args(argv)
-    cfg = load_config(args.config, overrides(args, "serve"))
-    from ray import serve
+    args = parser("serve", COMMANDS["serve"].purpose + " Runs until interrupted.", prog,
+                  {"--run": {}}).parse_args(argv)
+    cfg = _settings(args, "serve")
+    from lens_ray.distributed.serving import serve_run
+    serve_run(args.run, cfg, log=_print)
 
-    from lens_ray.distributed.serving import APP, build
-    from lens_ray.distributed.session import connect
-    app = build(args.run, cfg.serve)                       # a missing token variable fails before Ray starts
-    connect(cfg.ray_address)
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(app, name=APP, route_prefix="/", blocking=False)
-    url = f"http://{cfg.serve.host}:{cfg.serve.port}"
-    _print(f"serving {args.run} at {url}: POST /get_reward (OpenRLHF: --reward.remote_url {url}/get_reward), "
-           "POST /score, GET /healthz, GET /info; Ctrl-C stops it")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        serve.shutdown()
-
-
-# ------------------------------------------------------------------ batch scoring, export
 
 def batch_score_main(argv: list[str] | None = None, prog: str = "lens-ray batch-score") -> dict:
-    p = parser("batch-score", "Score every (prompt, response) of a data set with a run's head on the cluster's "
-               "embedding actors: pairs -> rewards and accuracy; scored completions -> rewards and the Best-of-N "
-               "pick per prompt with its gold score.", prog)
-    p.add_argument("--run", required=True, metavar="RUN_URI", help="a finished run")
-    p.add_argument("--data", required=True, help="data URI, any format the pipeline ingests")
-    p.add_argument("--out", required=True, help="output URI (rewards.parquet, summary.json)")
-    p.add_argument("--best-of", type=int, metavar="N", help="Best-of-N over each prompt's first N responses")
-    p.add_argument("--wait", action="store_true", help="if another job holds the output folder, wait for it")
-    args = p.parse_args(argv)
+    args = parser("batch-score", COMMANDS["batch-score"].purpose, prog, {
+        "--run": {}, "--out": {"required": True, "help": "output URI (rewards.parquet, summary.json)"}, "--wait": {}})
+    args.add_argument("--data", required=True, help="data URI, any format the pipeline ingests")
+    args.add_argument("--best-of", type=int, metavar="N", help="Best-of-N over each prompt's first N responses")
+    args = args.parse_args(argv)
     if args.best_of is not None and args.best_of < 1:
         raise ConfigError(f"--best-of: must be >= 1, got {args.best_of}")
-    cfg = load_config(args.config, overrides(args, "batch-score"))
-    from lens_ray.distributed.session import connect
+    cfg = _settings(args, "batch-score")
+    from lens_ray.data.finished_run import FinishedRun
     from lens_ray.pipelines.batch_score import batch_score
-    with _leased(args.out, "batch scoring", args.wait):
-        connect(cfg.ray_address)
-        return batch_score(cfg, args.run, args.data, args.out, args.best_of, log=_print)
+    run = FinishedRun.open(args.run)
+    run.head(cfg.serve.head)                          # a missing or foreign head fails here, before Ray starts
+    with _on_ray(cfg, args.out, "batch scoring", args.wait):
+        return batch_score(cfg, run, args.data, args.out, args.best_of, log=_print)
 
 
 def export_main(argv: list[str] | None = None, prog: str = "lens-ray export") -> str:
-    p = parser("export", "Write a run's head and its LM as a Hugging Face folder that "
-               "AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True) loads.", prog)
-    p.add_argument("--run", required=True, metavar="RUN_URI", help="a finished run")
-    p.add_argument("--out", required=True, metavar="DIR", help="a local folder")
-    args = p.parse_args(argv)
-    cfg = load_config(args.config, overrides(args, "export"))
-    from lens_ray.scoring.export import export
+    args = parser("export", COMMANDS["export"].purpose, prog, {
+        "--run": {}, "--out": {"required": True, "metavar": "DIR", "help": "a local folder: new, empty, or an "
+                               "earlier export (replaced)"}, "--overwrite": {}}).parse_args(argv)
+    cfg = _settings(args, "export")
+    from lens_ray.scoring.export import check_target, export
     from lens_ray.scoring.reward_model import RewardModel
+    check_target(args.out, args.overwrite)
     folder = export(RewardModel.from_run(args.run, cfg.serve.head), args.out)
     _print(f"exported to {folder}: AutoModelForSequenceClassification.from_pretrained({folder!r}, "
            "trust_remote_code=True)")
     return folder
 
 
-# ------------------------------------------------------------------ score, settings
+# ------------------------------------------------------------------ in this process: score, settings
 
 def score_main(argv: list[str] | None = None, prog: str = "lens-ray score") -> None:
-    p = argparse.ArgumentParser(prog=prog, description="Score (prompt, response) texts with a trained head.")
-    p.add_argument("--run", required=True, help="a finished run's output URI")
-    p.add_argument("--head", help="head name under <run>/heads (default: best validation accuracy)")
+    p = parser("score", COMMANDS["score"].purpose, prog, {"--run": {}})
     p.add_argument("--prompt")
     p.add_argument("--response")
     p.add_argument("--input", help="jsonl with prompt and response fields; prints one JSON line per row")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     args = p.parse_args(argv)
-    from lens_ray.scoring.reward_model import RewardModel
+    texts = args.prompt is not None or args.response is not None
+    if args.input is not None and texts:
+        raise ConfigError("give --prompt and --response, or --input FILE, not both")
     if args.input is None and (args.prompt is None or args.response is None):
         raise ConfigError("give --prompt and --response, or --input FILE")
-    rows = _score_rows(args.input) if args.input else None
-    rm = RewardModel.from_run(args.run, args.head)
-    if rows is None:
-        print(f"{float(rm.score([args.prompt], [args.response])[0]):.4f}")
+    cfg = _settings(args, "score")
+    rows = _score_rows(args.input) if args.input else [{"prompt": args.prompt, "response": args.response}]
+    from lens_ray.scoring.reward_model import RewardModel
+    rm = RewardModel.from_run(args.run, cfg.serve.head)
+    print(f"scoring {len(rows)} row(s) with head {rm.head_name} of {rm.run_uri}", file=sys.stderr, flush=True)
+    if not rows:
         return
     rewards = rm.score([r["prompt"] for r in rows], [r["response"] for r in rows])
+    if args.input is None:
+        print(f"{float(rewards[0]):.4f}")
+        return
     for row, r in zip(rows, rewards):
         print(json.dumps({**row, "reward": float(r)}))
 
@@ -275,17 +268,45 @@ def _score_rows(path: str) -> list[dict]:
 
 
 def settings_main(argv: list[str] | None = None, prog: str = "lens-ray settings") -> None:
-    """Every setting: its dotted name (for --set and YAML), default and description."""
-    argparse.ArgumentParser(prog=prog, description=settings_main.__doc__).parse_args(argv)
+    argparse.ArgumentParser(prog=prog, description=COMMANDS["settings"].purpose).parse_args(argv)
     for path, f, value in walk(LensConfig()):
         print(f"{path} = {value!r}\n    {describe(f)}")
 
 
 # ------------------------------------------------------------------ entry
 
-COMMANDS: dict[str, Callable] = {"run": run_main, "tune": tune_main, "synthesize": synthesize_main,
-                                 "curve": curve_main, "serve": serve_main, "batch-score": batch_score_main,
-                                 "export": export_main, "score": score_main, "settings": settings_main}
+@dataclass(frozen=True)
+class Command:
+    purpose: str
+    main: Callable
+
+
+COMMANDS: dict[str, Command] = {
+    "run": Command("LENS end to end: embed, fit a VAE, synthesize pairs, train and compare reward models, on Ray.",
+                   run_main),
+    "tune": Command("Ray Tune search of the synthesis settings on a finished run's embeddings (never re-embeds), "
+                    "k-fold paired against original.", tune_main),
+    "synthesize": Command("N synthetic pairs (up to millions) from a finished run's VAE and embeddings, streamed to "
+                          "storage with Ray Data.", synthesize_main),
+    "curve": Command("Learning curve: every method x head at several seed-pair counts (nested subsets by whole "
+                     "prompts), from a finished run's embeddings, one held-out evaluation.", curve_main),
+    "serve": Command("Serve a run's reward model on Ray Serve: POST /get_reward (OpenRLHF), POST /score, "
+                     "GET /healthz, GET /info.", serve_main),
+    "batch-score": Command("Score every (prompt, response) of a data set with a run's head on the cluster: pairs -> "
+                           "rewards and accuracy; scored completions -> rewards and the Best-of-N pick.",
+                           batch_score_main),
+    "export": Command("Write a run's reward model as a Hugging Face folder (AutoModelForSequenceClassification, "
+                      "trust_remote_code=True).", export_main),
+    "score": Command("Score (prompt, response) texts with a run's reward model, in this process.", score_main),
+    "settings": Command("Every setting: its dotted name (for --set and YAML), default and description.",
+                        settings_main),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    return ("usage: lens-ray COMMAND [options]   (lens-ray COMMAND --help for its options)\n\ncommands:\n"
+            + "\n".join(f"  {name:<{width}}  {c.purpose}" for name, c in COMMANDS.items()))
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -299,16 +320,32 @@ def user_errors() -> tuple[type[Exception], ...]:
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     """`lens-ray COMMAND ...`, or a job script's entry (prog names the script; argv starts with the command)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS:
-        raise SystemExit(f"usage: lens-ray {{{','.join(COMMANDS)}}} [options]   (lens-ray run --help)")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        raise SystemExit(0 if argv else 2)
+    if argv[0] not in COMMANDS:
+        print(f"lens-ray: unknown command {argv[0]!r}\n{usage()}", file=sys.stderr)
+        raise SystemExit(2)
     command, rest = argv[0], argv[1:]
+    prog = prog or f"lens-ray {command}"
     try:
-        COMMANDS[command](rest, prog=prog or f"lens-ray {command}")
+        COMMANDS[command].main(rest, prog=prog)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; everything committed so far is kept, and the same command resumes from it",
+              file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     except user_errors() as exc:
         if "--debug" in rest:
             raise
-        print(f"{prog or 'lens-ray ' + command}: error: {exc}", file=sys.stderr, flush=True)
+        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def job(command: str, script: str) -> None:
+    """A `jobs/<name>.py` entry: `lens-ray <command>` with the script's arguments, named after the script."""
+    main([command, *sys.argv[1:]], prog=f"jobs/{os.path.basename(script)}")
 
 
 def _print(message: str) -> None:

@@ -1,9 +1,9 @@
 """Typed configuration: one `LensConfig` flows from YAML / CLI down to every stage. No Ray.
 
-Each setting is described once, on its field: `setting(default, help, choices=..., ge=..., cli=...)`.
-The CLI flags (`cli.py`), `--set section.field=value`, `lens-ray settings` and validation all read that
-metadata; nothing else repeats a default or a help text. Every option the paper leaves **open** (see
-LENS.md) is a field here, with the default LENS.md names.
+Each setting is described once, on its field: `setting(default, help, choices=..., ge=...)`. The CLI flags
+(`cli.py` says which command has a flag for which field), `--set section.field=value`, `lens-ray settings` and
+validation all read that metadata; nothing else repeats a default or a help text. Every option the paper
+leaves **open** (see LENS.md) is a field here, with the default LENS.md names.
 
 What a job computes (`data`, `embed`, `vae`, `synth`, `reward`, `tune`, ...) is apart from where it runs
 (`resources`): fingerprints, cache keys and manifests never read `resources`, so the same job on a
@@ -34,27 +34,23 @@ PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")   # run, head and s
 
 def setting(default: Any, help: str, *, choices: tuple | None = None, ge: float | None = None,
             gt: float | None = None, le: float | None = None, lt: float | None = None, nonempty: bool = False,
-            plain_name: bool = False, pattern: str | None = None, cli: tuple[str, ...] | dict[str, str] = ()) -> Any:
+            plain_name: bool = False, pattern: str | None = None) -> Any:
     """A config field with its help, choices and bounds (checked on the value, or on each item of a tuple).
-
-    cli: the commands that get a flag for it, either ("run", "tune") (flag `--<field-name>`) or
-    {"tune": "--name"} (an explicit flag). Every field is reachable with `--set` anyway.
-    """
+    Which command has a flag for it is `cli.FLAGS`'s business; every field is reachable with `--set`."""
     meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "nonempty": nonempty,
-            "plain_name": plain_name, "pattern": pattern, "cli": cli}
+            "plain_name": plain_name, "pattern": pattern}
     return field(default=default, metadata=meta)
 
 
 @dataclass
 class DataConfig:
     data: str = setting("../shared/data/hh_harmless_dev.jsonl.gz",
-                        "preference data URI: jsonl/json/parquet[.gz], a saved HF dataset folder, hf://owner/name",
-                        cli={"run": "--data"})
-    eval_data: str | None = setting(None, "preference pairs for accuracy; unset: held out from `data`", cli=("run",))
+                        "preference data URI: jsonl/json/parquet[.gz], a saved HF dataset folder, hf://owner/name")
+    eval_data: str | None = setting(None, "preference pairs for accuracy; unset: held out from `data`")
     bon_data: str | None = setting(None, "scored completions for Best-of-N; unset: `data` itself when it is scored "
-                                   "completions (its prompts are split), else no Best-of-N", cli=("run",))
-    seed_pairs: int = setting(1000, "pairs the method may learn from (picked with split_seed)", ge=10, cli=("run",))
-    eval_pairs: int | None = setting(None, "cap on held-out eval pairs; unset: all that remain", ge=1, cli=("run",))
+                                   "completions (its prompts are split), else no Best-of-N")
+    seed_pairs: int = setting(1000, "pairs the method may learn from (picked with split_seed)", ge=10)
+    eval_pairs: int | None = setting(None, "cap on held-out eval pairs; unset: all that remain", ge=1)
     val_fraction: float = setting(0.15, "share of the seed pairs held out for early stopping (never eval data)",
                                   gt=0, lt=1)
     split_seed: int = setting(0, "seed of every data split (seed/eval, validation, folds)", ge=0)
@@ -68,13 +64,12 @@ class DataConfig:
     bon_n: int = setting(16, "responses per Best-of-N prompt", ge=2)
     bon_prompt_fraction: float = setting(0.5, "when data is scored completions: share of its prompts kept for "
                                          "Best-of-N", gt=0, lt=1)
-    bon_prompts: int | None = setting(None, "cap on Best-of-N prompts (cost control)", ge=1, cli=("run",))
+    bon_prompts: int | None = setting(None, "cap on Best-of-N prompts (cost control)", ge=1)
 
 
 @dataclass
 class EmbedConfig:
-    model: str = setting("smollm2", "embedding LM: smollm2, minilm, a local folder, a .gguf file or a hub id",
-                         cli=("run",))
+    model: str = setting("smollm2", "embedding LM: smollm2, minilm, a local folder, a .gguf file or a hub id")
     pooling: str = setting("auto", "auto: last non-pad token for causal LMs, mean for encoders",
                            choices=("auto", "last", "mean"))
     max_length: int = setting(256, "tokens; longer inputs lose prompt tokens from the left (counted)", ge=8)
@@ -130,7 +125,7 @@ class SynthConfig:
 class RewardConfig:
     heads: tuple[str, ...] = setting(("mlp",), "reward heads each method is trained with: mlp (early-stopped "
                                      "MLP) and/or linear (Bradley-Terry weights fitted to convergence, design "
-                                     "chosen by k-fold)", choices=HEADS, nonempty=True, cli=("run", "curve"))
+                                     "chosen by k-fold)", choices=HEADS, nonempty=True)
     hidden_dim: int = setting(256, "MLP head: hidden width", ge=1, le=65536)
     depth: int = setting(1, "MLP head: hidden layers", ge=1, le=16)
     dropout: float = setting(0.1, "MLP head: dropout", ge=0, lt=1)
@@ -158,12 +153,10 @@ class RewardConfig:
 @dataclass
 class TuneConfig:
     """The Ray Tune search (`jobs/tune.py`): what it spans, how it measures, what it may spend."""
-    name: str | None = setting(None, "search name; unset: <run name>-tune; the same name resumes", plain_name=True,
-                               cli={"tune": "--name"})
-    num_samples: int = setting(24, "trials", ge=1, cli={"tune": "--num-samples"})
-    folds: int = setting(4, "k-fold over the seed pairs (whole prompts per fold)", ge=2, cli={"tune": "--folds"})
-    repeats: int = setting(2, "seeds per fold: each trial fits folds * repeats paired heads", ge=1,
-                           cli={"tune": "--repeats"})
+    name: str | None = setting(None, "search name; unset: <run name>-tune; the same name resumes", plain_name=True)
+    num_samples: int = setting(24, "trials", ge=1)
+    folds: int = setting(4, "k-fold over the seed pairs (whole prompts per fold)", ge=2)
+    repeats: int = setting(2, "seeds per fold: each trial fits folds * repeats paired heads", ge=1)
     grace_period: int | None = setting(None, "units a trial runs before ASHA may stop it; unset: one pass over "
                                        "the folds", ge=1)
     reduction_factor: float = setting(2.0, "ASHA keeps the top 1/reduction_factor at each rung", gt=1)
@@ -179,31 +172,25 @@ class TuneConfig:
 @dataclass
 class CurveConfig:
     """`lens-ray curve`: every method x head at several seed-pair counts, from a finished run's embeddings."""
-    name: str | None = setting(None, "curve name; unset: <run name>-curve; the same name resumes", plain_name=True,
-                               cli={"curve": "--name"})
+    name: str | None = setting(None, "curve name; unset: <run name>-curve; the same name resumes", plain_name=True)
     sizes: tuple[str, ...] = setting(("50", "100", "250", "500", "1000", "all"), "seed-pair counts (nested subsets "
                                      "by whole prompts); all: every seed pair", pattern=r"all|[1-9][0-9]*",
-                                     nonempty=True, cli={"curve": "--sizes"})
+                                     nonempty=True)
 
 
 @dataclass
 class ServeConfig:
     """`lens-ray serve`: a trained head as a reward server on Ray Serve (and the batch scorer's head)."""
-    head: str | None = setting(None, "head under <run>/heads; unset: the best validation accuracy", plain_name=True,
-                               cli={"serve": "--head", "batch-score": "--head", "export": "--head"})
-    host: str = setting("127.0.0.1", "address the HTTP proxy listens on (0.0.0.0 exposes it: set a token)",
-                        cli={"serve": "--host"})
-    port: int = setting(8000, "HTTP port", ge=1, le=65535, cli={"serve": "--port"})
-    replicas: int = setting(1, "server replicas (each loads the LM once)", ge=1, cli={"serve": "--replicas"})
+    head: str | None = setting(None, "head under <run>/heads; unset: the best validation accuracy", plain_name=True)
+    host: str = setting("127.0.0.1", "address the HTTP proxy listens on (0.0.0.0 exposes it: set a token)")
+    port: int = setting(8000, "HTTP port", ge=1, le=65535)
+    replicas: int = setting(1, "server replicas (each loads the LM once)", ge=1)
     cpus_per_replica: float = setting(1.0, "CPUs per replica", gt=0)
-    max_batch_size: int = setting(32, "requests batched into one forward pass", ge=1, le=4096,
-                                  cli={"serve": "--max-batch-size"})
-    batch_wait_ms: float = setting(10.0, "how long a batch waits to fill", ge=0, le=10000,
-                                   cli={"serve": "--batch-wait-ms"})
-    normalize: bool = setting(False, "standardize rewards with the head's training-reward mean and std",
-                              cli={"serve": "--normalize"})
+    max_batch_size: int = setting(32, "requests batched into one forward pass", ge=1, le=4096)
+    batch_wait_ms: float = setting(10.0, "how long a batch waits to fill", ge=0, le=10000)
+    normalize: bool = setting(False, "standardize rewards with the head's training-reward mean and std")
     token_env: str | None = setting(None, "name of an environment variable holding a bearer token clients must "
-                                    "send (Authorization: Bearer ...); unset: no token", cli={"serve": "--token-env"})
+                                    "send (Authorization: Bearer ...); unset: no token")
     max_body_bytes: int = setting(8 << 20, "largest request body accepted", ge=1024)
     max_items: int = setting(1024, "most texts in one request", ge=1)
 
@@ -211,16 +198,14 @@ class ServeConfig:
 @dataclass
 class ScaleConfig:
     """`lens-ray synthesize`: N synthetic pairs from a finished run, streamed to storage."""
-    pairs: int = setting(1_000_000, "pairs to write", ge=1, cli={"synthesize": "--pairs"})
+    pairs: int = setting(1_000_000, "pairs to write", ge=1)
     mode: str = setting("materialized", "materialized: the embeddings; seeded: 14 bytes a pair, decoded when read",
-                        choices=("materialized", "seeded"), cli={"synthesize": "--mode"})
-    method: str = setting("lens", "augmenting method", choices=AUGMENTING, cli={"synthesize": "--method"})
-    k: int = setting(2, "synthetic embeddings per side per unit: (k+1)^2-1 pairs a unit", ge=1, le=64,
-                     cli={"synthesize": "--k"})
-    seed: int = setting(0, "which of the run's seeds (its VAE) and the RNG seed", ge=0, cli={"synthesize": "--seed"})
-    shard_pairs: int = setting(16384, "pairs per stored shard", ge=1, cli={"synthesize": "--shard-pairs"})
-    dtype: str = setting("float32", "dtype of materialized embeddings", choices=("float32", "float16"),
-                         cli={"synthesize": "--dtype"})
+                        choices=("materialized", "seeded"))
+    method: str = setting("lens", "augmenting method", choices=AUGMENTING)
+    k: int = setting(2, "synthetic embeddings per side per unit: (k+1)^2-1 pairs a unit", ge=1, le=64)
+    seed: int = setting(0, "which of the run's seeds (its VAE) and the RNG seed", ge=0)
+    shard_pairs: int = setting(16384, "pairs per stored shard", ge=1)
+    dtype: str = setting("float32", "dtype of materialized embeddings", choices=("float32", "float16"))
 
 
 @dataclass
@@ -238,12 +223,11 @@ class ResourcesConfig:
     vae_cpus_per_worker: float = setting(1.0, "CPUs per VAE worker", gt=0)
     reward_workers: int = setting(2, "Ray Train (DDP) workers for the reward heads", ge=1)
     reward_cpus_per_worker: float = setting(1.0, "CPUs per reward-head worker", gt=0)
-    synth_actors: int = setting(1, "synthesis actors", ge=1, cli={"synthesize": "--workers"})
-    synth_cpus_per_actor: float = setting(0.5, "CPUs per synthesis actor", gt=0,
-                                          cli={"synthesize": "--cpus-per-worker"})
+    synth_actors: int = setting(1, "synthesis actors", ge=1)
+    synth_cpus_per_actor: float = setting(0.5, "CPUs per synthesis actor", gt=0)
     synth_batch_size: int = setting(256, "source pairs per synthesis batch", ge=1)
-    tune_max_concurrent: int = setting(2, "trials at once", ge=1, cli={"tune": "--max-concurrent"})
-    tune_cpus_per_trial: float = setting(1.0, "CPUs per trial", gt=0, cli={"tune": "--cpus-per-trial"})
+    tune_max_concurrent: int = setting(2, "trials at once", ge=1)
+    tune_cpus_per_trial: float = setting(1.0, "CPUs per trial", gt=0)
     train_max_failures: int = setting(3, "Ray Train: worker-group failures a stage survives (each resumes from "
                                       "its last checkpoint)", ge=0)
     actor_max_restarts: int = setting(3, "Ray Data: restarts of a dead embedding or synthesis actor", ge=0)
@@ -251,20 +235,16 @@ class ResourcesConfig:
 
 @dataclass
 class LensConfig:
-    name: str = setting("lens-hh", "run name (a plain name: letters, digits, . _ -)", plain_name=True,
-                        cli=("run",))
-    storage: str = setting("runs", "artifact root: path, file:// or s3://bucket/prefix", cli=("run",))
-    out: str | None = setting(None, "this run's output URI; unset: <storage>/<name>", cli=("run",))
-    cache: str | None = setting(None, "embedding cache URI; unset: <storage>/cache", cli=("run",))
-    methods: tuple[str, ...] = setting(METHODS, "methods compared", choices=METHODS, nonempty=True,
-                                       cli=("run", "curve"))
+    name: str = setting("lens-hh", "run name (a plain name: letters, digits, . _ -)", plain_name=True)
+    storage: str = setting("runs", "artifact root: path, file:// or s3://bucket/prefix")
+    out: str | None = setting(None, "this run's output URI; unset: <storage>/<name>")
+    cache: str | None = setting(None, "embedding cache URI; unset: <storage>/cache")
+    methods: tuple[str, ...] = setting(METHODS, "methods compared", choices=METHODS, nonempty=True)
     factors: tuple[int, ...] = setting((4, 8), "augmentation factors (pairs per original pair)", ge=2, le=64,
-                                       nonempty=True, cli=("run", "curve"))
-    seeds: int = setting(5, "seeds per method (validation split, initialization, synthesis noise)", ge=1,
-                         cli=("run", "curve"))
+                                       nonempty=True)
+    seeds: int = setting(5, "seeds per method (validation split, initialization, synthesis noise)", ge=1)
     ray_address: str | None = setting(None, "Ray cluster to join; unset: RAY_ADDRESS (set by `ray job submit`), "
-                                      "else a local Ray", cli=("run", "tune", "synthesize", "curve", "serve",
-                                                               "batch-score"))
+                                      "else a local Ray")
     from_tune: str | None = setting(None, "a search's output URI whose chosen settings this run used")
     data: DataConfig = field(default_factory=DataConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)

@@ -223,6 +223,12 @@ def pad(ids: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.T
     return input_ids, mask
 
 
+def resolve_pooling(pooling: str, kind: str) -> str:
+    """The pooling setting for a model of `kind` (causal | encoder): auto is the last token of a causal LM and
+    the mean over an encoder's tokens."""
+    return ("last" if kind == "causal" else "mean") if pooling == "auto" else pooling
+
+
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     """hidden (B, T, H), mask (B, T) -> (B, H). last: the last position whose mask is 1; mean: masked mean."""
     if how == "last":
@@ -239,7 +245,7 @@ def embed_layers(lm: LoadedModel, ids: list[list[int]], pooling: str, padding_si
     """Token ids of one batch -> the pooled hidden states of `layers` (B, L, H) float32, all from one forward
     pass. A layer is an index into the hidden states, negative from the end: -1 is the last layer's output
     (after the final norm), -2 the output of the layer before it, and so on."""
-    how = ("last" if lm.kind == "causal" else "mean") if pooling == "auto" else pooling
+    how = resolve_pooling(pooling, lm.kind)
     input_ids, mask = pad(ids, lm.tokenizer.pad_token_id, padding_side)
     position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
     input_ids, mask, position_ids = (t.to(lm.device) for t in (input_ids, mask, position_ids))

@@ -1,26 +1,30 @@
 """The one reader of a finished run, for work that re-uses its embeddings and models (the Tune search,
-`--from-tune`, synthesis at scale, the learning curve, scoring). No Ray.
+`--from-tune`, synthesis at scale, the learning curve, the reward model, batch scoring, export). No Ray.
 
-`FinishedRun.open(uri)` reads the run's config and embedding manifest; `.table(name)` and `.vae(seed)` read
-verified artifacts. `.inputs()` re-ingests the run's data with the run's own settings (cheap, deterministic)
-to recover what the embeddings do not hold — the prompts that group seed pairs into folds, the Best-of-N
-gold scores — and checks the rows against the content keys the embeddings were stored under, so data that
-changed since the run is refused instead of silently misaligned. Nothing is re-embedded.
+`FinishedRun.open(uri)` reads the run's report, its typed config and its embedding manifest; `.table(name)`,
+`.vae(seed)` and `.head(name)` read verified artifacts (a head must also fit the run's embedding dimension).
+`.inputs()` re-ingests the run's data with the run's own settings (cheap, deterministic) to recover what the
+embeddings do not hold — the prompts that group seed pairs into folds, the Best-of-N gold scores — and
+checks the rows against the content keys the embeddings were stored under, so data that changed since the
+run is refused instead of silently misaligned. Nothing is re-embedded.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from lens_ray.config import LensConfig, config_from_dict, fingerprint
+from lens_ray.config import PLAIN_NAME, LensConfig, config_from_dict, fingerprint
+from lens_ray.core.heads import build_head
 from lens_ray.core.pairs import Pair
-from lens_ray.core.records import Embedded, bon_draws, table_texts
+from lens_ray.core.records import Cell, Embedded, bon_draws, table_texts
 from lens_ray.core.vae import PreferenceVAE
 from lens_ray.data.embed import settings_key
 from lens_ray.data.ingest import load_datasets
-from lens_ray.store.artifacts import load_vae, read_pair_embeddings
-from lens_ray.store.storage import Manifest, Storage, StorageError
+from lens_ray.store.artifacts import load_model, read_model_doc, read_pair_embeddings
+from lens_ray.store.storage import ChecksumError, Manifest, Storage, StorageError
 
 
 @dataclass
@@ -41,15 +45,48 @@ class FinishedRun:
     uri: str
     store: Storage
     config: LensConfig
-    embeddings: Manifest
+    report: dict
 
     @classmethod
     def open(cls, uri: str) -> "FinishedRun":
         store = Storage(uri)
         if not store.exists("report.json"):
             raise StorageError(f"{uri}: no report.json; is it a finished lens-ray run?")
-        cfg = config_from_dict(store.read_json("report.json")["config"])
-        return cls(store.uri, store, cfg, Manifest.load(store.child("embeddings")))
+        report = store.read_json("report.json")
+        cfg = config_from_dict(report["config"])
+        return cls(store.uri, store, cfg, report)
+
+    @functools.cached_property
+    def embeddings(self) -> Manifest:
+        """The manifest of the run's embedding tables: their settings (`.meta`) and checksums."""
+        return Manifest.load(self.store.child("embeddings"))
+
+    def default_head(self) -> str:
+        """The head the run's reward model uses unless one is named: the best validation accuracy among the
+        heads that did not fail."""
+        scored = [r for r in self.report["results"] if r.get("val_accuracy") is not None
+                  and r.get("status", "ok") == "ok"]
+        if not scored:
+            raise StorageError(f"{self.uri}: no trained head with a validation accuracy; name one with --head")
+        best = max(scored, key=lambda r: r["val_accuracy"])
+        return Cell(best["method"], best["factor"], best["seed"], best.get("head_kind", "mlp")).name
+
+    def head(self, name: str | None = None) -> tuple[torch.nn.Module, str, dict]:
+        """(head, its name, its meta) for `name` under <run>/heads (None: `default_head()`), verified and bounded,
+        and of the run's embedding dimension."""
+        name = name or self.default_head()
+        if not PLAIN_NAME.fullmatch(name):
+            raise StorageError(f"head {name!r} is not a plain name (see {self.uri}/heads)")
+        heads = self.store.child("heads")
+        if read_model_doc(heads, name) is None:
+            known = sorted(n[:-len(".json")] for n in heads.listdir() if n.endswith(".json"))
+            raise StorageError(f"{self.uri}: no head {name!r}; heads: {', '.join(known) or 'none'}")
+        head, meta = load_model(heads, name, build_head)
+        dim = self.report.get("embedding_dim")
+        if dim is not None and head.dim != dim:
+            raise ChecksumError(f"{heads.uri_of(name)}.json: a head of dimension {head.dim}, but the run's embeddings "
+                                f"have dimension {dim}: not this run's head")
+        return head, name, meta
 
     def table(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
         """A stored embedding table (seed, eval, bon), verified against its checksum."""
@@ -62,7 +99,9 @@ class FinishedRun:
     def vae(self, seed: int) -> PreferenceVAE | None:
         """The run's VAE for `seed`, or None if the run fitted none (no lens method)."""
         vaes = self.store.child("vae")
-        return load_vae(vaes, f"seed-{seed}") if vaes.exists(f"seed-{seed}.json") else None
+        if not vaes.exists(f"seed-{seed}.json"):
+            return None
+        return load_model(vaes, f"seed-{seed}", PreferenceVAE.from_config)[0]
 
     def inputs(self) -> RunInputs:
         """The run's data, re-ingested and checked against its embeddings' content keys, with the embeddings."""

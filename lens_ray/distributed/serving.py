@@ -16,13 +16,17 @@ import asyncio
 import hashlib
 import hmac
 import os
+import socket
 import time
 
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from lens_ray.config import ServeConfig, apply_overrides, load_config
+from lens_ray.config import ConfigError, LensConfig, ServeConfig, apply_overrides, load_config
+from lens_ray.core.progress import Log
+from lens_ray.data.finished_run import FinishedRun
+from lens_ray.distributed.session import connect
 from lens_ray.scoring.protocols import BadRequest, Limits, openrlhf_items, openrlhf_reply, parse_json, score_items
 from lens_ray.scoring.reward_model import RewardModel
 
@@ -101,7 +105,6 @@ def build(run: str, sc: ServeConfig):
     if sc.token_env:
         token = os.environ.get(sc.token_env)
         if not token:
-            from lens_ray.config import ConfigError
             raise ConfigError(f"serve.token_env: the environment variable {sc.token_env} is not set or empty")
         token_sha256 = hashlib.sha256(token.encode()).hexdigest()
     from dataclasses import asdict
@@ -111,12 +114,42 @@ def build(run: str, sc: ServeConfig):
 
 
 def app_builder(args: dict[str, str]):
-    """`serve run lens_ray.distributed.serving:app_builder run=URI [head=...] [normalize=true] [max_batch_size=32] ...`:
+    """`serve run lens_ray.distributed.serving:app_builder run=URI [head=...] [normalize=true] ...`:
     every key but `run` is a field of the `serve` config section."""
     args = dict(args)
     if "run" not in args:
-        from lens_ray.config import ConfigError
         raise ConfigError("app_builder: give run=URI (a finished lens-ray run)")
     run = args.pop("run")
     cfg = apply_overrides(load_config(None), {f"serve.{k}": v for k, v in args.items()})
     return build(run, cfg.serve)
+
+
+def serve_run(run: str, cfg: LensConfig, log: Log = print) -> None:
+    """`lens-ray serve`: check what can be checked before Ray starts (the run and its head, the token, the port),
+    then start Serve's proxy on cfg.serve.host:port and the application, and serve until Ctrl-C."""
+    sc = cfg.serve
+    FinishedRun.open(run).head(sc.head)                # a missing run or head, or a foreign one, fails here
+    app = build(run, sc)                               # a missing token variable fails here
+    check_port_free(sc.host, sc.port)
+    connect(cfg.ray_address)
+    serve.start(http_options={"host": sc.host, "port": sc.port})
+    serve.run(app, name=APP, route_prefix="/", blocking=False)
+    url = f"http://{sc.host}:{sc.port}"
+    log(f"serving {run} at {url}: POST /get_reward (OpenRLHF: --reward.remote_url {url}/get_reward), "
+        "POST /score, GET /healthz, GET /info; Ctrl-C stops it")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+        log("stopped")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """The proxy's port is free on host (else a ConfigError naming it, not a replica's traceback later)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"serve.port: cannot listen on {host}:{port} ({exc.strerror}); is another server "
+                              "running there? choose another with --port") from exc

@@ -12,7 +12,6 @@ nothing that reached the cache).
 from __future__ import annotations
 
 import time
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -21,15 +20,12 @@ import torch
 from lens_ray.config import LensConfig
 from lens_ray.core.heads import rewards
 from lens_ray.core.pairs import Quarantine
+from lens_ray.core.progress import Log
 from lens_ray.data.embed import settings_key
 from lens_ray.data.finished_run import FinishedRun
 from lens_ray.data.formats import detect_format, to_pairs, to_scored
 from lens_ray.data.ingest import read_table
-from lens_ray.scoring.reward_model import pick_head
-from lens_ray.store.artifacts import load_head
 from lens_ray.store.storage import Manifest, Storage
-
-Log = Callable[[str], None]
 
 
 def _texts(rows: list, where: list[str], q: Quarantine, best_of: int | None) -> tuple[str, list[tuple], dict]:
@@ -53,11 +49,9 @@ def _vectors(cfg: LensConfig, settings: dict, texts: list[tuple], log: Log) -> n
     return np.stack([vectors[settings_key(settings, p, r)] for p, r in texts])
 
 
-def batch_score(cfg: LensConfig, run_uri: str, data_uri: str, out_uri: str, best_of: int | None,
+def batch_score(cfg: LensConfig, run: FinishedRun, data_uri: str, out_uri: str, best_of: int | None,
                 log: Log = print) -> dict:
-    run = FinishedRun.open(run_uri)
-    head_name = cfg.serve.head or pick_head(run.store.read_json("report.json"), run.uri)
-    head = load_head(run.store.child("heads"), head_name)
+    head, head_name, _ = run.head(cfg.serve.head)
     out = Storage(out_uri)
     manifest = Manifest.open(out, {"run": run.uri, "head": head_name, "data": data_uri, "best_of": best_of})
     if "summary.json" in manifest.files and manifest.read_parquet("rewards.parquet") is not None:

@@ -68,14 +68,19 @@ def search(cfg: LensConfig, sources: list[RunInputs], out_uri: str, log: Log = p
     return report
 
 
-def open_search(cfg: LensConfig, sources: list[RunInputs], out: Storage) -> str:
-    """The search's manifest: what defines it (never its budget or resources); a re-run that would define it
-    otherwise is refused. Returns its name."""
+def check_sources(sources: list[RunInputs]) -> None:
+    """Runs searched together must share their seed pairs (the folds are drawn from them)."""
     first = sources[0]
     for s in sources[1:]:
         if s.groups != first.groups:
             raise ConfigError(f"{s.uri}: its seed pairs differ from {first.uri}'s; runs searched together must "
                               "share data")
+
+
+def open_search(cfg: LensConfig, sources: list[RunInputs], out: Storage) -> str:
+    """The search's manifest: what defines it (never its budget or resources); a re-run that would define it
+    otherwise is refused. Returns its name."""
+    check_sources(sources)
     name = cfg.tune.name or f"{cfg.name}-tune"
     base = cfg.to_dict()
     Manifest.open(out, {"name": name, "sources": [s.uri for s in sources],

@@ -3,17 +3,17 @@ streamed to storage by `ray_data.synthesize_at_scale`. Composes the pieces; adds
 from __future__ import annotations
 
 import time
-from typing import Callable
 
 import torch
 
 from lens_ray.config import ConfigError, LensConfig
 from lens_ray.core.augment import Augmenter
+from lens_ray.core.progress import Log
 from lens_ray.data.finished_run import FinishedRun
 from lens_ray.store.storage import Manifest, Storage
 
 
-def synthesize_pairs(cfg: LensConfig, run: FinishedRun, out_uri: str, log: Callable[[str], None] = print) -> Manifest:
+def synthesize_pairs(cfg: LensConfig, run: FinishedRun, out_uri: str, log: Log = print) -> Manifest:
     """cfg.scale says how many pairs, which method and mode; cfg.synth (the run's own) how to draw them."""
     sc = cfg.scale
     pos, neg = run.table("seed")

@@ -15,23 +15,33 @@ import shutil
 import torch
 from safetensors.torch import save_file
 
-from lens_ray.data.embed import plain_config
+from lens_ray.config import ConfigError
+from lens_ray.data.embed import plain_config, resolve_pooling
 from lens_ray.scoring.reward_model import RewardModel
 
 MODELING = "modeling_lens_reward.py"
+
+
+def check_target(out_dir: str, overwrite: bool = False) -> None:
+    """The export folder may be new, empty or an earlier export; anything else only with overwrite."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"--out {out_dir}: a file, not a folder")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite \
+            and not os.path.exists(os.path.join(out_dir, MODELING)):
+        raise ConfigError(f"--out {out_dir}: a folder holding other files (not a lens-ray export); give an empty "
+                          "folder, or --overwrite to write into it")
 
 
 def export(rm: RewardModel, out_dir: str) -> str:
     """Write the folder; returns its path. The base weights go in the dtype the run embedded with."""
     os.makedirs(out_dir, exist_ok=True)
     lm, e = rm.lm, rm.embed_cfg
-    pooling = ("last" if lm.kind == "causal" else "mean") if e["pooling"] == "auto" else e["pooling"]
     config = plain_config(lm.model.config)
     config.architectures = ["LensRewardModel"]
     config.auto_map = {"AutoModelForSequenceClassification": f"{MODELING[:-3]}.LensRewardModel"}
     config.num_labels = 1
-    config.lens_reward = {"pooling": pooling, "layers": list(e.get("layer", [-1])),
-                          "layer_combine": e.get("layer_combine", "concat"), "head": rm.head.config(),
+    config.lens_reward = {"pooling": resolve_pooling(e.pooling, lm.kind), "layers": list(e.layer),
+                          "layer_combine": e.layer_combine, "head": rm.head.config(),
                           "max_length": rm.max_length, "causal": lm.kind == "causal",
                           "add_special_tokens": lm.kind != "causal", "run": rm.run_uri, "head_name": rm.head_name,
                           "reward_norm": rm.reward_norm}

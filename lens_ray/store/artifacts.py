@@ -17,7 +17,6 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from lens_ray.core.heads import build_head
-from lens_ray.core.vae import PreferenceVAE
 from lens_ray.store.columns import arrow_to_embeddings, embeddings_to_arrow
 from lens_ray.store.storage import ChecksumError, Manifest, Storage, StorageError, sha256
 
@@ -116,44 +115,37 @@ def load_model_state(store: Storage, name: str) -> tuple[dict[str, torch.Tensor]
     return st_load(blob), doc["config"], doc.get("meta", {})
 
 
+def load_model(store: Storage, name: str, build: Callable[[dict], torch.nn.Module]) -> tuple[torch.nn.Module, dict]:
+    """(module in eval mode, meta) of a stored model: its document verified, its config bounded by `build` before
+    a module is built from it, its weights' checksum verified and their shapes matched to the module."""
+    doc = read_model_doc(store, name)
+    if doc is None:
+        raise StorageError(f"{store.uri_of(name)}.json: no such model")
+    try:
+        module = build(doc["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ChecksumError(f"{store.uri_of(name)}.json: {exc}") from exc
+    state, _, meta = load_model_state(store, name)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:                 # weights that do not fit the config: not this model's files
+        first = str(exc).strip().splitlines()[0]
+        raise ChecksumError(f"{store.uri_of(name)}.safetensors: weights do not fit its config ({first})") from exc
+    return module.eval(), meta
+
+
 def load_head(store: Storage, name: str) -> torch.nn.Module:
-    """A head, its config bounded before the module is built (build_head checks it)."""
-    doc = read_model_doc(store, name)
-    if doc is None:
-        raise StorageError(f"{store.uri_of(name)}.json: no such head")
-    try:
-        head = build_head(doc["config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ChecksumError(f"{store.uri_of(name)}.json: {exc}") from exc
-    state, _, _ = load_model_state(store, name)
-    head.load_state_dict(state)
-    return head.eval()
-
-
-def load_vae(store: Storage, name: str) -> PreferenceVAE:
-    doc = read_model_doc(store, name)
-    if doc is None:
-        raise StorageError(f"{store.uri_of(name)}.json: no such VAE")
-    try:
-        vae = PreferenceVAE.from_config(doc["config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ChecksumError(f"{store.uri_of(name)}.json: {exc}") from exc
-    state, _, _ = load_model_state(store, name)
-    vae.load_state_dict(state)
-    return vae.eval()
+    return load_model(store, name, build_head)[0]
 
 
 def reuse_model(store: Storage, name: str, key: str,
                 build: Callable[[dict], torch.nn.Module]) -> tuple[torch.nn.Module, dict] | None:
-    """(module, meta) of a stored model made from the inputs `key` names, verified, bounded (`build` checks the
-    config) and loaded; None when it must be (re)computed."""
+    """`load_model` of a stored model made from the inputs `key` names; None when it must be (re)computed:
+    missing, made from other inputs, or failing any check."""
     try:
         doc = read_model_doc(store, name)
         if doc is None or doc.get("meta", {}).get("fingerprint") != key:
             return None
-        module = build(doc["config"])
-        state, _, meta = load_model_state(store, name)
-        module.load_state_dict(state)
-        return module.eval(), meta
-    except (StorageError, KeyError, TypeError, ValueError, RuntimeError):
+        return load_model(store, name, build)
+    except StorageError:
         return None

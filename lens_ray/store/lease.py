@@ -18,8 +18,8 @@ import socket
 import threading
 import time
 import uuid
-from typing import Callable
 
+from lens_ray.core.progress import Log
 from lens_ray.store.storage import Storage, StorageError
 
 NAME = "lease.json"
@@ -51,14 +51,14 @@ class Lease:
 
     # ---- public
     @contextlib.contextmanager
-    def held(self, wait: bool = False, log: Callable[[str], None] = print, poll_s: float = 5.0):
+    def held(self, wait: bool = False, log: Log = print, poll_s: float = 5.0):
         self.acquire(wait, log, poll_s)
         try:
             yield self
         finally:
             self.release()
 
-    def acquire(self, wait: bool = False, log: Callable[[str], None] = print, poll_s: float = 5.0) -> None:
+    def acquire(self, wait: bool = False, log: Log = print, poll_s: float = 5.0) -> None:
         announced = False
         while True:
             holder = self._try_take()

@@ -11,7 +11,7 @@ import pytest
 
 from lens_ray.store.storage import Storage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def kill_when_ready(ready, process_marker: str, killed: list, timeout: float = 120, poll: float = 0.1) -> None:

@@ -18,7 +18,7 @@ RESPONSES = ["Mix flour, water and yeast, then bake.", "I can't help with that."
 
 @pytest.fixture(scope="module")
 def server(local_run, monkeypatch_module):
-    from conftest import _free_port
+    from tests.conftest import _free_port
     from ray import serve
 
     from lens_ray.config import ServeConfig

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import FAST
+from tests.conftest import FAST
 
 from lens_ray.cli import run_main
 from lens_ray.config import METHODS

@@ -4,7 +4,8 @@ jobs are also `python jobs/<command>.py` (what `ray job submit` runs; `jobs/full
 Settings: defaults <- a YAML file (`--config`) <- a search's pick (`run --from-tune`) <- flags and
 `--set section.field=value`, which reaches any field. `FLAGS` says which flag of which command sets which
 config field; the field itself holds the help, choices and bounds (config.py). Options that are not
-settings (`--from-run`, `--run`, `--out`, `--wait`) are declared once, in `OPTIONS`. A user error ends as one
+settings (`--from-run`, `--run`, `--out`, `--wait`, ...) are declared once, in `OPTIONS`; `OPTIONS_OF` says which
+command takes which. A user error ends as one
 line on stderr and exit status 2 (`--debug` shows the traceback); Ctrl-C ends as one line saying what was kept.
 """
 from __future__ import annotations
@@ -43,23 +44,44 @@ FLAGS: dict[str, dict[str, str]] = {
     "score": {"--head": "serve.head"},
 }
 
-# options that are not settings, declared once; a command takes the ones it names, with its own wording
+# options that are not settings, declared once
 OPTIONS: dict[str, dict] = {
     "--from-run": {"metavar": "RUN_URI", "required": True, "help": "a finished run (its output URI)"},
     "--run": {"metavar": "RUN_URI", "required": True, "help": "a finished run (its output URI)"},
     "--out": {"metavar": "URI", "help": "output URI"},
-    "--from-tune": {"metavar": "SEARCH_URI", "help": "use the settings a search (jobs/tune.py) chose; flags and "
-                    "--set still override them"},
     "--wait": {"action": "store_true", "help": "if another job holds the output folder, wait for it"},
     "--overwrite": {"action": "store_true", "help": "write into an output folder that holds other files"},
+    "--from-tune": {"metavar": "SEARCH_URI", "help": "use the settings a search (jobs/tune.py) chose; flags and "
+                    "--set still override them"},
+    "--data": {"required": True, "help": "data URI, any format the pipeline ingests"},
+    "--best-of": {"type": int, "metavar": "N", "help": "Best-of-N over each prompt's first N responses"},
+    "--prompt": {"help": "a prompt (one user turn)"},
+    "--response": {"help": "the response to score"},
+    "--input": {"metavar": "FILE", "help": "jsonl with prompt and response fields; prints one JSON line per row"},
+}
+# which of them each command takes, with its own wording where it differs
+OPTIONS_OF: dict[str, dict[str, dict]] = {
+    "run": {"--from-tune": {}, "--wait": {}},
+    "tune": {"--from-run": {"action": "append", "help": "a finished run; give several (same data, e.g. other "
+                            "pooling) to search over them too"},
+             "--out": {"help": "output URI (default: <parent of the first run>/<name>)"}, "--wait": {}},
+    "synthesize": {"--from-run": {}, "--out": {"required": True, "help": "output URI of the pair set"},
+                   "--wait": {}, "--overwrite": {}},
+    "curve": {"--from-run": {}, "--out": {"help": "output URI (default: <parent of the run>/<name>)"}, "--wait": {}},
+    "serve": {"--run": {}},
+    "batch-score": {"--run": {}, "--data": {}, "--out": {"required": True, "help": "output URI (rewards.parquet, "
+                                                         "summary.json)"}, "--best-of": {}, "--wait": {}},
+    "export": {"--run": {}, "--out": {"required": True, "metavar": "DIR", "help": "a local folder: new, empty, or an "
+                                      "earlier export (replaced)"}, "--overwrite": {}},
+    "score": {"--run": {}, "--prompt": {}, "--response": {}, "--input": {}},
 }
 
 
-def parser(command: str, description: str, prog: str | None = None,
-           options: dict[str, dict] | None = None) -> argparse.ArgumentParser:
-    """A command's parser: its setting flags (FLAGS), its shared options (OPTIONS, each with the command's own
-    overrides), --config, --set and --debug."""
-    p = argparse.ArgumentParser(prog=prog or f"lens-ray {command}", description=description)
+def parser(command: str, prog: str | None = None) -> argparse.ArgumentParser:
+    """A command's parser: its setting flags (FLAGS), its other options (OPTIONS_OF), --config, --set, --debug."""
+    p = argparse.ArgumentParser(prog=prog or f"lens-ray {command}", description=COMMANDS[command].purpose)
+    if command == "settings":
+        return p
     p.add_argument("--config", help="YAML file with the sections of lens_ray/config.py (lens-ray settings lists them)")
     fields = {path: (f, value) for path, f, value in walk(LensConfig())}
     for flag, path in FLAGS.get(command, {}).items():
@@ -67,7 +89,7 @@ def parser(command: str, description: str, prog: str | None = None,
         switch = {"nargs": "?", "const": "true"} if str(f.type).startswith("bool") else {}   # --flag alone: on
         p.add_argument(flag, dest=path, default=None, metavar=flag[2:].upper().replace("-", "_"),
                        help=f"{describe(f)} (--set {path}; default {value!r})", **switch)
-    for flag, override in (options or {}).items():
+    for flag, override in OPTIONS_OF.get(command, {}).items():
         p.add_argument(flag, **{**OPTIONS[flag], **override})
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, e.g. --set vae.beta=0.5 --set synth.noise_var=0.05")
@@ -112,7 +134,7 @@ def _on_ray(cfg: LensConfig, out: str, what: str, wait: bool):
 # ------------------------------------------------------------------ the jobs
 
 def run_parser(prog: str = "lens-ray run") -> argparse.ArgumentParser:
-    return parser("run", COMMANDS["run"].purpose, prog, {"--from-tune": {}, "--wait": {}})
+    return parser("run", prog)
 
 
 def config_from_args(args: argparse.Namespace) -> LensConfig:
@@ -136,10 +158,7 @@ def run_main(argv: list[str] | None = None, prog: str = "lens-ray run") -> dict:
 
 
 def tune_main(argv: list[str] | None = None, prog: str = "lens-ray tune") -> dict:
-    args = parser("tune", COMMANDS["tune"].purpose, prog, {
-        "--from-run": {"action": "append", "help": "a finished run; give several (same data, e.g. other pooling) "
-                       "to search over them too"},
-        "--out": {"help": "output URI (default: <parent of the first run>/<name>)"}, "--wait": {}}).parse_args(argv)
+    args = parser("tune", prog).parse_args(argv)
     from lens_ray.data.finished_run import load_run_inputs
     from lens_ray.pipelines.search import check_sources, search
     sources = [load_run_inputs(uri) for uri in args.from_run]
@@ -154,10 +173,7 @@ def tune_main(argv: list[str] | None = None, prog: str = "lens-ray tune") -> dic
 
 
 def synthesize_main(argv: list[str] | None = None, prog: str = "lens-ray synthesize"):
-    args = parser("synthesize", COMMANDS["synthesize"].purpose + " A re-run after a kill writes only the missing "
-                  "shards.", prog, {"--from-run": {}, "--wait": {},
-                                    "--out": {"required": True, "help": "output URI of the pair set"}})
-    args = args.parse_args(argv)
+    args = parser("synthesize", prog).parse_args(argv)
     from lens_ray.data.finished_run import FinishedRun
     from lens_ray.pipelines.synthesize import synthesize_pairs
     run = FinishedRun.open(args.from_run)
@@ -167,9 +183,7 @@ def synthesize_main(argv: list[str] | None = None, prog: str = "lens-ray synthes
 
 
 def curve_main(argv: list[str] | None = None, prog: str = "lens-ray curve") -> dict:
-    args = parser("curve", COMMANDS["curve"].purpose, prog, {
-        "--from-run": {}, "--out": {"help": "output URI (default: <parent of the run>/<name>)"},
-        "--wait": {}}).parse_args(argv)
+    args = parser("curve", prog).parse_args(argv)
     from lens_ray.data.finished_run import load_run_inputs
     from lens_ray.pipelines.curve import run_curve
     source = load_run_inputs(args.from_run)
@@ -181,19 +195,14 @@ def curve_main(argv: list[str] | None = None, prog: str = "lens-ray curve") -> d
 
 
 def serve_main(argv: list[str] | None = None, prog: str = "lens-ray serve") -> None:
-    args = parser("serve", COMMANDS["serve"].purpose + " Runs until interrupted.", prog,
-                  {"--run": {}}).parse_args(argv)
+    args = parser("serve", prog).parse_args(argv)
     cfg = _settings(args, "serve")
     from lens_ray.distributed.serving import serve_run
     serve_run(args.run, cfg, log=_print)
 
 
 def batch_score_main(argv: list[str] | None = None, prog: str = "lens-ray batch-score") -> dict:
-    args = parser("batch-score", COMMANDS["batch-score"].purpose, prog, {
-        "--run": {}, "--out": {"required": True, "help": "output URI (rewards.parquet, summary.json)"}, "--wait": {}})
-    args.add_argument("--data", required=True, help="data URI, any format the pipeline ingests")
-    args.add_argument("--best-of", type=int, metavar="N", help="Best-of-N over each prompt's first N responses")
-    args = args.parse_args(argv)
+    args = parser("batch-score", prog).parse_args(argv)
     if args.best_of is not None and args.best_of < 1:
         raise ConfigError(f"--best-of: must be >= 1, got {args.best_of}")
     cfg = _settings(args, "batch-score")
@@ -206,9 +215,7 @@ def batch_score_main(argv: list[str] | None = None, prog: str = "lens-ray batch-
 
 
 def export_main(argv: list[str] | None = None, prog: str = "lens-ray export") -> str:
-    args = parser("export", COMMANDS["export"].purpose, prog, {
-        "--run": {}, "--out": {"required": True, "metavar": "DIR", "help": "a local folder: new, empty, or an "
-                               "earlier export (replaced)"}, "--overwrite": {}}).parse_args(argv)
+    args = parser("export", prog).parse_args(argv)
     cfg = _settings(args, "export")
     from lens_ray.scoring.export import check_target, export
     from lens_ray.scoring.reward_model import RewardModel
@@ -222,11 +229,7 @@ def export_main(argv: list[str] | None = None, prog: str = "lens-ray export") ->
 # ------------------------------------------------------------------ in this process: score, settings
 
 def score_main(argv: list[str] | None = None, prog: str = "lens-ray score") -> None:
-    p = parser("score", COMMANDS["score"].purpose, prog, {"--run": {}})
-    p.add_argument("--prompt")
-    p.add_argument("--response")
-    p.add_argument("--input", help="jsonl with prompt and response fields; prints one JSON line per row")
-    args = p.parse_args(argv)
+    args = parser("score", prog).parse_args(argv)
     texts = args.prompt is not None or args.response is not None
     if args.input is not None and texts:
         raise ConfigError("give --prompt and --response, or --input FILE, not both")
@@ -268,7 +271,7 @@ def _score_rows(path: str) -> list[dict]:
 
 
 def settings_main(argv: list[str] | None = None, prog: str = "lens-ray settings") -> None:
-    argparse.ArgumentParser(prog=prog, description=COMMANDS["settings"].purpose).parse_args(argv)
+    parser("settings", prog).parse_args(argv)
     for path, f, value in walk(LensConfig()):
         print(f"{path} = {value!r}\n    {describe(f)}")
 
@@ -287,11 +290,12 @@ COMMANDS: dict[str, Command] = {
     "tune": Command("Ray Tune search of the synthesis settings on a finished run's embeddings (never re-embeds), "
                     "k-fold paired against original.", tune_main),
     "synthesize": Command("N synthetic pairs (up to millions) from a finished run's VAE and embeddings, streamed to "
-                          "storage with Ray Data.", synthesize_main),
+                          "storage with Ray Data; a re-run after a kill writes only the missing shards.",
+                          synthesize_main),
     "curve": Command("Learning curve: every method x head at several seed-pair counts (nested subsets by whole "
                      "prompts), from a finished run's embeddings, one held-out evaluation.", curve_main),
-    "serve": Command("Serve a run's reward model on Ray Serve: POST /get_reward (OpenRLHF), POST /score, "
-                     "GET /healthz, GET /info.", serve_main),
+    "serve": Command("Serve a run's reward model on Ray Serve until interrupted: POST /get_reward (OpenRLHF), "
+                     "POST /score, GET /healthz, GET /info.", serve_main),
     "batch-score": Command("Score every (prompt, response) of a data set with a run's head on the cluster: pairs -> "
                            "rewards and accuracy; scored completions -> rewards and the Best-of-N pick.",
                            batch_score_main),

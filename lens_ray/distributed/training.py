@@ -141,7 +141,7 @@ def _vae_loop(config: dict) -> None:
         _report({"model": name, **metrics}, states, meta)
 
 
-def fit_vaes(cfg: VAEConfig, seeds: list[SeedData], run_name: str, storage: Storage,
+def train_vaes(cfg: VAEConfig, seeds: list[SeedData], run_name: str, storage: Storage,
              res: ResourcesConfig) -> tuple[dict, dict]:
     """One VAE per seed -> states, meta by 'seed-<s>' (meta holds "failed" instead of a model for a fit
     that diverged)."""
@@ -196,7 +196,7 @@ def _linear_task(reward: dict, cell: Cell, sd: SeedData, run_uri: str, threads: 
     return _fit_one(RewardConfig(**reward), cell, sd, Storage(run_uri), Workers())
 
 
-def fit_linear_heads(cfg: RewardConfig, cells: list[Cell], seeds: list[SeedData], run_uri: str, res: ResourcesConfig,
+def train_linear_heads(cfg: RewardConfig, cells: list[Cell], seeds: list[SeedData], run_uri: str, res: ResourcesConfig,
                      on_done: Callable[[Cell, dict, dict], None]) -> None:
     """Linear heads as independent Ray tasks (full-batch L-BFGS: nothing to gain from DDP), as many at once as
     the cluster fits; on_done(cell, state, meta) as each finishes, so a killed stage keeps what it stored."""
@@ -210,7 +210,7 @@ def fit_linear_heads(cfg: RewardConfig, cells: list[Cell], seeds: list[SeedData]
         on_done(cell, *ray.get(done[0]))
 
 
-def fit_heads(cfg: RewardConfig, cells: list[Cell], seeds: list[SeedData], run_uri: str, run_name: str,
+def train_mlp_heads(cfg: RewardConfig, cells: list[Cell], seeds: list[SeedData], run_uri: str, run_name: str,
               storage: Storage, res: ResourcesConfig) -> tuple[dict, dict]:
     """Every head in one trainer run; an augmenting cell reads its synthetic set from <run_uri>/synthetic."""
     config = {"reward": asdict(cfg), "cells": cells, "seeds": seeds, "run_uri": run_uri,
@@ -344,7 +344,7 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], layout: dict) -> dict
     return {"state": state, "param_groups": layout["param_groups"]}
 
 
-def fit_head_streaming(cfg: RewardConfig, train_ds, dim: int, norm_mean: np.ndarray, norm_std: np.ndarray,
+def train_head_streaming(cfg: RewardConfig, train_ds, dim: int, norm_mean: np.ndarray, norm_std: np.ndarray,
                        run_name: str, storage: Storage, res: ResourcesConfig, epochs: int = 1, seed: int = 0):
     """Train one head by streaming a Ray Dataset of {pos, neg} (n, d) batches; returns (head, metrics).
     A checkpoint after every epoch: a lost worker (FailureConfig) or a re-run with the same name resumes."""

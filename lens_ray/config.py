@@ -193,6 +193,11 @@ class ServeConfig:
                                     "send (Authorization: Bearer ...); unset: no token")
     max_body_bytes: int = setting(8 << 20, "largest request body accepted", ge=1024)
     max_items: int = setting(1024, "most texts in one request", ge=1)
+    max_text_chars: int = setting(100_000, "most characters in one prompt or response", ge=1)
+    body_timeout_s: float = setting(10.0, "a request whose body has not arrived in full in this time gets a 408",
+                                    gt=0, le=3600)
+    max_waiting_bodies: int = setting(256, "requests a replica lets wait on their bodies at once (slow clients); "
+                                      "beyond, a 503 at once: they never hold the batch queue", ge=1)
 
 
 @dataclass

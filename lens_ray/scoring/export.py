@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from lens_ray.config import ConfigError
 from lens_ray.data.embed import plain_config, resolve_pooling
+from lens_ray.scoring.protocols import messages
 from lens_ray.scoring.reward_model import RewardModel
 
 MODELING = "modeling_lens_reward.py"
@@ -63,7 +64,7 @@ def exported_logits(model: torch.nn.Module, tokenizer, prompts: list, responses:
     spec = model.config.lens_reward
     texts = []
     for p, r in zip(prompts, responses):
-        msgs = ([{"role": "user", "content": p}] if isinstance(p, str) else p) + [{"role": "assistant", "content": r}]
+        msgs = messages(p) + [{"role": "assistant", "content": r}]
         if spec["causal"] and getattr(tokenizer, "chat_template", None):
             texts.append(tokenizer.apply_chat_template(msgs, tokenize=False))
         else:

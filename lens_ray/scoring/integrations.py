@@ -85,7 +85,7 @@ def openrlhf_reward_func(queries: list[str], prompts: list[str], labels: list[st
             raise RuntimeError("set LENS_RAY_RUN to a finished lens-ray run (and LENS_RAY_HEAD to pick a head)")
         _MODEL = RewardModel.from_run(os.environ["LENS_RAY_RUN"], os.environ.get("LENS_RAY_HEAD") or None)
     body = {"query": list(queries), "prompts": list(prompts)} | ({"labels": list(labels)} if labels else {})
-    items = openrlhf_items(body, Limits(max_items=1 << 30))
+    items = openrlhf_items(body, Limits(max_items=1 << 30), _MODEL.chat_template)
     rewards = _MODEL.score(items.prompts, items.responses, normalize=os.environ.get("LENS_RAY_NORMALIZE") == "1")
     reply = openrlhf_reply([float(r) for r in rewards])
     return {**reply, "rewards": torch.tensor(reply["rewards"]), "scores": torch.tensor(reply["scores"])}

@@ -9,6 +9,7 @@ embedded them (its model, chat template, pooling, layers and left truncation at 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,13 +18,8 @@ import torch
 from lens_ray.config import EmbedConfig
 from lens_ray.data.embed import LoadedModel, combine_layers, embed_layers, length_batches, load_model, tokenize
 from lens_ray.data.finished_run import FinishedRun
+from lens_ray.scoring.protocols import ChatTemplate, Prompt, messages
 from lens_ray.store.storage import StorageError
-
-Prompt = str | list[dict[str, str]]
-
-
-def messages(prompt: Prompt) -> list[dict[str, str]]:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
 
 
 @dataclass
@@ -43,6 +39,12 @@ class RewardModel:
         trained, name, meta = run.head(head)                      # verified and bounded before the LM loads
         e = run.config.embed
         return cls(load_model(model or e.model, e.dtype), trained, e, name, run.uri, meta.get("reward_norm"))
+
+    @functools.cached_property
+    def chat_template(self) -> ChatTemplate | None:
+        """The LM's chat template read backwards (for prompts that arrive already rendered); None for encoders
+        and templates that cannot be read back."""
+        return ChatTemplate.learn(self.lm.tokenizer) if self.lm.kind == "causal" else None
 
     @property
     def max_length(self) -> int:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.conftest import FAST, _free_port
 from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
 
 from lens_ray.store.storage import Storage
+from tests.conftest import FAST, _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")

@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 import torch
-from tests.conftest import FAST
 
 from lens_ray.cli import run_main
 from lens_ray.config import METHODS
@@ -10,6 +9,7 @@ from lens_ray.data.embed import resolve_model
 from lens_ray.scoring.reward_model import RewardModel
 from lens_ray.store.artifacts import read_pair_embeddings, read_synthetic
 from lens_ray.store.storage import Manifest, Storage, StorageError
+from tests.conftest import FAST
 
 
 def test_report_schema_and_contents(local_run):

@@ -1,7 +1,7 @@
 """Which reward head should be the default? k-fold over a finished run's seed pairs (whole prompts per fold,
 never its eval pairs): mean_diff, the MLP head and the linear head on the same folds, paired.
 
-    .venv/bin/python bench/head_choice.py --from-run runs/lens-hh --from-run runs/lens-bon [--folds 5 --repeats 2]
+    .venv/bin/python bench/head_choice.py --from-run runs/hh_harmless_dev-smollm2 --from-run runs/lens-bon [--folds 5]
 
 Prints each head's k-fold accuracy and the paired differences (mean ± standard error over folds x repeats)
 and appends them to bench/results.jsonl (with the machine).

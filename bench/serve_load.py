@@ -2,7 +2,7 @@
 concurrency 1, 8 and 32, batched (@serve.batch, --max-batch-size 32) against unbatched (--max-batch-size 1),
 and the in-process RewardModel.score on the same texts as the floor. Bounded in requests and time.
 
-    .venv/bin/python bench/serve_load.py --run runs/lens-hh [--requests 256] [--head NAME]
+    .venv/bin/python bench/serve_load.py --run runs/hh_harmless_dev-smollm2 [--requests 256] [--head NAME]
 
 Prints requests/s and p50/p99 latency per setting, the ratios, and appends them to bench/results.jsonl.
 """
@@ -62,7 +62,7 @@ def load(url: str, items: list[tuple[str, str]], concurrency: int, deadline_s: f
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--run", default="runs/lens-hh")
+    ap.add_argument("--run", default="runs/hh_harmless_dev-smollm2")
     ap.add_argument("--head")
     ap.add_argument("--requests", type=int, default=256, help="requests per setting (concurrency 1: a quarter)")
     ap.add_argument("--deadline", type=float, default=600, help="seconds a setting may take at most")

@@ -1,7 +1,7 @@
 """Synthesis at scale: pairs/s, peak memory and bytes/pair for N pairs at the run's d, in both modes,
 with 1 and 2 Ray Data workers; then streaming reward training over the materialized set, 1 vs 2 DDP workers.
 
-    .venv/bin/python bench/synth_scale.py --from-run runs/lens-hh [--pairs 1000000] [--train-pairs 1000000]
+    .venv/bin/python bench/synth_scale.py --from-run runs/hh_harmless_dev-smollm2 [--pairs 1000000]
 
 Prints figures and appends them to bench/results.jsonl (with the machine).
 """
@@ -63,7 +63,7 @@ class PeakRSS:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--from-run", default="runs/lens-hh")
+    ap.add_argument("--from-run", default="runs/hh_harmless_dev-smollm2")
     ap.add_argument("--pairs", type=int, default=1_000_000)
     ap.add_argument("--train-pairs", type=int, default=1_000_000)
     ap.add_argument("--workers", default="1,2")

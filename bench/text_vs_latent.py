@@ -1,7 +1,7 @@
 """Cost of new pairs: text synthesis (generate responses with the same LLM, generation only, no labelling)
 vs LENS latent synthesis (VAE decode), for the same number of new pairs, on this machine.
 
-    .venv/bin/python bench/text_vs_latent.py --from-run runs/lens-hh [--prompts 8] [--new-tokens 64]
+    .venv/bin/python bench/text_vs_latent.py --from-run runs/hh_harmless_dev-smollm2 [--prompts 8] [--new-tokens 64]
 
 A text-synthesized pair needs two new responses; they are generated for a small sample of prompts and
 the time is scaled to the pair count. LENS pairs are produced by `synth_stream.materialize` in-process.
@@ -28,7 +28,7 @@ from lens_ray.data.ingest import load_datasets  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--from-run", default="runs/lens-hh")
+    ap.add_argument("--from-run", default="runs/hh_harmless_dev-smollm2")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--pairs", type=int, default=8000, help="pair count both costs are scaled to (8x of 1,000)")

@@ -51,6 +51,7 @@ OPTIONS: dict[str, dict] = {
     "--out": {"metavar": "URI", "help": "output URI"},
     "--wait": {"action": "store_true", "help": "if another job holds the output folder, wait for it"},
     "--overwrite": {"action": "store_true", "help": "write into an output folder that holds other files"},
+    "--yes": {"action": "store_true", "help": "write an output larger than 50 GiB (its estimate is printed first)"},
     "--from-tune": {"metavar": "SEARCH_URI", "help": "use the settings a search (jobs/tune.py) chose; flags and "
                     "--set still override them"},
     "--data": {"required": True, "help": "data URI, any format the pipeline ingests"},
@@ -66,7 +67,7 @@ OPTIONS_OF: dict[str, dict[str, dict]] = {
                             "pooling) to search over them too"},
              "--out": {"help": "output URI (default: <parent of the first run>/<name>)"}, "--wait": {}},
     "synthesize": {"--from-run": {}, "--out": {"required": True, "help": "output URI of the pair set"},
-                   "--wait": {}, "--overwrite": {}},
+                   "--wait": {}, "--overwrite": {}, "--yes": {}},
     "curve": {"--from-run": {}, "--out": {"help": "output URI (default: <parent of the run>/<name>)"}, "--wait": {}},
     "serve": {"--run": {}},
     "batch-score": {"--run": {}, "--data": {}, "--out": {"required": True, "help": "output URI (rewards.parquet, "
@@ -152,7 +153,7 @@ def run_main(argv: list[str] | None = None, prog: str = "lens-ray run") -> dict:
     cfg = config_from_args(args)
     from lens_ray.pipelines.preflight import preflight
     ds = preflight(cfg, log=_print)                 # before Ray starts: errors in seconds, not minutes
-    with _on_ray(cfg, cfg.out_uri, f"run {cfg.name}", args.wait) as lease:
+    with _on_ray(cfg, cfg.out_uri, f"run {cfg.run_name}", args.wait) as lease:
         from lens_ray.pipelines.run import run
         return run(cfg, log=_print, ds=ds, guard=lease.ensure_held)
 
@@ -160,14 +161,15 @@ def run_main(argv: list[str] | None = None, prog: str = "lens-ray run") -> dict:
 def tune_main(argv: list[str] | None = None, prog: str = "lens-ray tune") -> dict:
     args = parser("tune", prog).parse_args(argv)
     from lens_ray.data.finished_run import load_run_inputs
-    from lens_ray.pipelines.search import check_sources, search
+    from lens_ray.pipelines.search import open_search, search
+    from lens_ray.store.storage import Storage
     sources = [load_run_inputs(uri) for uri in args.from_run]
-    check_sources(sources)
     for s in sources:
         _print(f"run {s.uri}: {len(s.seed_pairs)} seed pairs, embeddings {s.settings}")
     cfg = _settings(args, "tune", sources[0].config)
-    name = cfg.tune.name or f"{cfg.name}-tune"
+    name = cfg.search_name
     out = args.out or join_uri(sources[0].uri.rsplit("/", 1)[0], name)
+    open_search(cfg, sources, Storage(out))           # other data or other settings: refused before Ray starts
     with _on_ray(cfg, out, f"search {name}", args.wait):
         return search(cfg, sources, out, log=_print)
 
@@ -175,9 +177,10 @@ def tune_main(argv: list[str] | None = None, prog: str = "lens-ray tune") -> dic
 def synthesize_main(argv: list[str] | None = None, prog: str = "lens-ray synthesize"):
     args = parser("synthesize", prog).parse_args(argv)
     from lens_ray.data.finished_run import FinishedRun
-    from lens_ray.pipelines.synthesize import synthesize_pairs
+    from lens_ray.pipelines.synthesize import plan, synthesize_pairs
     run = FinishedRun.open(args.from_run)
     cfg = _settings(args, "synthesize", run.config)                  # the run's own synth settings
+    plan(cfg, run, args.out, args.yes, args.overwrite, log=_print)     # what it will write, checked before Ray
     with _on_ray(cfg, args.out, "synthesis", args.wait):
         return synthesize_pairs(cfg, run, args.out, log=_print)
 
@@ -185,10 +188,11 @@ def synthesize_main(argv: list[str] | None = None, prog: str = "lens-ray synthes
 def curve_main(argv: list[str] | None = None, prog: str = "lens-ray curve") -> dict:
     args = parser("curve", prog).parse_args(argv)
     from lens_ray.data.finished_run import load_run_inputs
-    from lens_ray.pipelines.curve import run_curve
+    from lens_ray.pipelines.curve import check_sizes, run_curve
     source = load_run_inputs(args.from_run)
     cfg = _settings(args, "curve", source.config)
-    name = cfg.curve.name or f"{cfg.name}-curve"
+    check_sizes(cfg, len(source.seed_pairs))
+    name = cfg.curve_name
     out = args.out or join_uri(source.uri.rsplit("/", 1)[0], name)
     with _on_ray(cfg, out, f"curve {name}", args.wait):
         return run_curve(cfg, source, out, log=_print)

@@ -240,7 +240,8 @@ class ResourcesConfig:
 
 @dataclass
 class LensConfig:
-    name: str = setting("lens-hh", "run name (a plain name: letters, digits, . _ -)", plain_name=True)
+    name: str | None = setting(None, "run name (a plain name: letters, digits, . _ -); unset: <data file's stem>-"
+                               "<model>, e.g. hh_harmless_dev-smollm2", plain_name=True)
     storage: str = setting("runs", "artifact root: path, file:// or s3://bucket/prefix")
     out: str | None = setting(None, "this run's output URI; unset: <storage>/<name>")
     cache: str | None = setting(None, "embedding cache URI; unset: <storage>/cache")
@@ -263,8 +264,25 @@ class LensConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     @property
+    def run_name(self) -> str:
+        """The name, or one made of the data and the model: what a run of this config is called by default."""
+        if self.name:
+            return self.name
+        stem = re.sub(r"(\.(gz|jsonl|json|parquet))+$", "", self.data.data.rstrip("/").rsplit("/", 1)[-1])
+        model = self.embed.model.rstrip("/").rsplit("/", 1)[-1].removesuffix(".gguf")
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{stem}-{model}").strip("._-")[:128] or "run"
+
+    @property
+    def search_name(self) -> str:
+        return self.tune.name or f"{self.run_name}-tune"
+
+    @property
+    def curve_name(self) -> str:
+        return self.curve.name or f"{self.run_name}-curve"
+
+    @property
     def out_uri(self) -> str:
-        return self.out or join_uri(self.storage, self.name)
+        return self.out or join_uri(self.storage, self.run_name)
 
     @property
     def cache_uri(self) -> str:
@@ -274,8 +292,11 @@ class LensConfig:
         """Every field against its own choices and bounds (finite numbers only), then the cross-field rules."""
         for path, f, value in walk(self):
             _check(path, f, value)
-        if len(set(self.methods)) != len(self.methods):
-            raise ConfigError(f"methods: each method once, got {list(self.methods)}")
+        once = (("methods", "method", self.methods), ("factors", "factor", self.factors),
+                ("curve.sizes", "size", self.curve.sizes), ("reward.heads", "head", self.reward.heads))
+        for path, word, values in once:
+            if len(set(values)) != len(values):
+                raise ConfigError(f"{path}: each {word} once, got {list(values)}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -362,13 +383,19 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if tp.startswith("tuple"):
             items = value.split(",") if isinstance(value, str) else list(value)
             inner = int if "int" in tp else float if "float" in tp else str
+            if any(isinstance(v, (bool, list, dict)) for v in items):
+                raise TypeError(value)
             return tuple(inner(str(v).strip()) for v in items if str(v).strip())
         if tp.startswith("bool"):
             if isinstance(value, str):
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError(value)
                 return value.lower() in ("true", "1", "yes")
+            if not isinstance(value, (bool, int)):
+                raise TypeError(value)
             return bool(value)
+        if isinstance(value, (bool, list, dict)):
+            raise TypeError(value)                       # YAML `seeds: true` is not a number
         if tp.startswith("int"):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)

@@ -61,3 +61,91 @@ def test_user_error_is_one_line_before_ray(case, tmp_path, s3_server):
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     assert 1 <= len(lines) <= 2 and expected in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "local Ray" not in done.stdout
+
+
+# ---------------------------------------------------------------- the other commands, refused early and short
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run([sys.executable, "-m", "lens_ray.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def _one_line(done: subprocess.CompletedProcess, expected: str) -> None:
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and expected in lines[0], (done.returncode, done.stderr[-2000:])
+    assert "local Ray" not in done.stdout and "Traceback" not in done.stderr
+
+
+def test_later_commands_refuse_bad_inputs_before_ray(local_run, tmp_path):
+    _, report, run = local_run
+    n = report["seed_pairs"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "empty.jsonl").write_text("")
+    synth = ["synthesize", "--from-run", run.uri]
+    cases = [
+        (synth + ["--pairs", "10000000000", "--mode", "materialized", "--out", str(tmp_path / "big")],
+         "scale.pairs: 10,000,000,000 materialized pairs need about"),
+        (synth + ["--pairs", "10000000000", "--mode", "seeded", "--out", str(tmp_path / "big")],   # no room, or --yes
+         "about 130.4 GiB in 610,352 shards of 16,384 pairs (14 bytes a pair)"),
+        (synth + ["--pairs", "100", "--out", run.uri], "a finished run's folder"),
+        (synth + ["--pairs", "100", "--out", str(tmp_path / "other")], "a folder holding other files"),
+        (["curve", "--from-run", run.uri, "--sizes", "20,100000"], f"100000 more than the run's {n} seed pairs"),
+        (["curve", "--from-run", run.uri, "--sizes", "20,20"], "curve.sizes: each size once"),
+        (["batch-score", "--run", str(tmp_path / "nope"), "--data", str(tmp_path / "empty.jsonl"), "--out",
+          str(tmp_path / "scored")], "no report.json"),
+        (["export", "--run", run.uri, "--out", str(tmp_path / "a-file")], "a file, not a folder"),
+        (["export", "--run", run.uri, "--out", str(tmp_path / "other")], "a folder holding other files"),
+        (["score", "--run", run.uri, "--prompt", "a", "--response", "b", "--input", str(tmp_path / "empty.jsonl")],
+         "not both"),
+        (["score", "--run", run.uri, "--head", "lens-f4-s0/../x", "--prompt", "a", "--response", "b"],
+         "is not a plain name"),
+    ]
+    for args, expected in cases:
+        _one_line(_cli(*args), expected)
+
+
+def test_score_says_which_head_and_counts_an_empty_input(local_run, tmp_path):
+    _, _, run = local_run
+    (tmp_path / "empty.jsonl").write_text("\n")
+    done = _cli("score", "--run", run.uri, "--head", "original-f1-s0", "--input", str(tmp_path / "empty.jsonl"))
+    assert done.returncode == 0 and done.stdout == ""
+    assert f"scoring 0 row(s) with head original-f1-s0 of {run.uri}" in done.stderr
+
+
+def test_a_head_of_another_dimension_is_refused_naming_both(local_run, tmp_path):
+    import shutil
+
+    from lens_ray.core.heads import RewardHead
+    from lens_ray.store.artifacts import save_model
+    from lens_ray.store.storage import Storage
+    _, report, run = local_run
+    copy = tmp_path / "run"
+    shutil.copytree(run.path(), copy)
+    head = RewardHead(report["embedding_dim"] + 1, 8)                  # self-consistent files, another dimension
+    save_model(Storage(str(copy)).child("heads"), "foreign", head.state_dict(), head.config())
+    _one_line(_cli("score", "--run", str(copy), "--head", "foreign", "--prompt", "a", "--response", "b"),
+              f"a head of dimension {report['embedding_dim'] + 1}, but the run's embeddings have dimension "
+              f"{report['embedding_dim']}")
+
+
+def test_ctrl_c_ends_in_one_line_saying_what_was_kept(local_run, tmp_path):
+    import signal
+    import time
+    _, _, run = local_run
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "synthesize.py"), "--from-run", run.uri, "--pairs",
+                             "3000000", "--shard-pairs", "20000", "--out", str(tmp_path / "pairs")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 180
+    seen = ""
+    while time.time() < deadline and "shards to write" not in seen:
+        seen += proc.stdout.readline()
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert "shards to write" in seen, seen + out + err
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+    assert "interrupted; everything committed so far is kept, and the same command resumes" in err

@@ -50,6 +50,10 @@ def test_errors_name_the_field(tmp_path):
     ("name", "../../x", "name: '../../x' is not a plain name"),
     ("tune.name", "a/b", "tune.name: 'a/b' is not a plain name"),
     ("seeds", "2.5", "seeds: cannot read"),
+    ("seeds", True, "seeds: cannot read True as int"),                  # YAML `seeds: true`
+    ("factors", [4, True], "factors: cannot read"),
+    ("curve.sizes", "50,50", "curve.sizes: each size once"),
+    ("reward.heads", "mlp,mlp", "reward.heads: each head once"),
 ])
 def test_degenerate_settings_are_refused_naming_the_field(key, value, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):

@@ -25,8 +25,11 @@ from lens_ray.core.stats import mean_std, paired, standard_error
 
 
 def size_of(label: str, n: int) -> int:
-    """A size label ("250", "all") -> pairs, at most the run's n."""
-    return n if label == "all" else min(int(label), n)
+    """A size label ("250", "all") -> pairs; a size above the run's n seed pairs is refused, never capped."""
+    size = n if label == "all" else int(label)
+    if size > n:
+        raise ValueError(f"curve size {label} is more than the run's {n} seed pairs")
+    return size
 
 
 def nested_subset(groups: list[str], size: int, seed: int, split_seed: int) -> np.ndarray:

@@ -1,8 +1,8 @@
 """A run's reward model as a server on Ray Serve: OpenRLHF's POST /get_reward, POST /score, GET /healthz and
 GET /info. The Ray layer for serving: routing, batching, replicas, auth and isolation around `RewardModel`.
 
-    lens-ray serve --run runs/lens-hh [--head NAME] [--port 8000] [--replicas 2] [--normalize] [--token-env TOKEN]
-    serve run lens_ray.distributed.serving:app_builder run=runs/lens-hh normalize=true
+    lens-ray serve --run runs/hh_harmless_dev-smollm2 [--head NAME] [--port 8000] [--replicas 2] [--normalize]
+    serve run lens_ray.distributed.serving:app_builder run=runs/hh_harmless_dev-smollm2 normalize=true
 
 One client cannot fail another's request:
 - every request is validated in full (`scoring/protocols.py`: types, sizes, nesting depth, text encodable)

@@ -92,9 +92,12 @@ def _resume() -> tuple[dict, dict]:
         return {}, {}
 
 
-def _report(metrics: dict, states: dict, meta: dict) -> None:
-    """Every worker reports (it is collective); rank 0 attaches the checkpoint."""
+def _report(metrics: dict, states: dict, meta: dict, progress: str | None = None) -> None:
+    """Every worker reports (it is collective); rank 0 attaches the checkpoint and prints the progress line
+    (Ray forwards it to the job's log)."""
     if ray.train.get_context().get_world_rank() == 0:
+        if progress:
+            print(progress, flush=True)
         with tempfile.TemporaryDirectory() as d:
             save_models(d, states, meta)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
@@ -128,17 +131,19 @@ def _vae_loop(config: dict) -> None:
         name = f"seed-{sd.seed}"
         if name in meta:
             continue
+        done = f"({len(meta) + 1}/{len(config['seeds'])})"
         try:
             vae, metrics = fit_vae(cfg, torch.tensor(sd.train_pos), torch.tensor(sd.train_neg), sd.seed,
                                    workers=_workers())
         except NonFiniteError as exc:
             states[name], meta[name] = {}, {"failed": f"VAE seed {sd.seed}: {exc}"}
-            _report({"model": name}, states, meta)
+            _report({"model": name}, states, meta, f"  VAE seed {sd.seed} failed: {exc} {done}")
             continue
         metrics["rel_recon_val"] = relative_reconstruction_error(
             vae, torch.tensor(np.concatenate([sd.val_pos, sd.val_neg])))
         states[name], meta[name] = vae.state_dict(), {"config": vae.config(), "metrics": metrics}
-        _report({"model": name, **metrics}, states, meta)
+        _report({"model": name, **metrics}, states, meta,
+                f"  VAE seed {sd.seed} fitted: relative recon error {metrics['rel_recon_train']:.3f} {done}")
 
 
 def train_vaes(cfg: VAEConfig, seeds: list[SeedData], run_name: str, storage: Storage,
@@ -187,7 +192,11 @@ def _head_loop(config: dict) -> None:
         if cell.name in meta:
             continue
         states[cell.name], meta[cell.name] = _fit_one(cfg, cell, seeds[cell.seed], run, _workers())
-        _report({"model": cell.name, "val_acc": meta[cell.name]["metrics"]["val_acc"]}, states, meta)
+        m = meta[cell.name]
+        line = f"  head {cell.name}: " + (f"failed ({m['failed']})" if m["failed"] else
+                                          f"validation accuracy {m['metrics']['val_acc']:.3f}")
+        _report({"model": cell.name, "val_acc": m["metrics"]["val_acc"]}, states, meta,
+                f"{line} ({len(meta)}/{len(config['cells'])})")
 
 
 @ray.remote

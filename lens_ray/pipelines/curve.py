@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 
-from lens_ray.config import LensConfig
+from lens_ray.config import ConfigError, LensConfig
 from lens_ray.core.curve import summarize_curve, verdicts
 from lens_ray.core.progress import Log
 from lens_ray.data.finished_run import RunInputs
@@ -42,10 +42,20 @@ def read_tasks(out: Storage) -> dict[str, list[dict]]:
     return found
 
 
+def check_sizes(cfg: LensConfig, n: int) -> None:
+    """Before Ray starts: every size fits the run's n seed pairs, and none is given twice ('all' is n)."""
+    too_big = [s for s in cfg.curve.sizes if s != "all" and int(s) > n]
+    if too_big:
+        raise ConfigError(f"curve.sizes: {', '.join(too_big)} more than the run's {n} seed pairs; give sizes up to "
+                          f"{n}, or 'all'")
+    if "all" in cfg.curve.sizes and str(n) in cfg.curve.sizes:
+        raise ConfigError(f"curve.sizes: 'all' and {n} are the same size (the run has {n} seed pairs)")
+
+
 def run_curve(cfg: LensConfig, source: RunInputs, out_uri: str, log: Log = print) -> dict:
     """Run (or resume) every task of the curve; write curve.json and report.html; return the curve."""
     out = Storage(out_uri)
-    name = cfg.curve.name or f"{cfg.name}-curve"
+    name = cfg.curve_name
     base = cfg.to_dict()
     Manifest.open(out, {"name": name, "source": source.uri, "curve": base["curve"], "seeds": cfg.seeds,
                         **{k: base[k] for k in ("methods", "factors", "data", "embed", "vae", "synth", "reward")}}
@@ -73,12 +83,11 @@ def run_curve(cfg: LensConfig, source: RunInputs, out_uri: str, log: Log = print
              "verdicts": {m: verdicts(rows, summary, m) for m in ("accuracy", "bon_gold")
                           if any(r[m] is not None for r in rows)},
              "seconds_this_attempt": round(time.time() - t0, 1), "config": base}
+    out.write_json("curve.json", curve)                    # the data first: a report never loses results
     out.write_bytes("report.html", report_html.render_curve(curve).encode())
-    out.write_json("curve.json", curve)
-    for v in curve["verdicts"]["accuracy"]:
-        log(f"  {v['size']:>5} pairs: best head {v['best_head']} {v['original']:.3f}; over mean_diff "
-            f"{v['over_mean_diff']:+.3f}; best augmentation {v['best_augmentation']} {v['gain']:+.3f} ± "
-            f"{v['gain_se']:.3f}" + (" (beyond noise)" if v["augmentation_pays"] else ""))
+    for row in report_html.curve_verdict_rows(curve)[1]:
+        log(f"  {row[0]:>5} pairs: best head {row[1]} {row[2]}; over mean_diff {row[3]}; best augmentation "
+            f"{row[4]} {row[5]}" + (" (beyond noise)" if row[6] == "yes" else ""))
     log(f"artifacts: {out.uri}  (curve.json, report.html, tasks/, ray_tune/)")
     return curve
 

@@ -1,12 +1,18 @@
-"""Report: aggregate results across seeds, print a table, write report.json and report.md. No Ray."""
+"""Report: aggregate results across seeds, write them as text (console, report.md) and report.json. No Ray.
+
+A spread is shown only where there are at least two values behind it; results on few evaluation pairs or
+one seed say so in words.
+"""
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 from lens_ray.core.stats import mean_std, paired
 from lens_ray.store.storage import Storage
 
 ORDER = ("mean_diff", "original", "direct_perturbation", "gaussian_sampling", "lens")
+FEW_EVAL_PAIRS = 400              # below, the standard error of an accuracy is over 2.4 points
 
 
 def summarize(results: list[dict]) -> list[dict]:
@@ -29,15 +35,50 @@ def summarize(results: list[dict]) -> list[dict]:
     return out
 
 
-def _fmt(cell: dict | None, scale: float = 1.0, signed: bool = False) -> str:
-    if cell is None:
+def estimate(mean: float | None, spread: float | None = None, n: int = 1, signed: bool = False,
+             digits: int = 3) -> str:
+    """'0.593 ± 0.006', or '0.593' alone where there is no spread to stand behind (fewer than two values, or a
+    spread that is not a number); '-' for no value."""
+    if mean is None:
         return "-"
-    sign = "+" if signed and cell["mean"] >= 0 else ""
-    return f"{sign}{cell['mean'] * scale:.3f} ± {cell['std'] * scale:.3f}"
+    text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+    if n >= 2 and spread is not None and math.isfinite(spread):
+        text += f" ± {spread:.{digits}f}"
+    return text
+
+
+def cell(c: dict | None, signed: bool = False, spread: str = "std") -> str:
+    """A summary cell {mean, std[, se], n} as `estimate` writes it."""
+    return "-" if c is None else estimate(c["mean"], c.get(spread), c.get("n", 1), signed)
+
+
+def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    """The per-method table of a run: header and rows (mean ± std over seeds; gains paired by seed)."""
+    header = ["method", "factor", "head", "accuracy", "vs original", "BoN gold", "vs original"]
+    rows = [[r["method"], f"{r['factor']}x", r.get("head_kind", "mlp"), cell(r["accuracy"]),
+             cell(r["accuracy_vs_original"], signed=True), cell(r["bon_gold"]),
+             cell(r["bon_gold_vs_original"], signed=True)] for r in report["summary"]]
+    return header, rows
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def notes(report: dict) -> list[str]:
+    """What the figures cannot say, in words: few evaluation pairs, a single seed."""
+    out, m = [], report["eval_pairs"]
+    if m < FEW_EVAL_PAIRS:
+        out.append(f"note: only {m} evaluation pairs; one pair is {100 / m:.1f} accuracy points and the standard "
+                   f"error of an accuracy near 0.6 is {100 * math.sqrt(0.24 / m):.1f} points, so smaller differences "
+                   "are noise")
+    if report["config"]["seeds"] < 2:
+        out.append("note: one seed; no spread is shown, and a difference between methods may be that seed's luck")
+    return out
 
 
 def table(report: dict) -> str:
-    """A markdown table of the summary (mean ± std over seeds)."""
+    """The run in text (console and report.md): data, the per-method table, notes, timings, failures."""
     data = report.get("data", {})
     dupes = ""
     if data.get("duplicate_pairs"):
@@ -46,16 +87,11 @@ def table(report: dict) -> str:
     lines = [f"model {report['model']} (d={report['embedding_dim']}), {report['seed_pairs']} seed pairs "
              f"({data.get('seed_prompts', '?')} prompts), {report['eval_pairs']} eval pairs "
              f"({data.get('eval_prompts', '?')} prompts), {report.get('bon_prompts') or 0} BoN prompts" + dupes,
-             "",
-             "| method | factor | head | accuracy | vs original | BoN gold | vs original |",
-             "|---|---|---|---|---|---|---|"]
-    for r in report["summary"]:
-        lines.append(f"| {r['method']} | {r['factor']}x | {r.get('head_kind', 'mlp')} | {_fmt(r['accuracy'])} | "
-                     f"{_fmt(r['accuracy_vs_original'], signed=True)} | {_fmt(r['bon_gold'])} | "
-                     f"{_fmt(r['bon_gold_vs_original'], signed=True)} |")
+             "", *markdown(*summary_rows(report))]
     if report.get("bon_random") is not None:
         lines.append(f"\nBest-of-{report['bon_n']}: random pick {report['bon_random']:.3f}, oracle pick "
                      f"{report['bon_oracle']:.3f}")
+    lines += notes(report)
     lines.append("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["timings_s"].items()))
     if report.get("quarantined"):
         lines.append("quarantined: " + ", ".join(f"{k} x{v}" for k, v in report["quarantined"].items()))

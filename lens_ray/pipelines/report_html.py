@@ -13,7 +13,7 @@ import io
 
 import numpy as np
 
-from lens_ray.pipelines.report import ORDER, table
+from lens_ray.pipelines.report import ORDER, cell, estimate, summary_rows, table
 
 COLORS = {"mean_diff": "#7f7f7f", "original": "#000000", "direct_perturbation": "#1f77b4",
           "gaussian_sampling": "#2ca02c", "lens": "#d62728"}
@@ -123,8 +123,21 @@ def _page(title: str, parts: list[str], figs: list[tuple[str, str | None]]) -> s
         if png:
             parts.append(f"<h2>{name}</h2><img alt='{name}' src='data:image/png;base64,{png}'>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            "<style>body{font-family:sans-serif;max-width:900px;margin:2em auto}pre{background:#f6f6f6;padding:1em}"
-            "</style></head><body>" + "\n".join(parts) + "</body></html>")
+            "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse;"
+            "margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+            "td:first-child,th:first-child{text-align:left}th{background:#f0f0f0}.note{color:#a33}</style>"
+            "</head><body>" + "\n".join(parts) + "</body></html>")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """An HTML table, every cell escaped."""
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _p(text: str, cls: str = "") -> str:
+    return f"<p{f' class={cls!r}' if cls else ''}>{html.escape(text)}</p>"
 
 
 def render(report: dict, projection_png: str | None = None, trials: list[dict] | None = None) -> str:
@@ -133,29 +146,34 @@ def render(report: dict, projection_png: str | None = None, trials: list[dict] |
                                                 f"Best-of-{report.get('bon_n')} mean gold of the pick")),
             ("Tuning landscape", landscape(trials) if trials else None),
             ("Embeddings", projection_png)]
-    parts = [f"<h1>lens-ray report: {html.escape(str(report['config']['name']))}</h1>",
-             f"<pre>{html.escape(table(report))}</pre>"]
+    text = table(report).split("\n")
+    intro = [line for line in text if line and not line.startswith("|")]
+    parts = [f"<h1>lens-ray report: {html.escape(str(report.get('name') or report['config']['name']))}</h1>",
+             _p(intro[0]), "<h2>Every method (mean ± std over seeds; gains paired by seed)</h2>",
+             _table(*summary_rows(report))]
+    parts += [_p(line, "note" if line.startswith(("note", "FAILED")) else "") for line in intro[1:]]
     return _page("lens-ray report", parts, figs)
 
 
-def trials_table(trials: list[dict]) -> str:
-    lines = [f"{'objective':>9} {'± se':>7} {'units':>5}  {'status':<13} point"]
+def trials_table(trials: list[dict]) -> tuple[list[str], list[list[str]]]:
+    rows = []
     for t in sorted(trials, key=lambda t: -(t.get("objective") if t.get("objective") is not None else -9)):
-        obj = f"{t['objective']:+.4f}" if t.get("objective") is not None else "n/a"
-        se = f"{t['objective_se']:.4f}" if t.get("objective_se") is not None else "-"
         knobs = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["point"].items())
-        lines.append(f"{obj:>9} {se:>7} {len(t.get('units', [])):>5}  {t['status']:<13} {knobs}")
-    return "\n".join(lines)
+        rows.append([estimate(t.get("objective"), t.get("objective_se"), len(t.get("units", [])), signed=True,
+                              digits=4), str(len(t.get("units", []))), t["status"], knobs])
+    return ["k-fold objective ± se", "units", "status", "point"], rows
 
 
 def render_search(report: dict) -> str:
-    test = "\n".join(f"{k:<20} " + "  ".join(f"{m} {v['mean']:.4f} ± {v['std']:.4f}" for m, v in row.items())
-                     for k, row in report["test"].items())
+    test = [[k] + [cell(row.get(m), signed="vs" in m) for m in ("accuracy", "accuracy_vs_original", "bon_gold",
+                                                                   "bon_gold_vs_original")]
+            for k, row in report["test"].items()]
     parts = [f"<h1>lens-ray search: {html.escape(report['name'])}</h1>",
              f"<p><b>{html.escape(report['verdict'])}</b></p>",
-             f"<h2>Test data (only the chosen configurations)</h2><pre>{html.escape(test)}</pre>",
-             f"<h2>Trials (k-fold objective: accuracy gain over original on the same folds)</h2>"
-             f"<pre>{html.escape(trials_table(report['trials']))}</pre>"]
+             "<h2>Test data (only the chosen configurations; mean ± std over seeds)</h2>",
+             _table(["", "accuracy", "vs original", "BoN gold", "vs original"], test),
+             "<h2>Trials (k-fold objective: accuracy gain over original on the same folds)</h2>",
+             _table(*trials_table(report["trials"]))]
     return _page("lens-ray search", parts, [("Tuning landscape", landscape(report["trials"]))])
 
 
@@ -198,6 +216,15 @@ def curve_figure(summary: list[dict], metric: str, gain: bool) -> str | None:
     return _png(fig)
 
 
+def curve_verdict_rows(curve: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["pairs", "best head", "original", "vs mean_diff", "best augmentation", "gain ± se", "beyond noise"]
+    rows = [[str(v["size"]), v["best_head"], estimate(v["original"]),
+             estimate(v["over_mean_diff"], v["over_mean_diff_se"], 2, signed=True), v["best_augmentation"] or "-",
+             estimate(v["gain"], v["gain_se"], 2, signed=True), "yes" if v["augmentation_pays"] else "no"]
+            for v in curve["verdicts"].get("accuracy", [])]
+    return header, rows
+
+
 def render_curve(curve: dict) -> str:
     """The learning curve's page: figures, the verdict per size, and the summary table."""
     s = curve["summary"]
@@ -205,25 +232,17 @@ def render_curve(curve: dict) -> str:
             ("Gain over original (same head, paired by seed)", curve_figure(s, "accuracy", gain=True)),
             ("Best-of-N gold against seed pairs", curve_figure(s, "bon_gold", gain=False)),
             ("Best-of-N gain over original", curve_figure(s, "bon_gold", gain=True))]
-    text = [f"{'pairs':>6} {'best head':>9} {'original':>8} {'vs mean_diff':>14} {'best augmentation':>22} gain ± se"]
-    for v in curve["verdicts"].get("accuracy", []):
-        text.append(f"{v['size']:>6} {v['best_head']:>9} {v['original']:>8.3f} "
-                    f"{v['over_mean_diff']:>+8.3f} ± {v['over_mean_diff_se']:.3f} {v['best_augmentation']:>22} "
-                    f"{v['gain']:+.3f} ± {v['gain_se']:.3f}{'  beyond noise' if v['augmentation_pays'] else ''}")
-    table = [f"{'pairs':>6} {'method':>20} {'factor':>6} {'head':>6} {'accuracy':>15} {'vs original':>16} failed"]
-    for r in s:
-        acc = f"{r['accuracy']['mean']:.3f} ± {r['accuracy']['std']:.3f}" if r["accuracy"] else "-"
-        vs = r["accuracy_vs_original"]
-        gain_text = f"{vs['mean']:+.3f} ± {vs['se']:.3f}" if vs else "-"
-        table.append(f"{r['size']:>6} {r['method']:>20} {r['factor']:>6} {r['head_kind']:>6} {acc:>15} "
-                     f"{gain_text:>16} {r['failed']}")
+    cells = [[str(r["size"]), r["method"], str(r["factor"]), r["head_kind"], cell(r["accuracy"]),
+              cell(r["accuracy_vs_original"], signed=True, spread="se"), cell(r["bon_gold"]),
+              cell(r["bon_gold_vs_original"], signed=True, spread="se"), str(r["failed"])] for r in s]
     parts = [f"<h1>lens-ray learning curve: {html.escape(curve['name'])}</h1>",
-             f"<p>{html.escape(str(curve['model']))} (d={curve['embedding_dim']}), {curve['seed_pairs']} seed pairs, "
-             f"{curve['eval_pairs']} eval pairs (the same for every size), {curve['bon_prompts']} Best-of-N prompts. "
-             "Gains are paired by seed against original on the same head and subset; 'beyond noise' means more "
-             "than twice the standard error, and the best augmentation is the best of several on these test "
-             "figures, so its gain is optimistic.</p>",
-             f"<h2>Verdict per size (accuracy)</h2><pre>{html.escape(chr(10).join(text))}</pre>",
-             f"<h2>Every cell (mean ± std over seeds; gain ± standard error)</h2>"
-             f"<pre>{html.escape(chr(10).join(table))}</pre>"]
+             _p(f"{curve['model']} (d={curve['embedding_dim']}), {curve['seed_pairs']} seed pairs, "
+                f"{curve['eval_pairs']} eval pairs (the same for every size), {curve['bon_prompts']} Best-of-N "
+                "prompts. Gains are paired by seed against original on the same head and subset; 'beyond noise' "
+                "means more than twice the standard error, and the best augmentation is the best of several on "
+                "these test figures, so its gain is optimistic."),
+             "<h2>Verdict per size (accuracy)</h2>", _table(*curve_verdict_rows(curve)),
+             "<h2>Every cell (mean ± std over seeds; gain ± standard error)</h2>",
+             _table(["pairs", "method", "factor", "head", "accuracy", "vs original", "BoN gold", "vs original",
+                     "failed"], cells)]
     return _page("lens-ray learning curve", parts, figs)

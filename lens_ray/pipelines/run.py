@@ -66,7 +66,7 @@ def run(cfg: LensConfig, log: Log = print, ds: Datasets | None = None,
     cfg.validate()
     out = Storage(cfg.out_uri)
     t = Stages(guard=guard)
-    log(f"lens-ray run '{cfg.name}' -> {out.uri}")
+    log(f"lens-ray run '{cfg.run_name}' -> {out.uri}")
     with t.stage("ingest", log):
         ds = ds or ingest(cfg, log)
     with t.stage("embed", log):
@@ -301,15 +301,23 @@ def train_stage(cfg: LensConfig, cells: list[Cell], seeds: list[SeedData], keys:
         head = build_head(meta["config"])
         head.load_state_dict(state)
         heads[cell] = _store(store, keys, TrainedHead(cell, head.eval(), meta["metrics"]), by_seed[cell.seed])
+
     def seeds_of(js: list[Cell]) -> list[SeedData]:
         return [by_seed[s] for s in sorted({j.seed for j in js})]
     linear, mlp = [j for j in todo if j.head == "linear"], [j for j in todo if j.head != "linear"]
     if linear:
-        train_linear_heads(cfg.reward, linear, seeds_of(linear), out.uri, cfg.resources, on_done=done)
-    if mlp:
+        finished = iter(range(1, len(linear) + 1))
+
+        def linear_done(cell: Cell, state: dict, meta: dict) -> None:
+            done(cell, state, meta)
+            if not meta.get("failed"):
+                log(f"  head {cell.name}: validation accuracy {meta['metrics']['val_acc']:.3f} "
+                    f"({next(finished)}/{len(linear)} linear)")
+        train_linear_heads(cfg.reward, linear, seeds_of(linear), out.uri, cfg.resources, on_done=linear_done)
+    if mlp:                                        # each MLP head's line comes from the trainer as it finishes
         states, meta = train_mlp_heads(cfg.reward, mlp, seeds_of(mlp), out.uri,
-                                 f"heads-{fingerprint([keys.head(j) for j in mlp])}", out.child("ray_train"),
-                                 cfg.resources)
+                                       f"heads-{fingerprint([keys.head(j) for j in mlp])}", out.child("ray_train"),
+                                       cfg.resources)
         for cell in mlp:
             done(cell, states[cell.name], meta[cell.name])
     return [heads[j] for j in cells]
@@ -345,7 +353,7 @@ def evaluate_stage(heads: list[TrainedHead], emb: Embedded) -> list[dict]:
 def build_report(cfg: LensConfig, ds: Datasets, emb: Embedded, results: list[dict], vaes: dict[int, FittedVAE],
                  timings: dict[str, float]) -> dict:
     report = {
-        "model": cfg.embed.model, "model_id": resolve_model(cfg.embed.model).model_id,
+        "name": cfg.run_name, "model": cfg.embed.model, "model_id": resolve_model(cfg.embed.model).model_id,
         "embedding_dim": emb.dim, "seed_pairs": len(ds.seed_pairs), "eval_pairs": len(ds.eval_pairs),
         "bon_prompts": len(ds.bon_prompts), "bon_n": cfg.data.bon_n if ds.bon_prompts else None,
         "results": results,
@@ -377,4 +385,5 @@ def write_report(cfg: LensConfig, out: Storage, report: dict, seeds: list[SeedDa
     trials = read_trials(Storage(cfg.from_tune)) if cfg.from_tune else None
     out.write_bytes("report.html", report_html.render(report, proj, trials).encode())
     log(reporting.table(report))
-    log(f"artifacts: {out.uri}  (report.html, report.json, report.md, heads/, vae/, embeddings/, synthetic/)")
+    made = [f"{d}/" for d in ("heads", "embeddings", "vae", "synthetic", "ray_train") if out.isdir(d)]
+    log(f"artifacts: {out.uri}  ({', '.join(['report.html', 'report.json', 'report.md'] + made)})")

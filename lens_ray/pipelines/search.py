@@ -32,6 +32,7 @@ from lens_ray.core.stats import mean_std, paired
 from lens_ray.data.finished_run import RunInputs
 from lens_ray.distributed.trials import remote_calls, search_trials
 from lens_ray.pipelines import report_html
+from lens_ray.pipelines.report import estimate
 from lens_ray.store.search_results import BEST, read_trials
 from lens_ray.store.storage import Manifest, Storage
 
@@ -41,7 +42,8 @@ BUDGET_KEYS = ("num_samples", "test_seeds")    # a re-run may change these; ever
 def search(cfg: LensConfig, sources: list[RunInputs], out_uri: str, log: Log = print) -> dict:
     """Run (or resume) the search; choose; measure the choice on test data; write the report."""
     out = Storage(out_uri)
-    name = open_search(cfg, sources, out)
+    open_search(cfg, sources, out).save()
+    name = cfg.search_name
     done = read_trials(out)
     log(f"lens-ray search '{name}' -> {out.uri}: {cfg.tune.num_samples} trials ({len(done)} done before), "
         f"{cfg.tune.folds}-fold x {cfg.tune.repeats} repeats paired against original, ASHA + Optuna TPE, "
@@ -58,11 +60,11 @@ def search(cfg: LensConfig, sources: list[RunInputs], out_uri: str, log: Log = p
                    "search_seconds_total": round(before + seconds, 1),
                    "trial_seconds_total": round(sum(tr.get("seconds") or 0 for tr in trials), 1),
                    "settings": cfg.to_dict()["tune"], "trials": trials})
-    out.write_bytes("report.html", report_html.render_search(report).encode())
     best = ("point", "overrides", "objective", "objective_se", "beats_original", "holds_on_test", "verdict", "test",
             "trial_id")
+    out.write_json("report.json", report)                   # the data first: a report never loses results
     out.write_json(BEST, {k: report[k] for k in best} | {"search": out.uri})
-    out.write_json("report.json", report)
+    out.write_bytes("report.html", report_html.render_search(report).encode())
     log(report["verdict"])
     log(f"artifacts: {out.uri}  (report.html, report.json, best.json, trials/, ray_tune/ with TensorBoard logs)")
     return report
@@ -77,16 +79,14 @@ def check_sources(sources: list[RunInputs]) -> None:
                               "share data")
 
 
-def open_search(cfg: LensConfig, sources: list[RunInputs], out: Storage) -> str:
-    """The search's manifest: what defines it (never its budget or resources); a re-run that would define it
-    otherwise is refused. Returns its name."""
+def open_search(cfg: LensConfig, sources: list[RunInputs], out: Storage) -> Manifest:
+    """The search's manifest, not yet saved: what defines it (never its budget or resources). A re-run that
+    would define it otherwise is refused, naming the settings that differ (the CLI checks this before Ray)."""
     check_sources(sources)
-    name = cfg.tune.name or f"{cfg.name}-tune"
     base = cfg.to_dict()
-    Manifest.open(out, {"name": name, "sources": [s.uri for s in sources],
-                        "tune": {k: v for k, v in base["tune"].items() if k not in BUDGET_KEYS},
-                        "base": {k: base[k] for k in ("data", "embed", "vae", "synth", "reward", "factors")}}).save()
-    return name
+    return Manifest.open(out, {"name": cfg.search_name, "sources": [s.uri for s in sources],
+                               "tune": {k: v for k, v in base["tune"].items() if k not in BUDGET_KEYS},
+                               "base": {k: base[k] for k in ("data", "embed", "vae", "synth", "reward", "factors")}})
 
 
 def pick(trials: list[dict]) -> dict:
@@ -101,14 +101,14 @@ def choose_and_test(cfg: LensConfig, sources: list[RunInputs], trials: list[dict
     """The pick by k-fold objective; then test accuracy, paired by seed, of original, the run's default LENS
     point and the pick (the only time the search looks at test data)."""
     best = pick(trials)
-    obj, se = best["objective"], best["objective_se"] or 0.0
+    obj, se = best["objective"], best["objective_se"]           # se None: one unit, no spread to stand behind
     src_index = int(best["point"].get("source", 0))
     log(f"testing original, default and tuned on the held-out test data ({cfg.tune.test_seeds} seeds) ...")
     rows = test_rows(cfg, sources, best["point"], default)
     test = compare_on_test(rows)
     gain = test["tuned"]["accuracy_vs_original"]
-    held = gain["mean"] > 2 * gain["std"] / np.sqrt(cfg.tune.test_seeds)
-    beats = obj - 2 * se > 0
+    held = gain["n"] >= 2 and gain["mean"] > 2 * gain["std"] / np.sqrt(gain["n"])   # one seed: no spread
+    beats = se is not None and obj - 2 * se > 0
     return {"point": best["point"], "trial_id": best["trial_id"], "objective": obj, "objective_se": se,
             "beats_original": beats, "holds_on_test": bool(held), "default_point": default,
             "verdict": verdict(best["point"], sum(tr["status"] == "finished" for tr in trials), obj, se, beats, test,
@@ -148,7 +148,8 @@ def compare_on_test(rows: dict[str, list[dict]]) -> dict[str, dict]:
 def verdict(point: dict, finished: int, obj: float, se: float, beats: bool, test: dict, held: bool) -> str:
     """The search's conclusion in words, from the figures it is made of."""
     text = (f"Pick of {finished} finished trials (highest objective - 1 se): {describe_point(point)}, k-fold "
-            f"objective {obj:+.4f} ± {se:.4f} (accuracy gain over original on the same folds). ")
+            f"objective {estimate(obj, se, 2, signed=True, digits=4)} (accuracy gain over original on the same "
+            "folds). ")
     text += ("It beats the original pairs by more than twice the objective's standard error (before accounting "
              "for picking the best of many; the test rows below are the check)." if beats else
              "NOTHING beat the original pairs beyond the objective's noise (gain < 2 standard errors): on this data "

@@ -1,7 +1,7 @@
 """A lens-ray reward model in the shapes RLHF trainers take it. No Ray; neither TRL, verl nor OpenRLHF is a
 dependency: each function takes exactly what that trainer passes.
 
-- TRL (GRPOTrainer, RLOOTrainer, online DPO: `reward_funcs=[trl_reward("runs/lens-hh")]`): prompts and
+- TRL (GRPOTrainer, RLOOTrainer, online DPO: `reward_funcs=[trl_reward("runs/hh_harmless_dev-smollm2")]`): prompts and
   completions as strings, or as conversational message lists.
 - verl (custom_reward_function): `compute_score(data_source, solution_str, ground_truth, extra_info)` and
   `compute_score_batch(...)` ask a running `lens-ray serve` (LENS_RAY_REWARD_URL, optional bearer token in

@@ -1,6 +1,6 @@
 """The reward-model API: (prompt, response) texts -> rewards, end to end. No Ray.
 
-    rm = RewardModel.from_run("runs/lens-hh")            # the run's default head
+    rm = RewardModel.from_run("runs/hh_harmless_dev-smollm2")            # the run's default head
     rm.score(["How do I bake bread?"], ["Mix flour, water, yeast ..."])   # -> np.ndarray (n,)
 
 A prompt is a string (one user turn) or a list of chat messages. Texts are embedded exactly as the run

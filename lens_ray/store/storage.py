@@ -150,6 +150,24 @@ def split_uri(uri: str) -> tuple[Storage, str]:
     return Storage(uri), ""
 
 
+def differences(stored: dict, requested: dict, most: int = 6) -> str:
+    """'a.b: 1 -> 2; c: x -> y' for the leaves that differ between two nested settings documents."""
+    def leaves(obj, prefix=""):
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                yield from leaves(v, f"{prefix}{k}.")
+        else:
+            yield prefix.rstrip("."), obj
+    old, new = dict(leaves(stored)), dict(leaves(json.loads(json.dumps(requested))))
+
+    def short(v) -> str:
+        text = json.dumps(v)
+        return text if len(text) <= 40 else text[:37] + "..."
+    diff = [f"{k}: {short(old.get(k))} -> {short(new.get(k))}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
+    return "; ".join(diff[:most]) + (f"; and {len(diff) - most} more" if len(diff) > most else "")
+
+
 @dataclass
 class Manifest:
     """manifest.json in a folder: settings (`meta`) and committed files with checksums.
@@ -167,12 +185,10 @@ class Manifest:
         """Open (or start) the manifest; refuse one written under other settings."""
         if store.exists(cls.NAME):
             doc = store.read_json(cls.NAME)
-            if doc.get("meta") != meta:
-                diff = {k: (doc.get("meta", {}).get(k), meta.get(k)) for k in set(meta) | set(doc.get("meta", {}))
-                        if doc.get("meta", {}).get(k) != meta.get(k)}
-                raise StorageError(
-                    f"{store.uri_of(cls.NAME)} was written with other settings {diff} (stored, requested); "
-                    "use another output location or delete it")
+            stored = json.loads(json.dumps(doc.get("meta", {})))
+            if stored != json.loads(json.dumps(meta)):          # compared as stored: tuples are lists there
+                raise StorageError(f"{store.uri}: made with other settings ({differences(stored, meta)}); use "
+                                   "another output location, or the settings it was made with")
             return cls(store, meta, doc.get("files", {}))
         return cls(store, meta, {})
 

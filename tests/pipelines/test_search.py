@@ -97,7 +97,7 @@ def test_rerun_with_the_same_name_resumes_and_refuses_other_settings(search, s3_
         study = optuna.load_study(study_name="tt", storage=JournalStorage(JournalFileBackend(fh.name)))
         assert len(study.trials) == 4                                      # the searcher knew the first three
     assert Storage(out).listdir("ray_tune") == ["tt-0", "tt-1"]
-    with pytest.raises(StorageError, match="other settings"):
+    with pytest.raises(StorageError, match=r"other settings \(tune.folds: \d -> 3\)"):
         tune_main(["--from-run", run.uri, "--out", out] + SEARCH + ["--folds", "3"])
 
 

@@ -63,15 +63,26 @@ def test_cluster_processes_use_token_auth_from_a_secret():
         assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "lens-ray-auth"
 
 
-def test_serve_config_builds_the_reward_application():
-    """cluster/serve.yaml passes Ray Serve's own schema and its args are settings of the serve section."""
+def test_serve_config_builds_the_reward_application(local_run, monkeypatch):
+    """cluster/serve.yaml passes Ray Serve's own schema, and its import path and args build the reward
+    application (on a finished run), with the replicas, batching, normalization and token it names."""
+    from ray._common.utils import import_attr
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve.deployment import Application
     from ray.serve.schema import ServeDeploySchema
 
-    from lens_ray.config import ServeConfig, apply_overrides, load_config
+    from lens_ray.config import ServeConfig
+    _, _, run = local_run
     doc = yaml.safe_load((CLUSTER / "serve.yaml").read_text())
-    schema = ServeDeploySchema.parse_obj(doc)
-    app = schema.applications[0]
+    app = ServeDeploySchema.parse_obj(doc).applications[0]
     assert app.import_path == "lens_ray.distributed.serving:app_builder" and app.route_prefix == "/"
-    args = {k: v for k, v in app.args.items() if k != "run"}
-    cfg = apply_overrides(load_config(None), {f"serve.{k}": v for k, v in args.items()})
-    assert isinstance(cfg.serve, ServeConfig) and cfg.serve.normalize is True and cfg.serve.token_env
+    monkeypatch.setenv(app.args["token_env"], "a-token")
+    built = call_user_app_builder_with_args_if_necessary(import_attr(app.import_path), {**app.args, "run": run.uri})
+    assert isinstance(built, Application)
+    deployment = built._bound_deployment                               # what Serve would deploy
+    assert deployment.num_replicas == int(app.args["replicas"]) == 2
+    sc = ServeConfig(**deployment.init_args[1])
+    assert (sc.normalize, sc.max_batch_size, sc.batch_wait_ms) == (True, 32, 10.0)
+    import hashlib
+    assert deployment.init_args[2] == hashlib.sha256(b"a-token").hexdigest()   # only the token's digest travels
+    assert deployment.max_ongoing_requests == sc.max_waiting_bodies + 4 * sc.max_batch_size

@@ -50,6 +50,7 @@ class Workers:
     shard: Shard = _same
     wrap: Wrap = _same
     any: Callable[[bool], bool] = _same
+    size: int = 1                   # how many workers share each global batch (recorded with the fit)
 
 
 ALONE = Workers()
@@ -89,7 +90,8 @@ def fit_vae(cfg: VAEConfig, train_pos: torch.Tensor, train_neg: torch.Tensor, se
         final = lens_vae_loss(vae, train_pos, train_neg, cfg.beta, cfg.gamma, cfg.recon, cfg.recon_reduction,
                               cfg.div_bound, cfg.div_max)
     metrics = {"loss": float(final.total), "kl": float(final.kl), "w2": float(final.w2),
-               "rel_recon_train": relative_reconstruction_error(vae, torch.cat([train_pos, train_neg]))}
+               "rel_recon_train": relative_reconstruction_error(vae, torch.cat([train_pos, train_neg])),
+               "workers": workers.size, "module": type(net).__name__}
     return vae, metrics
 
 

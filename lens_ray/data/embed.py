@@ -74,6 +74,7 @@ class LoadedModel:
     model_id: str
     dim: int
     device: torch.device
+    loaded_from: str = ""       # the folder (or GGUF file) the weights were read from
 
 
 def cpu_has_native_bf16() -> bool:
@@ -158,7 +159,9 @@ def load_model(spec: str, dtype: str = "auto", device: str | None = None) -> Loa
     base.to(dev).eval()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token or tok.unk_token
-    return LoadedModel(tok, base, "causal" if causal else "encoder", src.model_id, int(config.hidden_size), dev)
+    loaded_from = os.path.join(folder, kw["gguf_file"]) if kw else folder
+    return LoadedModel(tok, base, "causal" if causal else "encoder", src.model_id, int(config.hidden_size), dev,
+                       loaded_from)
 
 
 def format_input(lm: LoadedModel, prompt: list[dict[str, str]], response: str) -> str:

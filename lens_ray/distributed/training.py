@@ -118,7 +118,7 @@ def _workers() -> Workers:
     if world == 1:
         return Workers()
     return Workers(shard=lambda idx: idx[rank::world], wrap=lambda m: prepare_model(m, move_to_device=False),
-                   any=_any_worker)
+                   any=_any_worker, size=world)
 
 
 # ------------------------------------------------------------------ VAE
@@ -175,7 +175,8 @@ def _fit_one(cfg: RewardConfig, cell: Cell, sd: SeedData, run: Storage, workers:
     """One head -> (state, meta); a failed fit has no state and says why."""
     train, val, real = _training_set(cfg, cell, sd, run)
     fit = fit_reward_head(cfg, cell.head, train, val, cell.seed, sd.train_groups, real.pos, real.neg, workers=workers)
-    metrics = {"val_acc": fit.best_val_acc, "best_step": fit.best_step, "steps": fit.steps, "train_pairs": len(train)}
+    metrics = {"val_acc": fit.best_val_acc, "best_step": fit.best_step, "steps": fit.steps, "train_pairs": len(train),
+               "workers": workers.size}
     if cell.head == "linear":
         metrics["design"] = fit.history[0] if fit.history else None
     meta = {"config": fit.head.config(), "cell": asdict(cell), "failed": fit.failure, "metrics": metrics}

@@ -13,7 +13,10 @@ def test_direct_perturbation_scale():
     assert sp.shape == (400, 2, 3)
     measured = sp.reshape(-1, 3).std(0)
     assert torch.allclose(measured, 0.2 * std, rtol=0.1)
-    assert torch.allclose(sn.reshape(-1, 3).mean(0), torch.ones(3), atol=0.1 * 10)
+    noise_sd = 0.2 * std                                          # sqrt(noise_var) per standardized dim
+    se = noise_sd / np.sqrt(800)                                  # of the mean of 400 pairs x 2 draws
+    assert ((sn.reshape(-1, 3).mean(0) - 1).abs() < 4 * se).all()  # centred on the rejected embedding itself
+    assert not torch.equal(sn[:, 0], sn[:, 1])                    # the two draws of a pair differ
 
 
 def test_gaussian_sampling_matches_class_moments():
@@ -39,3 +42,10 @@ def test_augmenter_exact_factor_for_every_method():
         sp, sn, pairs = aug.synthesize(pos[:5], neg[:5], np.arange(5), factor=8)
         assert sp.shape == (5, 2, 8) and sn.shape == (5, 2, 8)
         assert len(pairs) == 40
+        assert torch.isfinite(sp).all() and sp.abs().sum() > 0                     # not zeros
+        for side, real in ((sp, pos[:5]), (sn, neg[:5])):                          # not copies of the real pairs
+            assert not torch.allclose(side[:, 0], real) and not torch.allclose(side[:, 0], side[:, 1])
+        again = aug.synthesize(pos[:5], neg[:5], np.arange(5), factor=8)           # a pure function of the ids
+        assert torch.equal(again[0], sp) and np.array_equal(again[2], pairs)
+        one = aug.synthesize(pos[2:3], neg[2:3], np.arange(2, 3), factor=8)        # batching changes no draw
+        assert torch.allclose(one[0][0], sp[2])

@@ -38,9 +38,9 @@ def test_a_task_fits_every_method_and_head_on_its_subset():
     assert keys == {("mean_diff", 1, "linear")} | {(m, f, h) for h in ("mlp", "linear")
                                                    for m, f in (("original", 1), ("direct_perturbation", 2),
                                                                 ("direct_perturbation", 4), ("lens", 2), ("lens", 4))}
-    assert all(r["size"] == 40 and r["status"] == "ok" and 0 <= r["accuracy"] <= 1 for r in rows)
+    assert all(r["size"] == 40 and r["status"] == "ok" for r in rows)
     assert all(r["train_pairs"] < 40 for r in rows)               # its validation part is held out
-    assert max(r["accuracy"] for r in rows) > 0.7                 # the signal is learnable
+    assert all(r["accuracy"] > 0.75 for r in rows), rows          # every head learned the separable signal
 
 
 def test_summary_pairs_each_seed_against_original_on_the_same_head():

@@ -22,7 +22,10 @@ def test_fit_head_learns_and_stops_early():
     tpos, tneg = _pairs(500, seed=2)
     assert head_accuracy(fit.head, tpos, tneg) > 0.8
     assert fit.best_val_acc == max(h["val_acc"] for h in fit.history)
-    assert fit.steps <= cfg.max_steps
+    assert fit.steps < cfg.max_steps                                   # it stopped early ...
+    after_best = [h for h in fit.history if h["step"] > fit.best_step]
+    assert len(after_best) == cfg.patience and all(h["val_acc"] <= fit.best_val_acc for h in after_best)  # ... so
+    assert fit.steps == fit.best_step + cfg.patience * cfg.eval_every  # patience checks after its best, no more
 
 
 def test_fit_head_is_deterministic():

@@ -12,10 +12,13 @@ from lens_ray.core.linear_head import fit_linear_head, fit_weights, transform
 from lens_ray.core.metrics import head_accuracy
 
 
-def _pairs(n: int, d: int, seed: int, noise_dims: float = 0.0):
-    """chosen - rejected = a fixed direction + noise; optional huge-variance nuisance dimensions (shared)."""
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(d, generator=g)
+def _pairs(n: int, d: int, seed: int, noise_dims: float = 0.0, draws: int | None = None):
+    """chosen - rejected = a fixed direction (from `seed`) + noise; optional huge-variance nuisance dimensions
+    (shared). `draws` seeds the pairs apart from the direction: fresh pairs of the same preference."""
+    w = torch.randn(d, generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed if draws is None else 10_000 + draws)
+    if draws is None:
+        torch.randn(d, generator=g)                                 # the same stream as before for training pairs
     base = torch.randn(n, d, generator=g)
     pos, neg = base + 0.15 * w + 0.8 * torch.randn(n, d, generator=g), base - 0.15 * w
     if noise_dims:
@@ -42,7 +45,8 @@ def test_linear_head_learns_and_records_its_design():
     cfg = RewardConfig(heads=("linear",))
     groups = [f"p{i // 2}" for i in range(300)]
     fit = fit_reward_head(cfg, "linear", PairSet(pos, neg), PairSet(pos[:40], neg[:40]), 0, groups, pos, neg)
-    tpos, tneg = _pairs(500, 16, 0)
+    tpos, tneg = _pairs(500, 16, 0, draws=1)                         # held-out: same direction, other pairs
+    assert not torch.equal(tpos[:300], pos)
     assert fit.failure is None and head_accuracy(fit.head, tpos, tneg) > 0.8
     design = fit.history[0]
     assert design["norm"] in cfg.linear_norms and design["l2"] in cfg.linear_l2 and 0 <= design["cv_accuracy"] <= 1

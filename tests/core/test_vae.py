@@ -14,12 +14,20 @@ from lens_ray.core.vae import (
 )
 
 
-def test_shapes():
+def test_shapes_and_what_flows_through():
+    torch.manual_seed(0)
     vae = PreferenceVAE(dim=24, latent_dim=4, hidden_dims=(8,))
-    e = torch.randn(5, 24)
+    e = torch.randn(5, 24) * 3 + 1
+    vae.norm.fit(torch.randn(100, 24) * 3 + 1)
     x_hat, mu, logvar = vae(e)
     assert x_hat.shape == (5, 24) and mu.shape == (5, 4) and logvar.shape == (5, 4)
     assert vae.decode(mu).shape == (5, 24)
+    assert not torch.allclose(mu[0], mu[1])                             # each input has its own posterior
+    mean_x, mu2, _ = vae(e, sample=False)
+    assert torch.equal(mu2, mu) and torch.allclose(mean_x, vae.decode_std(mu))        # no noise: decode the mean
+    assert not torch.allclose(x_hat, mean_x)                              # sampling draws around the mean
+    assert torch.allclose(vae.decode(mu), vae.norm.inverse(mean_x))      # back in embedding space
+    assert torch.allclose(mu2, vae.encoder(vae.norm(e))[:, :4])          # the encoder sees standardized input
 
 
 def test_standardizer_round_trip():

@@ -76,11 +76,18 @@ def test_left_truncation_keeps_the_response(tiny_llama):
 
 def test_embedder_batch(tiny_llama):
     import json
-    emb = Embedder(tiny_llama, max_length=64)
+    emb = Embedder(tiny_llama, max_length=64, dtype="float32")
     out = emb({"prompt_json": np.array([json.dumps(p) for p in PROMPTS]), "response": np.array(RESPONSES),
                "key": np.array(["a", "b", "c"])})
     assert out["embedding"].shape == (3, 1, 32) and out["embedding"].dtype == np.float32
     assert out["truncated"].dtype == bool and (out["n_tokens"] <= 64).all()
+    assert list(out["key"]) == ["a", "b", "c"]                                     # rows keep their keys
+    lm = load_model(tiny_llama, "float32")                                         # the same vectors, one by one
+    for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES)):
+        ids = tokenize(lm, [p], [r], 64).ids
+        assert out["n_tokens"][i] == len(ids[0])
+        assert np.allclose(out["embedding"][i, 0], embed_ids(lm, ids, "auto")[0], atol=1e-5)
+    assert not np.allclose(out["embedding"][0], out["embedding"][1])
 
 
 def test_minilm_mean_pooling_real_model():
@@ -110,19 +117,25 @@ def test_resolve_model_and_keys(tiny_llama):
 def test_bf16_embeddings_close_to_fp32(tiny_llama):
     """bf16 (the CPU default where it is native) moves vectors by rounding only, whatever the padding."""
     fp32, bf16 = load_model(tiny_llama, "float32"), load_model(tiny_llama, "bfloat16")
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}        # the model really computes in bf16
     ids = tokenize(fp32, PROMPTS, RESPONSES, 512).ids
     a = embed_ids(fp32, ids, "auto")
     for side in ("right", "left"):
         b = embed_ids(bf16, ids, "auto", side)
         assert b.dtype == np.float32
         cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-        assert (cos > 0.99).all()
+        assert (cos > 0.99).all() and not np.array_equal(a, b)              # rounded, not the same numbers
 
 
 def test_resolve_dtype():
-    from lens_ray.data.embed import resolve_dtype
+    from lens_ray.data.embed import cpu_has_native_bf16, resolve_dtype
     assert resolve_dtype("float32") == "float32" and resolve_dtype("auto", "cuda") == "bfloat16"
-    assert resolve_dtype("auto", "cpu") in ("float32", "bfloat16")
+    assert resolve_dtype("bfloat16", "cpu") == "bfloat16" and resolve_dtype("float16", "cuda") == "float16"
+    with open("/proc/cpuinfo") as fh:                                           # this machine's own answer
+        flags = fh.read()
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert cpu_has_native_bf16() == native
+    assert resolve_dtype("auto", "cpu") == ("bfloat16" if native else "float32")
 
 
 def test_several_layers_come_from_one_pass_and_ignore_padding(tiny_llama):

@@ -66,8 +66,13 @@ def test_vae_trainer_fits_with_ddp_and_resumes(ray_cluster, tmp_path):
     cfg, res = VAEConfig(latent_dim=2, hidden_dims=(8,), epochs=3), ResourcesConfig(vae_workers=2)
     states, meta = train_vaes(cfg, _seeds(), "vae-test", store, res)
     assert set(states) == {"seed-0", "seed-1"} and "rel_recon_val" in meta["seed-0"]["metrics"]
-    again, _ = train_vaes(cfg, _seeds(), "vae-test", store, res)          # same run name: resumes, refits nothing
-    assert all(torch.equal(states["seed-0"][k], again["seed-0"][k]) for k in states["seed-0"])
+    m = meta["seed-0"]["metrics"]
+    assert m["workers"] == 2 and m["module"] == "DistributedDataParallel"   # two workers shared each batch
+    other = [SeedData(sd.seed, sd.train_pos + 5, sd.train_neg - 5, sd.val_pos, sd.val_neg) for sd in _seeds()]
+    again, _ = train_vaes(cfg, other, "vae-test", store, res)             # same run name: resumes, refits nothing
+    assert all(torch.equal(states["seed-0"][k], again["seed-0"][k]) for k in states["seed-0"])   # other data,
+    fresh, _ = train_vaes(cfg, other, "vae-other", store, res)            # the same weights: read from the checkpoint
+    assert not all(torch.equal(states["seed-0"][k], fresh["seed-0"][k]) for k in states["seed-0"])
 
 
 def test_head_trainer_fits_with_ddp(ray_cluster, tmp_path):
@@ -75,7 +80,8 @@ def test_head_trainer_fits_with_ddp(ray_cluster, tmp_path):
     rcfg = RewardConfig(hidden_dim=8, max_steps=40, eval_every=10)
     _, meta = train_mlp_heads(rcfg, [Cell("original", 1, 0)], _seeds()[:1], store.uri, "heads-test", store,
                         ResourcesConfig(reward_workers=2))
-    assert meta["original-f1-s0"]["metrics"]["val_acc"] > 0.8 and not meta["original-f1-s0"]["failed"]
+    m = meta["original-f1-s0"]
+    assert m["metrics"]["val_acc"] > 0.8 and not m["failed"] and m["metrics"]["workers"] == 2
 
 
 @pytest.fixture(scope="module")

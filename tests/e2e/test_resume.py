@@ -52,8 +52,9 @@ def test_killed_driver_rerun_finishes_and_reuses_work(ray_cluster, tiny_llama, h
     assert len(report["results"]) == 2 and report["eval_pairs"] == 20
 
 
-def _vae_fit_with_kills(tmp_path, kills: int, max_failures: int | None):
-    """Fit 5 seeds' VAEs on 2 DDP workers; SIGKILL a Train worker after the 1st, ..., kills-th checkpoint."""
+def _vae_fit_with_kills(tmp_path, kills: int, max_failures: int | None, killed: list[int] | None = None):
+    """Fit 5 seeds' VAEs on 2 DDP workers; SIGKILL a Train worker after the 1st, ..., kills-th checkpoint (each
+    death after the first needs a checkpoint written after the one before: the group resumed)."""
     import threading
 
     import numpy as np
@@ -66,7 +67,7 @@ def _vae_fit_with_kills(tmp_path, kills: int, max_failures: int | None):
     seeds = [SeedData(s, *(rng.standard_normal((n, 16)).astype(np.float32) for n in (400, 400, 50, 50)))
              for s in range(5)]
     folder = tmp_path / "t" / "vae-kill"
-    killed: list[int] = []
+    killed = [] if killed is None else killed
 
     def killer():
         for k in range(kills):                     # after the (k+1)-th model's checkpoint, one more death
@@ -92,8 +93,10 @@ def test_two_train_worker_deaths_are_survived_with_the_default_limit(ray_cluster
 
 def test_a_failure_limit_of_one_stops_at_the_second_death(ray_cluster, tmp_path):
     from ray.train import TrainingFailedError
+    killed: list[int] = []
     with pytest.raises(TrainingFailedError):
-        _vae_fit_with_kills(tmp_path, kills=2, max_failures=1)
+        _vae_fit_with_kills(tmp_path, kills=2, max_failures=1, killed=killed)
+    assert len(killed) == 2        # the first death was survived (the group resumed and checkpointed again)
 
 
 def test_killed_embedding_actor_is_replaced(ray_cluster, tiny_llama):

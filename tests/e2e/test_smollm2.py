@@ -37,7 +37,7 @@ def test_smollm2_on_real_hh(ray_cluster, hh_path, tmp_path):
     assert np.allclose(got, rm.score(prompts, responses), atol=1e-3)
 
 
-def test_gguf_dequantized_copy_loads_fast_and_embeds_identically(tmp_path, monkeypatch):
+def test_gguf_dequantized_copy_is_read_again_and_embeds_identically(tmp_path, monkeypatch):
     """The first load of a GGUF model keeps a plain safetensors copy per dtype; later loads read it, and the
     vectors are the same, bit for bit."""
     import os
@@ -49,7 +49,9 @@ def test_gguf_dequantized_copy_loads_fast_and_embeds_identically(tmp_path, monke
     first = load_model("smollm2", "bfloat16")
     copy = dequantized_copy(resolve_model("smollm2"), "bfloat16")
     assert os.path.exists(os.path.join(copy, "model.safetensors"))
+    assert first.loaded_from.endswith(".gguf")                     # the first load de-quantized the GGUF file
     again = load_model("smollm2", "bfloat16")
+    assert again.loaded_from == copy                               # the second read the plain copy
     a = embed_ids(first, tokenize(first, prompts, responses, 128).ids, "auto")
     b = embed_ids(again, tokenize(again, prompts, responses, 128).ids, "auto")
     assert np.array_equal(a, b) and a.shape == (2, 576)

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from lens_ray.core.heads import RewardHead, build_head
 from lens_ray.store.artifacts import _canonical, load_head, reuse_model, save_model
@@ -10,15 +11,27 @@ from lens_ray.store.storage import ChecksumError, Storage, StorageError, sha256
 
 def _saved(tmp_path) -> Storage:
     store = Storage(str(tmp_path / "heads"))
+    torch.manual_seed(0)
     head = RewardHead(8, 16)
+    head.norm.fit(torch.randn(20, 8) * 3 + 2)
     save_model(store, "h", head.state_dict(), head.config(), {"fingerprint": "abc"})
     return store
 
 
 def test_round_trip_and_reuse_by_fingerprint(tmp_path):
     store = _saved(tmp_path)
-    assert isinstance(load_head(store, "h"), RewardHead)
-    assert reuse_model(store, "h", "abc", build_head) is not None
+    torch.manual_seed(0)
+    saved = RewardHead(8, 16)
+    saved.norm.fit(torch.randn(20, 8) * 3 + 2)
+    loaded = load_head(store, "h")
+    assert isinstance(loaded, RewardHead) and not loaded.training
+    assert loaded.state_dict().keys() == saved.state_dict().keys()
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.state_dict().items())   # the same weights
+    reused, meta = reuse_model(store, "h", "abc", build_head)
+    assert all(torch.equal(reused.state_dict()[k], v) for k, v in saved.state_dict().items())
+    assert meta == {"fingerprint": "abc"}
+    e = torch.randn(4, 8)
+    assert torch.equal(reused(e), saved.eval()(e))
     assert reuse_model(store, "h", "other", build_head) is None
 
 

@@ -1,0 +1,47 @@
+"""core/augment.py on tensors: the training pairs a head learns from, at an exact factor, labels inherited."""
+import numpy as np
+import pytest
+import torch
+
+from lens_ray.config import SynthConfig
+from lens_ray.core.augment import Augmenter, PairSet, augmented_set, training_pairs
+
+
+def _pairs(n=12, d=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g) + 1, torch.randn(n, d, generator=g) - 1
+
+
+def test_pairset_defaults_are_the_real_pairs():
+    pos, neg = _pairs()
+    ps = PairSet(pos, neg)
+    assert len(ps) == 12 and np.array_equal(ps.sources(), np.arange(12)) and ps.originals().all()
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_augmented_set_holds_the_originals_and_weights_the_rest(factor):
+    pos, neg = _pairs()
+    syn_pos, syn_neg = pos[:, None].repeat(1, 2, 1) + 10, neg[:, None].repeat(1, 2, 1) - 10
+    ps = augmented_set(pos, neg, syn_pos, syn_neg, factor, seed=0, synthetic_weight=0.25)
+    assert len(ps) == 12 * factor and int(ps.originals().sum()) == 12
+    assert torch.equal(ps.pos[ps.originals()], pos) and torch.equal(ps.neg[ps.originals()], neg)
+    assert torch.equal(ps.weight[ps.originals()], torch.ones(12))
+    assert torch.equal(ps.weight[~ps.originals()], torch.full((12 * factor - 12,), 0.25))
+    assert sorted(np.bincount(ps.sources()).tolist()) == [factor] * 12          # exactly factor pairs a source
+    synthetic = ~ps.originals()
+    assert ((ps.pos[synthetic] - ps.neg[synthetic]).mean() > 5)              # chosen stays chosen
+
+
+def test_training_pairs_per_method():
+    pos, neg = _pairs()
+    plain = training_pairs("original", 4, pos, neg, 0, SynthConfig(), 0.5)
+    assert len(plain) == 12 and plain.weight is None and torch.equal(plain.pos, pos)
+    dp = training_pairs("direct_perturbation", 4, pos, neg, 0, SynthConfig(), 0.5)
+    assert len(dp) == 48 and float(dp.weight[~dp.originals()].mean()) == 0.5
+    aug = Augmenter.fit("direct_perturbation", 0, SynthConfig(), pos, neg)
+    syn_pos, syn_neg = aug.draw(pos, neg, np.arange(12), 1)
+    assert torch.equal(dp.pos, augmented_set(pos, neg, syn_pos, syn_neg, 4, 0, 0.5).pos)     # one recipe
+    with pytest.raises(ValueError, match="lens needs a fitted VAE"):
+        training_pairs("lens", 4, pos, neg, 0, SynthConfig(), 1.0)
+    with pytest.raises(ValueError, match="does not augment"):
+        Augmenter.fit("mean_diff", 0, SynthConfig(), pos, neg)

@@ -1,0 +1,54 @@
+"""core/pairs.py: prompts keep their rows together in every split; bad rows are counted or named."""
+import numpy as np
+import pytest
+
+from lens_ray.core.pairs import (
+    DataError,
+    Pair,
+    Quarantine,
+    group_rows,
+    prompt_fingerprints,
+    prompt_key,
+    renumber,
+    seed_splits,
+    split_by_group,
+)
+
+
+def _pairs(n: int, per_prompt: int = 3) -> list[Pair]:
+    return [Pair(i, [{"role": "user", "content": f"q{i // per_prompt}"}], "a", "b", i) for i in range(n)]
+
+
+def test_group_rows_in_first_seen_order():
+    assert group_rows(["b", "a", "b", "c", "a"]) == {"b": [0, 2], "a": [1, 4], "c": [3]}
+    assert prompt_key([{"role": "user", "content": "x"}]) != prompt_key([{"role": "user", "content": "y"}])
+
+
+def test_split_by_group_cuts_exactly_and_counts_what_it_drops():
+    pairs = _pairs(30)
+    first, rest, dropped = split_by_group(pairs, 10, np.random.default_rng(0))
+    assert len(first) == 10 and len(first) + len(rest) + dropped == 30
+    assert dropped == 2 and not prompt_fingerprints(first) & prompt_fingerprints(rest)
+
+
+def test_seed_splits_differ_per_seed_and_keep_prompts_whole():
+    pairs = _pairs(60)
+    splits = seed_splits(pairs, 0.2, 3, split_seed=0)
+    assert [s.seed for s in splits] == [0, 1, 2]
+    for s in splits:
+        assert len(s.val) == 12 and sorted(np.concatenate([s.train, s.val]).tolist()) == list(range(60))
+        assert not {pairs[i].group for i in s.train} & {pairs[i].group for i in s.val}
+    assert splits[0].val.tolist() != splits[1].val.tolist()
+    assert seed_splits(pairs, 0.2, 3, split_seed=0)[1].val.tolist() == splits[1].val.tolist()
+
+
+def test_renumber_and_quarantine():
+    again = renumber(_pairs(6)[3:])
+    assert [p.pair_id for p in again] == [0, 1, 2] and [p.source_row for p in again] == [3, 4, 5]
+    q = Quarantine(source="f.jsonl")
+    q.reject(3, "responses[2].gold", "missing")
+    q.reject("line 9", "responses[5].gold", "missing")
+    assert q.counts == {"responses[].gold: missing": 2}
+    assert q.summary() == "2 x 'responses[].gold: missing' (e.g. f.jsonl: row 3: field 'responses[2].gold': missing)"
+    with pytest.raises(DataError, match="f.jsonl: line 9: field 'chosen': empty"):
+        Quarantine("error", source="f.jsonl").reject("line 9", "chosen", "empty")

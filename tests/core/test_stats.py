@@ -1,0 +1,23 @@
+"""core/stats.py: mean ± std over seeds, standard errors, paired differences - exact values."""
+import math
+
+from lens_ray.core.stats import mean_std, paired, standard_error
+
+
+def test_mean_std_counts_only_values_and_has_no_spread_from_one():
+    assert mean_std([]) is None and mean_std([None, None]) is None
+    assert mean_std([0.5]) == {"mean": 0.5, "std": 0.0, "n": 1}
+    two = mean_std([1.0, None, 3.0])
+    assert two["mean"] == 2.0 and math.isclose(two["std"], math.sqrt(2)) and two["n"] == 2
+
+
+def test_standard_error_of_the_mean():
+    assert math.isnan(standard_error([1.0])) and math.isnan(standard_error([]))
+    assert math.isclose(standard_error([1.0, 3.0]), 1.0)
+    assert math.isclose(standard_error([1.0, 2.0, 3.0, 4.0]), math.sqrt(5 / 3) / 2)
+
+
+def test_paired_differences_over_shared_keys():
+    rows = {0: {"a": 0.7}, 1: {"a": 0.6}, 2: {"a": None}, 3: {"a": 0.9}}
+    base = {0: {"a": 0.5}, 1: {"a": 0.65}, 2: {"a": 0.1}}
+    assert [round(d, 6) for d in paired(rows, base, "a")] == [0.2, -0.05]

@@ -21,7 +21,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 	touch $@
 
 run: $(BIN)/.installed
-	$(BIN)/python jobs/full.py --data $(DATA) $(ARGS)
+	$(BIN)/python jobs/run.py --data $(DATA) $(ARGS)
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .

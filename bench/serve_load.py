@@ -2,6 +2,10 @@
 concurrency 1, 8 and 32, batched (@serve.batch, --max-batch-size 32) against unbatched (--max-batch-size 1),
 and the in-process RewardModel.score on the same texts as the floor. Bounded in requests and time.
 
+The load comes from one asyncio process (aiohttp, keep-alive connections, one per concurrent client) rather
+than Python threads, and its own CPU time is measured: on a 2-core machine the clients share the cores with
+the proxy and the replica, and their share is reported beside every figure.
+
     .venv/bin/python bench/serve_load.py --run runs/hh_harmless_dev-smollm2 [--requests 256] [--head NAME]
 
 Prints requests/s and p50/p99 latency per setting, the ratios, and appends them to bench/results.jsonl.
@@ -15,17 +19,16 @@ import socket
 import sys
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
 from lens_ray.config import ServeConfig  # noqa: E402
-from lens_ray.core.pairs import Quarantine
+from lens_ray.core.pairs import Quarantine  # noqa: E402
 from lens_ray.data.finished_run import FinishedRun  # noqa: E402
 from lens_ray.data.formats import to_pairs  # noqa: E402
-from lens_ray.data.ingest import read_table
+from lens_ray.data.ingest import read_table  # noqa: E402
 
 
 def texts(run: FinishedRun, n: int) -> list[tuple[str, str]]:
@@ -34,9 +37,13 @@ def texts(run: FinishedRun, n: int) -> list[tuple[str, str]]:
     return [(p.prompt[-1]["content"], p.chosen) for p in pairs]
 
 
+def _body(prompt: str, response: str) -> bytes:
+    return json.dumps({"query": [prompt + response], "prompts": [prompt], "labels": [""]}).encode()
+
+
 def post(url: str, prompt: str, response: str) -> float:
-    body = json.dumps({"query": [prompt + response], "prompts": [prompt], "labels": [""]}).encode()
-    req = urllib.request.Request(url + "/get_reward", data=body, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url + "/get_reward", data=_body(prompt, response),
+                                 headers={"Content-Type": "application/json"})
     t0 = time.perf_counter()
     with urllib.request.urlopen(req, timeout=120) as resp:
         json.loads(resp.read())
@@ -48,16 +55,40 @@ def info(url: str) -> dict:
         return json.loads(resp.read())
 
 
+def _client(url: str, items: list[tuple[str, str]], concurrency: int, deadline_s: float) -> tuple:
+    """In a process of its own: `concurrency` keep-alive clients send the items -> (latencies, wall, CPU s)."""
+    import asyncio
+
+    import aiohttp
+
+    async def run() -> list[float]:
+        queue, lat = list(items), []
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=deadline_s)) as s:
+            async def one_client():
+                while queue:
+                    prompt, response = queue.pop()
+                    t0 = time.perf_counter()
+                    async with s.post(url + "/get_reward", data=_body(prompt, response),
+                                      headers={"Content-Type": "application/json"}) as resp:
+                        await resp.read()
+                        assert resp.status == 200, resp.status
+                    lat.append(time.perf_counter() - t0)
+            await asyncio.gather(*(one_client() for _ in range(concurrency)))
+        return lat
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    lat = asyncio.run(run())
+    return lat, time.perf_counter() - t0, time.process_time() - cpu0
+
+
 def load(url: str, items: list[tuple[str, str]], concurrency: int, deadline_s: float) -> dict:
-    t0, lat = time.perf_counter(), []
-    with ThreadPoolExecutor(concurrency) as pool:
-        futures = [pool.submit(post, url, p, r) for p, r in items]
-        for f in futures:
-            lat.append(f.result(timeout=max(1.0, deadline_s - (time.perf_counter() - t0))))
-    wall = time.perf_counter() - t0
+    import multiprocessing
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        lat, wall, cpu = pool.apply(_client, (url, items, concurrency, deadline_s))
     return {"requests": len(lat), "requests_per_s": round(len(lat) / wall, 2),
             "p50_ms": round(float(np.percentile(lat, 50)) * 1000, 1),
-            "p99_ms": round(float(np.percentile(lat, 99)) * 1000, 1)}
+            "p99_ms": round(float(np.percentile(lat, 99)) * 1000, 1),
+            "client_cpu_share": round(cpu / wall / (os.cpu_count() or 1), 3)}
 
 
 def main() -> None:
@@ -118,7 +149,8 @@ def main() -> None:
     ratios = {"batched_over_unbatched_c32": round(batched["requests_per_s"] / single["requests_per_s"], 2),
               "server_over_in_process": round(batched["requests_per_s"] / floor, 3)}
     print(f"batched / unbatched at concurrency 32: {ratios['batched_over_unbatched_c32']}x; "
-          f"server / in-process floor: {ratios['server_over_in_process']:.2f}", flush=True)
+          f"server / in-process floor: {ratios['server_over_in_process']:.2f}; the clients used "
+          f"{batched['client_cpu_share']:.0%} of the machine's CPU at concurrency 32", flush=True)
     sys.path.insert(0, os.path.dirname(__file__))
     from embed_throughput import machine
     with open(os.path.join(os.path.dirname(__file__), "results.jsonl"), "a") as fh:

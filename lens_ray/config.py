@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 
 METHODS = ("original", "mean_diff", "direct_perturbation", "gaussian_sampling", "lens")
 AUGMENTING = ("direct_perturbation", "gaussian_sampling", "lens")
-HEADS = ("mlp", "linear")
+HEADS = ("mlp", "linear", "paper")
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")   # run, head and search names: no path parts
 
 
@@ -124,8 +124,10 @@ class SynthConfig:
 @dataclass
 class RewardConfig:
     heads: tuple[str, ...] = setting(("mlp",), "reward heads each method is trained with: mlp (early-stopped "
-                                     "MLP) and/or linear (Bradley-Terry weights fitted to convergence, design "
-                                     "chosen by k-fold)", choices=HEADS, nonempty=True)
+                                     "MLP), linear (Bradley-Terry weights fitted to convergence, design chosen by "
+                                     "k-fold) and/or paper (the LENS paper's kind of head: the MLP without "
+                                     "dropout, weight decay or early stopping, paper_epochs over whatever set it is "
+                                     "given, its final weights)", choices=HEADS, nonempty=True)
     hidden_dim: int = setting(256, "MLP head: hidden width", ge=1, le=65536)
     depth: int = setting(1, "MLP head: hidden layers", ge=1, le=16)
     dropout: float = setting(0.1, "MLP head: dropout", ge=0, lt=1)
@@ -135,6 +137,8 @@ class RewardConfig:
     batch_size: int = setting(64, "MLP head: pairs per step", ge=1)
     eval_every: int = setting(25, "MLP head: steps between validation checks", ge=1)
     patience: int = setting(6, "MLP head: validation checks without improvement before stopping", ge=1)
+    paper_epochs: int = setting(20, "paper head: epochs over its training set (an augmented set is larger, so it "
+                                "gets more steps: as the paper's comparison does)", ge=1, le=10000)
     synthetic_weight: float = setting(1.0, "weight of a synthetic pair in the Bradley-Terry loss (originals: 1)",
                                       gt=0, le=10)
     linear_norms: tuple[str, ...] = setting(("none", "diag", "whiten"), "linear head: input normalizations the "
@@ -163,7 +167,7 @@ class TuneConfig:
     methods: tuple[str, ...] = setting(("lens", "direct_perturbation", "gaussian_sampling"),
                                        "augmenting methods the search spans", choices=AUGMENTING, nonempty=True)
     factors: tuple[int, ...] = setting((2, 4, 8), "augmentation factors the search spans", ge=2, le=64, nonempty=True)
-    heads: tuple[str, ...] = setting(HEADS, "reward heads the search spans", choices=HEADS, nonempty=True)
+    heads: tuple[str, ...] = setting(("mlp", "linear"), "reward heads the search spans", choices=HEADS, nonempty=True)
     open_choices: bool = setting(True, "also span the choices the paper leaves open (VAE shape, residual, ...)")
     searcher_seed: int = setting(0, "seed of the Optuna sampler", ge=0)
     test_seeds: int = setting(5, "seeds for the chosen configuration's test accuracy", ge=1)

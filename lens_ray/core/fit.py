@@ -10,6 +10,7 @@ seed, so workers agree on the batches and on early-stopping decisions without ta
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -105,14 +106,22 @@ class HeadFit:
     failure: str | None = None      # why the fit is no result (non-finite loss or weights); None: it is one
 
 
+def paper_config(cfg: RewardConfig, pairs: int) -> RewardConfig:
+    """The LENS paper's kind of head as an MLP fit: no dropout, no weight decay, paper_epochs over the `pairs`
+    it is given (its step budget grows with the set), no early stopping (`patience` never runs out)."""
+    steps = cfg.paper_epochs * max(1, math.ceil(pairs / cfg.batch_size))
+    return dataclasses.replace(cfg, dropout=0.0, weight_decay=0.0, max_steps=steps, patience=steps + 1)
+
+
 def fit_head(cfg: RewardConfig, train: PairSet, val: PairSet, seed: int, norm_pos: torch.Tensor,
-             norm_neg: torch.Tensor, workers: Workers = ALONE) -> HeadFit:
+             norm_neg: torch.Tensor, workers: Workers = ALONE, keep: str = "best") -> HeadFit:
     """Bradley-Terry fit of a RewardHead with a fixed step budget and early stopping on `val`.
 
     The head standardizes with statistics of the seed's real training embeddings (norm_pos,
     norm_neg), identical across methods, so synthetic data cannot shift the input scale.
-    Returns the head at its best validation accuracy (ties: the earlier step). A non-finite loss or
-    weight stops the fit and marks it failed (`HeadFit.failure`): it is never a result.
+    Returns the head at its best validation accuracy (ties: the earlier step), or with keep="last" its final
+    weights (validation is then only recorded). A non-finite loss or weight stops the fit and marks it failed
+    (`HeadFit.failure`): it is never a result.
     """
     torch.manual_seed(seed)
     head = RewardHead(train.pos.shape[1], cfg.hidden_dim, cfg.depth, cfg.dropout)
@@ -148,7 +157,10 @@ def fit_head(cfg: RewardConfig, train: PairSet, val: PairSet, seed: int, norm_po
                 bad_evals += 1
                 if bad_evals >= cfg.patience:
                     break
-    head.load_state_dict(best[2])
+    if keep == "best":
+        head.load_state_dict(best[2])
+    else:
+        best = (history[-1]["val_acc"] if history else float("nan"), step, None)
     head.eval()
     if not all(bool(torch.isfinite(v).all()) for v in head.state_dict().values()):
         return HeadFit(head, float("nan"), best[1], step, history, "non-finite weights")
@@ -157,10 +169,13 @@ def fit_head(cfg: RewardConfig, train: PairSet, val: PairSet, seed: int, norm_po
 
 def fit_reward_head(cfg: RewardConfig, kind: str, train: PairSet, val: PairSet, seed: int, groups: list[str],
                     norm_pos: torch.Tensor, norm_neg: torch.Tensor, workers: Workers = ALONE) -> HeadFit:
-    """A head of `kind`: mlp (fit_head) or linear (fit_linear_head, its design chosen by k-fold over the
-    training pairs by prompt, `groups` the prompt of each real training pair)."""
+    """A head of `kind`: mlp (fit_head), paper (fit_head as the LENS paper trains its head: `paper_config`,
+    final weights) or linear (fit_linear_head, its design chosen by k-fold over the training pairs by prompt,
+    `groups` the prompt of each real training pair)."""
     if kind == "mlp":
         return fit_head(cfg, train, val, seed, norm_pos, norm_neg, workers)
+    if kind == "paper":
+        return fit_head(paper_config(cfg, len(train)), train, val, seed, norm_pos, norm_neg, workers, keep="last")
     weight = train.weight if train.weight is not None else torch.ones(len(train))
     fit = fit_linear_head(cfg, train.pos, train.neg, weight, train.sources(), train.originals(), groups, seed)
     if not bool(torch.isfinite(fit.head.w).all()):

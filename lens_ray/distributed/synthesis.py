@@ -10,13 +10,14 @@ import time
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import ray
 import torch
 from ray.data import ActorPoolStrategy
 
 from lens_ray.config import ResourcesConfig
 from lens_ray.core.augment import Augmenter
-from lens_ray.core.progress import Log
+from lens_ray.core.progress import Log, Progress
 from lens_ray.core.records import Cell
 from lens_ray.core.synth import synth_per_side
 from lens_ray.core.synth_stream import decode_seeded, materialize, seeded_pairs
@@ -94,59 +95,87 @@ def shard_name(start: int, stop: int) -> str:
     return f"part-{start:012d}-{stop:012d}.parquet"
 
 
-class WriteSynthShards:
-    """Ray Data callable: shard starts -> each shard's pairs written to storage (atomically, checksummed)
-    -> one manifest row per shard. Memory is bounded by the shard size, not by the total."""
+def _write_shard(store: Storage, start: int, stop: int, table: pa.Table) -> dict:
+    info = store.write_parquet(shard_name(start, stop), table)
+    return {"name": shard_name(start, stop), **{k: info[k] for k in ("rows", "sha256", "bytes")}}
 
-    def __init__(self, aug: Augmenter, src_pos: np.ndarray, src_neg: np.ndarray, k: int, mode: str, out_uri: str,
+
+def _rows(written: list[dict]) -> dict[str, np.ndarray]:
+    return {k: np.asarray([w[k] for w in written]) for k in ("name", "rows", "sha256", "bytes")}
+
+
+class WriteSynthShards:
+    """Ray Data callable: shard starts -> each shard's materialized pairs written to storage (atomically,
+    checksummed) -> one manifest row per shard. Memory is bounded by the shard size, not by the total."""
+
+    def __init__(self, aug: Augmenter, src_pos: np.ndarray, src_neg: np.ndarray, k: int, out_uri: str,
                  total: int, shard_pairs: int, dtype: str):
         torch.set_num_threads(1)
-        self.aug, self.k, self.mode, self.total, self.shard_pairs, self.dtype = aug, k, mode, total, shard_pairs, dtype
+        self.aug, self.k, self.total, self.shard_pairs, self.dtype = aug, k, total, shard_pairs, dtype
         self.src_pos, self.src_neg = torch.tensor(src_pos), torch.tensor(src_neg)
         self.store = Storage(out_uri)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import pyarrow as pa
-        rows: dict[str, list] = {"name": [], "rows": [], "sha256": [], "bytes": []}
-        for start in batch["start"]:
-            start = int(start)
+        written = []
+        for start in (int(s) for s in batch["start"]):
             stop = min(start + self.shard_pairs, self.total)
-            if self.mode == "materialized":
-                pos, neg = materialize(self.aug, self.src_pos, self.src_neg, start, stop, self.k)
-                table = pa.table({"pos": embeddings_to_arrow(pos.numpy(), self.dtype),
-                                  "neg": embeddings_to_arrow(neg.numpy(), self.dtype)})
-            else:
-                table = pa.table(seeded_pairs(start, stop, len(self.src_pos), self.k))
-            info = self.store.write_parquet(shard_name(start, stop), table)
-            for key in rows:
-                rows[key].append(shard_name(start, stop) if key == "name" else info[key])
-        return {k: np.asarray(v) for k, v in rows.items()}
+            pos, neg = materialize(self.aug, self.src_pos, self.src_neg, start, stop, self.k)
+            table = pa.table({"pos": embeddings_to_arrow(pos.numpy(), self.dtype),
+                              "neg": embeddings_to_arrow(neg.numpy(), self.dtype)})
+            written.append(_write_shard(self.store, start, stop, table))
+        return _rows(written)
+
+
+def _write_seeded_shards(batch: dict[str, np.ndarray], out_uri: str, total: int, shard_pairs: int, n_src: int,
+                         k: int) -> dict[str, np.ndarray]:
+    """Ray Data task: shard starts -> each shard's pair ids (no model: a seeded pair is four integers)."""
+    store = Storage(out_uri)
+    written = []
+    for start in (int(s) for s in batch["start"]):
+        stop = min(start + shard_pairs, total)
+        written.append(_write_shard(store, start, stop, pa.table(seeded_pairs(start, stop, n_src, k))))
+    return _rows(written)
 
 
 def synthesize_at_scale(aug: Augmenter, src_pos: np.ndarray, src_neg: np.ndarray, k: int, mode: str, out: Storage,
                         total: int, meta: dict, res: ResourcesConfig, shard_pairs: int = 16384,
                         dtype: str = "float32", log: Log = print) -> Manifest:
     """`total` synthetic pairs into <out>/manifest.json + part-*.parquet. Shards already committed are kept:
-    a re-run after a kill writes only the missing ones, so every pair is there exactly once."""
+    a re-run after a kill writes only the missing ones, so every pair is there exactly once.
+
+    Materialized shards are decoded by an actor pool holding the augmenter once; seeded shards are pair ids
+    only, written by plain tasks (no model to ship, no actor to start). Shard records are committed to the
+    manifest in groups (every second at most), each after its shard was written in full."""
     manifest = Manifest.open(out, {**meta, "mode": mode, "pairs": total, "k": k})   # readers rely on these
     starts = [s for s in range(0, total, shard_pairs)
               if shard_name(s, min(s + shard_pairs, total)) not in manifest.files]
     log(f"  {len(starts)} of {-(-total // shard_pairs)} shards to write ({mode}, {res.synth_actors} worker(s))")
     if not starts:
         return manifest
-    ds = ray.data.from_items([{"start": s} for s in starts], override_num_blocks=len(starts))
-    out_rows = ds.map_batches(
-        WriteSynthShards,
-        fn_constructor_kwargs=dict(aug=aug, src_pos=src_pos, src_neg=src_neg, k=k, mode=mode, out_uri=out.uri,
-                                   total=total, shard_pairs=shard_pairs, dtype=dtype),
-        batch_size=1, batch_format="numpy", num_cpus=res.synth_cpus_per_actor, **actor_pool(res.synth_actors, res))
-    done, t0 = 0, time.time()
+    if mode == "materialized":
+        ds = ray.data.from_items([{"start": s} for s in starts], override_num_blocks=len(starts))
+        out_rows = ds.map_batches(
+            WriteSynthShards,
+            fn_constructor_kwargs=dict(aug=aug, src_pos=src_pos, src_neg=src_neg, k=k, out_uri=out.uri,
+                                       total=total, shard_pairs=shard_pairs, dtype=dtype),
+            batch_size=1, batch_format="numpy", num_cpus=res.synth_cpus_per_actor, **actor_pool(res.synth_actors, res))
+    else:
+        blocks = max(1, min(len(starts), 4 * res.synth_actors))
+        ds = ray.data.from_items([{"start": s} for s in starts], override_num_blocks=blocks)
+        out_rows = ds.map_batches(
+            _write_seeded_shards, fn_kwargs=dict(out_uri=out.uri, total=total, shard_pairs=shard_pairs,
+                                                 n_src=len(src_pos), k=k),
+            batch_size=None, batch_format="numpy", num_cpus=res.synth_cpus_per_actor, concurrency=res.synth_actors)
+    progress = Progress(total - sum(f["rows"] for f in manifest.files.values()), "pairs written", log)
+    pending, last = {}, time.time()
     for row in out_rows.iter_rows():
-        manifest.commit(str(row["name"]), {"rows": int(row["rows"]), "sha256": str(row["sha256"]),
-                                           "bytes": int(row["bytes"])})
-        done += int(row["rows"])
-        if done // max(1, total // 10) != (done - int(row["rows"])) // max(1, total // 10):
-            log(f"  {done:,} pairs written ({done / (time.time() - t0):,.0f} pairs/s)")
+        pending[str(row["name"])] = {k: (int(row[k]) if k != "sha256" else str(row[k])) for k in ("rows", "sha256",
+                                                                                                   "bytes")}
+        progress.add(int(row["rows"]), unit="pairs")
+        if time.time() - last > 1.0:
+            manifest.commit_many(pending)
+            pending, last = {}, time.time()
+    manifest.commit_many(pending)
     return manifest
 
 

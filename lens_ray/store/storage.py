@@ -199,8 +199,13 @@ class Manifest:
         return cls(store, doc.get("meta", {}), doc.get("files", {}))
 
     def commit(self, name: str, info: dict[str, Any]) -> None:
-        self.files[name] = info
-        self.save()
+        self.commit_many({name: info})
+
+    def commit_many(self, infos: dict[str, dict[str, Any]]) -> None:
+        """Record files written in full (one manifest write for all of them)."""
+        if infos:
+            self.files.update(infos)
+            self.save()
 
     def save(self) -> None:
         self.store.write_json(self.NAME, {"meta": self.meta, "files": self.files})

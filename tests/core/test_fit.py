@@ -71,3 +71,20 @@ def test_a_diverging_vae_raises_naming_the_epoch():
     pos, neg = _pairs(64)
     with pytest.raises(NonFiniteError, match="epoch"):
         fit_vae(VAEConfig(latent_dim=2, hidden_dims=(8,), epochs=20, lr=1e30), pos, neg, seed=0)
+
+
+def test_the_paper_head_trains_epochs_over_its_set_and_keeps_its_last_weights():
+    """The LENS paper's kind of head: no dropout, no weight decay, a fixed number of epochs over whatever set it
+    is given (a larger set: more steps), no early stopping, its final weights."""
+    from lens_ray.core.fit import fit_reward_head, paper_config
+    pos, neg = _pairs(200)
+    cfg = RewardConfig(hidden_dim=8, batch_size=32, paper_epochs=3, eval_every=5, patience=1, dropout=0.3)
+    small = fit_reward_head(cfg, "paper", PairSet(pos, neg), PairSet(pos[:20], neg[:20]), 0, [], pos, neg)
+    assert small.steps == 3 * 7 and small.best_step == small.steps              # 200 pairs / 32: 7 steps an epoch
+    big = fit_reward_head(cfg, "paper", PairSet(torch.cat([pos] * 4), torch.cat([neg] * 4)),
+                          PairSet(pos[:20], neg[:20]), 0, [], pos, neg)
+    assert big.steps == 3 * 25                                                 # 4x the pairs: 4x the steps
+    assert small.head.dropout == 0.0 and not any(isinstance(m, torch.nn.Dropout) for m in small.head.modules())
+    pc = paper_config(cfg, 200)
+    assert (pc.weight_decay, pc.max_steps, pc.dropout) == (0.0, 21, 0.0) and pc.patience > pc.max_steps
+    assert small.best_val_acc == small.history[-1]["val_acc"] and small.history[-1]["step"] == 21   # the last

@@ -139,3 +139,24 @@ def test_search_spans_several_runs_embeddings(local_run, s3_server):
     assert config_from_args(run_parser().parse_args(argv + ["--from-tune", out])).embed.pooling == pooling
     if report["point"]["source"] == 1:
         assert "original_matched" in report["test"]
+
+
+def test_the_searchs_event_files_open_with_tensorboard(search, s3_server, tmp_path):
+    """TensorBoard (installed by `make`) reads every trial's event file, with the objective of each unit."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    _, out, report = search
+    keys = [k for k in _keys(s3_server, "tune/tt/ray_tune/") if "events.out.tfevents" in k]
+    assert keys, "no TensorBoard event files under ray_tune/"
+    store = Storage(f"s3://{s3_server['bucket']}")
+    objectives = []
+    for i, key in enumerate(keys):
+        local = tmp_path / str(i) / key.rsplit("/", 1)[-1]
+        local.parent.mkdir()
+        local.write_bytes(store.read_bytes(key))
+        events = EventAccumulator(str(local.parent))
+        events.Reload()
+        tags = events.Tags()["scalars"]
+        assert "ray/tune/objective" in tags, tags
+        objectives.append(events.Scalars("ray/tune/objective")[-1].value)
+    finished = [t["objective"] for t in report["trials"] if t["status"] == "finished"]
+    assert all(any(abs(o - f) < 1e-6 for o in objectives) for f in finished)      # the same figures as trials/

@@ -37,19 +37,19 @@ def test_embed_items_equals_direct_embedder(ray_cluster, tiny_llama):
     assert np.allclose(np.stack([found[f"k{i}"] for i in range(3)]), ref, atol=1e-5)
 
 
-def test_synthesize_jobs_equals_pure_augmenter(ray_cluster):
+def test_synthesize_sets_equals_pure_augmenter(ray_cluster):
     torch.manual_seed(0)
     pos, neg = torch.randn(50, 8), torch.randn(50, 8)
     vae = PreferenceVAE(8, 2, (4,))
     vae.norm.fit(torch.cat([pos, neg]))
-    jobs = {Cell("lens", 8, 0): Augmenter.fit("lens", 0, SynthConfig(), pos, neg, vae.eval()),
+    cells = {Cell("lens", 8, 0): Augmenter.fit("lens", 0, SynthConfig(), pos, neg, vae.eval()),
             Cell("gaussian_sampling", 4, 0): Augmenter.fit("gaussian_sampling", 0, SynthConfig(), pos, neg)}
-    out = synthesize_sets(jobs, {0: (pos.numpy(), neg.numpy())}, ResourcesConfig(synth_batch_size=7),
+    out = synthesize_sets(cells, {0: (pos.numpy(), neg.numpy())}, ResourcesConfig(synth_batch_size=7),
                           log=lambda m: None)
-    for job, aug in jobs.items():
-        sp, sn, _ = aug.synthesize(pos, neg, np.arange(50), job.factor)
-        assert out[job][0].shape == tuple(sp.shape)
-        assert np.allclose(out[job][0], sp.numpy(), atol=1e-5) and np.allclose(out[job][1], sn.numpy(), atol=1e-5)
+    for cell, aug in cells.items():
+        sp, sn, _ = aug.synthesize(pos, neg, np.arange(50), cell.factor)
+        assert out[cell][0].shape == tuple(sp.shape)
+        assert np.allclose(out[cell][0], sp.numpy(), atol=1e-5) and np.allclose(out[cell][1], sn.numpy(), atol=1e-5)
 
 
 def _seeds() -> list[SeedData]:

@@ -121,7 +121,7 @@ def test_submitted_full_job_scales_up_workers_and_writes_its_report(cluster, tin
         "python", "jobs/full.py", "--data", str(hh_path), "--model", tiny_llama, "--seed-pairs", "60",
         "--eval-pairs", "40", "--seeds", "1", "--factors", "4", "--storage", out, "--name", "submitted"] + FAST)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Cell 'lens-full-1' succeeded" in _job(cluster, "status", "lens-full-1")
+    assert "Job 'lens-full-1' succeeded" in _job(cluster, "status", "lens-full-1")
     logs = _job(cluster, "logs", "lens-full-1")
     assert "joined Ray cluster" in logs and "[embed] done in" in logs and "[train_reward] done in" in logs
     report = Storage(f"{out}/submitted").read_json("report.json")

@@ -24,14 +24,14 @@ def test_smollm2_on_real_hh(ray_cluster, hh_path, tmp_path):
     assert (np.abs(pos - neg).max(1) > 1e-3).all()
     assert 0.0 < report["vae"]["seed-0"]["rel_recon_train"] < 1.5
     # its head exported as a Hugging Face model: the Auto class loads it, and scores as RewardModel does
-    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from lens_ray.scoring.export import export, exported_logits
     from lens_ray.scoring.reward_model import RewardModel
     rm = RewardModel.from_run(str(tmp_path / "smol"), "lens-f4-s0")
     folder = export(rm, str(tmp_path / "hf"))
-    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True, dtype=torch.bfloat16)
+    dtype = next(rm.lm.model.parameters()).dtype            # as the run embedded: bf16 where the CPU has it
+    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True, dtype=dtype)
     prompts, responses = ["How do I bake bread?", "Say something rude."], ["Mix flour and water.", "No."]
     got = exported_logits(model.eval(), AutoTokenizer.from_pretrained(folder), prompts, responses).numpy()
     assert np.allclose(got, rm.score(prompts, responses), atol=1e-3)

@@ -89,14 +89,12 @@ CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] not in ['system', 'user
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory) -> str:
-    """A tiny random Llama with a real byte-level BPE tokenizer and chat template, saved as a folder."""
+def build_tiny_llama(folder) -> str:
+    """A tiny random Llama with a real byte-level BPE tokenizer and chat template, saved in `folder`."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -115,6 +113,11 @@ def tiny_llama(tmp_path_factory) -> str:
                       pad_token_id=tok.pad_token_id, architectures=["LlamaForCausalLM"])
     LlamaForCausalLM(cfg).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 FAST = ["--set", "vae.epochs=5", "--set", "reward.max_steps=30", "--set", "reward.eval_every=10",

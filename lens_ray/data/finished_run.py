@@ -56,6 +56,11 @@ class FinishedRun:
         cfg = config_from_dict(report["config"])
         return cls(store.uri, store, cfg, report)
 
+    @property
+    def dim(self) -> int:
+        """The dimension of the run's embeddings (a head must have it)."""
+        return int(self.report["embedding_dim"])
+
     @functools.cached_property
     def embeddings(self) -> Manifest:
         """The manifest of the run's embedding tables: their settings (`.meta`) and checksums."""

@@ -47,9 +47,9 @@ def estimate(mean: float | None, spread: float | None = None, n: int = 1, signed
     return text
 
 
-def cell(c: dict | None, signed: bool = False, spread: str = "std") -> str:
+def cell(c: dict | None, signed: bool = False, spread: str = "std", digits: int = 3) -> str:
     """A summary cell {mean, std[, se], n} as `estimate` writes it."""
-    return "-" if c is None else estimate(c["mean"], c.get(spread), c.get("n", 1), signed)
+    return "-" if c is None else estimate(c["mean"], c.get(spread), c.get("n", 1), signed, digits)
 
 
 def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:

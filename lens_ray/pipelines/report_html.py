@@ -165,7 +165,8 @@ def trials_table(trials: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def render_search(report: dict) -> str:
-    test = [[k] + [cell(row.get(m), signed="vs" in m) for m in ("accuracy", "accuracy_vs_original", "bon_gold",
+    test = [[k] + [cell(row.get(m), signed="vs" in m, digits=4) for m in ("accuracy", "accuracy_vs_original",
+                                                                           "bon_gold",
                                                                    "bon_gold_vs_original")]
             for k, row in report["test"].items()]
     parts = [f"<h1>lens-ray search: {html.escape(report['name'])}</h1>",

@@ -313,10 +313,15 @@ def test_lens_ray_serve_with_every_flag(local_run, tmp_path):
     try:
         url = f"http://127.0.0.1:{port}"
         statuses = _wait_healthy(url, timeout=240)
+        deadline, status = time.time() + 180, 503
+        while status == 503 and time.time() < deadline:                 # a replica may still load (503 at once)
+            status, body = _call(url, "/score", {"prompts": PROMPTS, "responses": RESPONSES})
+            time.sleep(0.5 if status == 503 else 0)
         listening = _listening(proc.pid)
         replicas = len({pid for _, name, pid in listening if "ServeReplica" in name})
-        status, body = _call(url, "/score", {"prompts": PROMPTS, "responses": RESPONSES})
-        info = _call(url, "/info", None, method="GET")[1]
+        info = {}
+        while info.get("status") != "ok" and time.time() < deadline:      # the replica that answers has loaded
+            info = _call(url, "/info", None, method="GET")[1]
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         out = proc.communicate(timeout=120)[0]

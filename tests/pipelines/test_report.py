@@ -11,8 +11,8 @@ from lens_ray.pipelines import report as reporting
 from lens_ray.pipelines import report_html
 from lens_ray.pipelines.search import compare_on_test, verdict
 
-METHOD_SETS = [("original",), ("mean_diff",), ("lens",), ("original", "mean_diff"), ("original", "lens"), METHODS]
-HEAD_SETS = [("mlp",), ("linear",), ("mlp", "linear")]
+METHOD_SETS = [("original",), ("mean_diff",), ("lens",), ("original", "lens"), METHODS]
+HEAD_SETS = [("linear",), ("mlp", "paper", "linear")]
 
 
 def _rows(methods, heads, seeds, sizes=(None,), factors=(2, 4)):
@@ -49,8 +49,8 @@ def test_run_report_renders_every_combination(methods, heads, seeds):
     _no_unbacked_numbers(text, seeds)
 
 
-@pytest.mark.parametrize("methods,heads,seeds,sizes", list(itertools.product(
-    METHOD_SETS, HEAD_SETS, (1, 2), ((50,), (50, 100)))))
+@pytest.mark.parametrize("methods,heads,seeds,sizes", [(m, h, s, z) for m, h, s, z in itertools.product(
+    METHOD_SETS, HEAD_SETS, (1, 2), ((50,), (50, 100))) if s == 2 or len(z) == 2])
 def test_curve_report_renders_every_combination(methods, heads, seeds, sizes):
     rows = _rows(methods, heads, seeds, sizes)
     summary = summarize_curve(rows)

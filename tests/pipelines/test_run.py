@@ -213,8 +213,9 @@ def test_a_run_with_every_data_flag_a_yaml_config_and_the_open_choices(ray_clust
     texts = [(p.prompt, r) for p in inputs.seed_pairs for r in (p.chosen, p.rejected)]
     extra = EmbeddingCache(Storage(str(tmp_path / "cache")).child("embeddings"),
                            layer_settings(run.embeddings.meta, (-1,), "concat"))
-    cached = extra.lookup([settings_key(extra.settings, p, r) for p, r in texts])
-    assert len(cached) == len(set(texts))                            # the extra layer came from the same pass
+    keys = {settings_key(extra.settings, p, r) for p, r in texts}
+    assert set(extra.lookup(sorted(keys))) == keys                   # the extra layer came from the same pass
+    cached = extra.lookup(sorted(keys))
     first = inputs.seed_pairs[0]
     last_layer = cached[settings_key(extra.settings, first.prompt, first.chosen)]
     assert last_layer.shape == inputs.emb.seed_pos[0].shape

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -96,8 +97,9 @@ def _report(metrics: dict, states: dict, meta: dict, progress: str | None = None
     """Every worker reports (it is collective); rank 0 attaches the checkpoint and prints the progress line
     (Ray forwards it to the job's log)."""
     if ray.train.get_context().get_world_rank() == 0:
-        if progress:
-            print(progress, flush=True)
+        if progress:                    # the worker's own stdout: Train's patched print would log it twice
+            sys.__stdout__.write(progress + "\n")
+            sys.__stdout__.flush()
         with tempfile.TemporaryDirectory() as d:
             save_models(d, states, meta)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))

@@ -155,6 +155,21 @@ class RewardConfig:
 
 
 @dataclass
+class SelectionConfig:
+    """The main job's choice of its reward model: layer x head x augmentation by k-fold on the seed pairs."""
+    enabled: bool = setting(True, "choose the run's reward model by k-fold on the seed pairs (never eval or "
+                            "Best-of-N data); it becomes the default head (heads/selected)")
+    layers: tuple[int, ...] = setting((), "candidate layers, negative from the end; empty: the last and those 30% "
+                                      "and 50% of the way down (SmolLM2: -1, -10, -16), all from one forward pass",
+                                      le=-1, ge=-256)
+    heads: tuple[str, ...] = setting(("mean_diff", "linear", "mlp"), "candidate heads, simplest first",
+                                     choices=("mean_diff", "linear", "mlp"), nonempty=True)
+    folds: int = setting(5, "k-fold over the seed pairs, whole prompts per fold", ge=2)
+    finalists: int = setting(2, "best (layer, trained head) candidates that go on to be tried with each "
+                             "augmenting method at each factor; 0: no augmentation candidates", ge=0)
+
+
+@dataclass
 class TuneConfig:
     """The Ray Tune search (`jobs/tune.py`): what it spans, how it measures, what it may spend."""
     name: str | None = setting(None, "search name; unset: <run name>-tune; the same name resumes", plain_name=True)
@@ -185,7 +200,8 @@ class CurveConfig:
 @dataclass
 class ServeConfig:
     """`lens-ray serve`: a trained head as a reward server on Ray Serve (and the batch scorer's head)."""
-    head: str | None = setting(None, "head under <run>/heads; unset: the best validation accuracy", plain_name=True)
+    head: str | None = setting(None, "head under <run>/heads; unset: the run's pick (heads/selected), or in a run "
+                                    "without one the best validation accuracy", plain_name=True)
     host: str = setting("127.0.0.1", "address the HTTP proxy listens on (0.0.0.0 exposes it: set a token)")
     port: int = setting(8000, "HTTP port", ge=1, le=65535)
     replicas: int = setting(1, "server replicas (each loads the LM once)", ge=1)
@@ -261,6 +277,7 @@ class LensConfig:
     vae: VAEConfig = field(default_factory=VAEConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     curve: CurveConfig = field(default_factory=CurveConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
@@ -297,7 +314,8 @@ class LensConfig:
         for path, f, value in walk(self):
             _check(path, f, value)
         once = (("methods", "method", self.methods), ("factors", "factor", self.factors),
-                ("curve.sizes", "size", self.curve.sizes), ("reward.heads", "head", self.reward.heads))
+                ("curve.sizes", "size", self.curve.sizes), ("reward.heads", "head", self.reward.heads),
+                ("selection.layers", "layer", self.selection.layers), ("selection.heads", "head", self.selection.heads))
         for path, word, values in once:
             if len(set(values)) != len(values):
                 raise ConfigError(f"{path}: each {word} once, got {list(values)}")

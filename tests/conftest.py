@@ -121,7 +121,8 @@ def tiny_llama(tmp_path_factory) -> str:
 
 
 FAST = ["--set", "vae.epochs=5", "--set", "reward.max_steps=30", "--set", "reward.eval_every=10",
-        "--set", "embed.max_length=64", "--set", "embed.batch_size=16", "--set", "embed.dtype=float32"]
+        "--set", "embed.max_length=64", "--set", "embed.batch_size=16", "--set", "embed.dtype=float32",
+        "--set", "selection.enabled=false"]        # the shared run (local_run) and tests/pipelines/test_selection.py select
 
 
 @pytest.fixture(scope="session")
@@ -131,5 +132,6 @@ def local_run(ray_cluster, tiny_llama, hh_path, tmp_path_factory):
     from lens_ray.store.storage import Storage
     storage = tmp_path_factory.mktemp("runs")
     argv = ["--data", str(hh_path), "--model", tiny_llama, "--seed-pairs", "60", "--eval-pairs", "40",
-            "--seeds", "2", "--factors", "2,4", "--storage", str(storage), "--name", "t"] + FAST
+            "--seeds", "2", "--factors", "2,4", "--storage", str(storage), "--name", "t"] + FAST + \
+        ["--set", "selection.enabled=true", "--set", "selection.folds=3"]
     return argv, run_main(argv), Storage(str(storage / "t"))

@@ -42,6 +42,10 @@ CASES = {
     "not UTF-8": (["--data", "{latin1}"], "line 2: not UTF-8"),
     "unknown model": (["--data", "{good}", "--model", "no-such-org/no-such-model"], "hub is offline"),
     "model folder without config": (["--data", "{good}", "--model", "{nomodel}"], "has no config.json"),
+    "a layer the model lacks": (["--data", "{good}", "--set", "selection.layers=-1,-99"],
+                                "selection.layers: layer -99, but smollm2 has 30 blocks (layers -1 to -31)"),
+    "more folds than prompts": (["--data", "{good}", "--set", "selection.folds=11"],
+                                "selection.folds: 11 folds of whole prompts, but the seed pairs have only 10 prompts"),
     "missing bucket": (["--data", "{good}", "--storage", "s3://no-such-bucket/runs"], "does the bucket exist"),
 }
 

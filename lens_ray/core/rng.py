@@ -8,7 +8,7 @@ import numpy as np
 
 # streams: one per purpose (their numbers are part of every stored result's identity; never reuse one)
 (NOISE, PAIRING, SEED_EVAL, VAL_SPLIT, FOLDS, INNER_SPLIT, SCORED_SPLIT, SCORED_PAIRS, BON_DRAWS, SUBSETS,
- BATCHES) = range(1, 12)
+ BATCHES, SELECTION) = range(1, 13)
 
 
 def keyed_rng(seed: int, stream: int, *ids: int) -> np.random.Generator:

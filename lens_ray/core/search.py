@@ -31,6 +31,7 @@ from lens_ray.core.pairs import Pair, inner_split, seed_splits
 from lens_ray.core.records import Embedded
 from lens_ray.core.rng import INNER_SPLIT, keyed_rng
 from lens_ray.core.stats import standard_error
+from lens_ray.core.vae import PreferenceVAE
 
 # ---------------------------------------------------------------- the space
 
@@ -130,12 +131,15 @@ def units(folds: int, repeats: int) -> list[tuple[int, int]]:
 
 
 def fit_method(cfg: LensConfig, method: str, factor: int, train_pos: torch.Tensor, train_neg: torch.Tensor,
-               val_pos: torch.Tensor, val_neg: torch.Tensor, seed: int, groups: list[str]) -> torch.nn.Module:
+               val_pos: torch.Tensor, val_neg: torch.Tensor, seed: int, groups: list[str],
+               vae: PreferenceVAE | None = None) -> torch.nn.Module:
     """One reward model by `method` from training pairs (n, d) x2 (groups: each pair's prompt), with the
-    config's first head kind; the MLP early-stops on val (m, d) x2. A fit that diverges raises."""
+    config's first head kind; the MLP early-stops on val (m, d) x2. `vae`: lens's VAE of these training
+    pairs, if already fitted (else fitted here). A fit that diverges raises."""
     if method == "mean_diff":
         return mean_diff_head(train_pos, train_neg)
-    vae = fit_vae(cfg.vae, train_pos, train_neg, seed)[0] if method == "lens" else None
+    if method == "lens" and vae is None:
+        vae = fit_vae(cfg.vae, train_pos, train_neg, seed)[0]
     train = training_pairs(method, factor, train_pos, train_neg, seed, cfg.synth, cfg.reward.synthetic_weight, vae)
     fit = fit_reward_head(cfg.reward, cfg.reward.heads[0], train, PairSet(val_pos, val_neg), seed, groups,
                           train_pos, train_neg)

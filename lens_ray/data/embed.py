@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -64,6 +65,22 @@ def resolve_model(spec: str) -> ModelSource:
     if os.sep in spec and not path.exists() and spec.startswith((".", "/", "~")):
         raise ModelLoadError(f"model path {spec!r} does not exist")
     return ModelSource(spec, None, f"hub:{spec}")
+
+
+@functools.lru_cache(maxsize=8)
+def model_depth(spec: str) -> int:
+    """Transformer blocks of a model, from its config alone (GGUF metadata or config.json): no weights load."""
+    src = resolve_model(spec)
+    if src.gguf_file:
+        from gguf import GGUFReader
+        fields = GGUFReader(os.path.join(src.folder, src.gguf_file)).fields
+        arch = bytes(fields["general.architecture"].parts[-1]).decode()
+        return int(fields[f"{arch}.block_count"].parts[-1][0])
+    from transformers import AutoConfig
+    try:
+        return int(AutoConfig.from_pretrained(src.folder).num_hidden_layers)
+    except (OSError, ValueError, AttributeError) as e:
+        raise ModelLoadError(f"model {spec!r}: cannot read its number of layers ({e})") from None
 
 
 @dataclass

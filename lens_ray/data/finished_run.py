@@ -10,13 +10,14 @@ run is refused instead of silently misaligned. Nothing is re-embedded.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from lens_ray.config import PLAIN_NAME, LensConfig, config_from_dict, fingerprint
+from lens_ray.config import PLAIN_NAME, EmbedConfig, LensConfig, config_from_dict, fingerprint
 from lens_ray.core.heads import build_head
 from lens_ray.core.pairs import Pair
 from lens_ray.core.records import Cell, Embedded, bon_draws, table_texts
@@ -67,8 +68,10 @@ class FinishedRun:
         return Manifest.load(self.store.child("embeddings"))
 
     def default_head(self) -> str:
-        """The head the run's reward model uses unless one is named: the best validation accuracy among the
-        heads that did not fail."""
+        """The head the run's reward model uses unless one is named: the selection stage's pick (heads/selected)
+        or, in a run without one, the best validation accuracy among the heads that did not fail."""
+        if self.report.get("selected"):
+            return "selected"
         scored = [r for r in self.report["results"] if r.get("val_accuracy") is not None
                   and r.get("status", "ok") == "ok"]
         if not scored:
@@ -92,6 +95,12 @@ class FinishedRun:
             raise ChecksumError(f"{heads.uri_of(name)}.json: a head of dimension {head.dim}, but the run's embeddings "
                                 f"have dimension {dim}: not this run's head")
         return head, name, meta
+
+    def embed_config(self, meta: dict) -> EmbedConfig:
+        """The embedding settings a head (its stored meta) scores with: the run's, at the head's own layer when
+        it has one (the selection's pick may be another layer of the same forward pass)."""
+        e = self.config.embed
+        return dataclasses.replace(e, layer=tuple(meta["embed_layer"])) if meta.get("embed_layer") else e
 
     def table(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
         """A stored embedding table (seed, eval, bon), verified against its checksum."""

@@ -147,9 +147,10 @@ def _call(fn: Callable, threads: int, *args) -> Any:
     return fn(*args)
 
 
-def remote_calls(calls: dict[str, tuple], res: ResourcesConfig) -> dict[str, Any]:
+def remote_calls(calls: dict[str, tuple], res: ResourcesConfig,
+                 on_done: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
     """{key: (fn, *args)} run as Ray tasks of resources.tune_cpus_per_trial CPUs each, all at once -> {key: result}.
-    Large arguments are put in the object store once, not once per call."""
+    Large arguments are put in the object store once, not once per call; on_done(key, result) as each ends."""
     stored: dict[int, ray.ObjectRef] = {}
 
     def put(a):
@@ -158,7 +159,13 @@ def remote_calls(calls: dict[str, tuple], res: ResourcesConfig) -> dict[str, Any
         return stored.setdefault(id(a), ray.put(a))
     task = _call.options(num_cpus=res.tune_cpus_per_trial)
     refs = {k: task.remote(fn, _threads(res), *(put(a) for a in args)) for k, (fn, *args) in calls.items()}
-    return {k: ray.get(r) for k, r in refs.items()}
+    keys, out, pending = {r: k for k, r in refs.items()}, {}, list(refs.values())
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        out[keys[ready[0]]] = ray.get(ready[0])
+        if on_done:
+            on_done(keys[ready[0]], out[keys[ready[0]]])
+    return {k: out[k] for k in refs}
 
 
 # ------------------------------------------------------------------ the learning curve

@@ -11,6 +11,7 @@ nothing that reached the cache).
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -21,7 +22,7 @@ from lens_ray.config import LensConfig
 from lens_ray.core.heads import rewards
 from lens_ray.core.pairs import Quarantine
 from lens_ray.core.progress import Log
-from lens_ray.data.embed import settings_key
+from lens_ray.data.embed import layer_settings, settings_key
 from lens_ray.data.finished_run import FinishedRun
 from lens_ray.data.formats import detect_format, to_pairs, to_scored
 from lens_ray.data.ingest import read_table
@@ -51,7 +52,9 @@ def _vectors(cfg: LensConfig, settings: dict, texts: list[tuple], log: Log) -> n
 
 def batch_score(cfg: LensConfig, run: FinishedRun, data_uri: str, out_uri: str, best_of: int | None,
                 log: Log = print) -> dict:
-    head, head_name, _ = run.head(cfg.serve.head)
+    head, head_name, meta = run.head(cfg.serve.head)
+    e = run.embed_config(meta)                  # the head's own layer (the selection's pick may be another)
+    settings = layer_settings(run.embeddings.meta, e.layer, e.layer_combine)
     out = Storage(out_uri)
     manifest = Manifest.open(out, {"run": run.uri, "head": head_name, "data": data_uri, "best_of": best_of})
     if "summary.json" in manifest.files and manifest.read_parquet("rewards.parquet") is not None:
@@ -61,7 +64,7 @@ def batch_score(cfg: LensConfig, run: FinishedRun, data_uri: str, out_uri: str, 
     rows, where = read_table(data_uri, q)
     kind, texts, layout = _texts(rows, where, q, best_of)
     log(f"scoring {len(texts)} texts ({kind}) of {data_uri} with {run.uri}/heads/{head_name}")
-    scores = rewards(head, torch.from_numpy(_vectors(run.config, run.embeddings.meta, texts, log)))
+    scores = rewards(head, torch.from_numpy(_vectors(dataclasses.replace(run.config, embed=e), settings, texts, log)))
     table, summary = (_pairs_result if kind == "pairs" else _bon_result)(scores, layout)
     summary.update({"run": run.uri, "head": head_name, "data": data_uri, "kind": kind, "texts": len(texts),
                     "quarantined": dict(q.counts), "seconds": round(time.time() - t0, 1)})

@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 import uuid
 
-from lens_ray.config import LensConfig
+from lens_ray.config import ConfigError, LensConfig
 from lens_ray.core.pairs import Datasets
-from lens_ray.data.embed import ModelLoadError, resolve_model
+from lens_ray.data.embed import ModelLoadError, model_depth, resolve_model
 from lens_ray.data.ingest import load_datasets
 from lens_ray.store.storage import Storage, StorageError
 
@@ -55,6 +55,26 @@ def check_writable(store: Storage) -> None:
         raise StorageError(f"cannot write to {store.uri} ({first}){hint}") from exc
 
 
+def check_layers(cfg: LensConfig, ds: Datasets) -> None:
+    """Every layer asked for exists in the model (read from its config alone), and the selection's folds
+    have prompts enough."""
+    e, sel = cfg.embed, cfg.selection
+    asked = [("embed.layer", e.layer), ("embed.cache_layers", e.cache_layers)]
+    if sel.enabled:
+        asked.append(("selection.layers", sel.layers))
+    if any(layers for _, layers in asked if layers != (-1,)):
+        depth = model_depth(e.model)
+        for name, layers in asked:
+            for layer in layers:
+                if layer < -(depth + 1):
+                    raise ConfigError(f"{name}: layer {layer}, but {e.model} has {depth} blocks (layers -1 to "
+                                      f"{-(depth + 1)})")
+    prompts = len({p.group for p in ds.seed_pairs})
+    if sel.enabled and prompts < sel.folds:
+        raise ConfigError(f"selection.folds: {sel.folds} folds of whole prompts, but the seed pairs have only "
+                          f"{prompts} prompts")
+
+
 def preflight(cfg: LensConfig, log=print) -> Datasets:
     """Every check of the main job; returns the ingested data (the pipeline then does not read it again)."""
     cfg.validate()
@@ -63,6 +83,7 @@ def preflight(cfg: LensConfig, log=print) -> Datasets:
     if cfg.embed.cache:
         check_writable(Storage(cfg.cache_uri))
     ds = load_datasets(cfg.data)
+    check_layers(cfg, ds)
     log(f"checked: settings, model {cfg.embed.model}, output {Storage(cfg.out_uri).uri}, data "
         f"({len(ds.seed_pairs)} seed pairs, {len(ds.eval_pairs)} eval pairs, {len(ds.bon_prompts)} BoN prompts, "
         f"{sum(ds.quarantine.counts.values())} quarantined)")

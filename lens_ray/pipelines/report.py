@@ -61,6 +61,46 @@ def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def selection_rows(selected: dict) -> tuple[list[str], list[list[str]]]:
+    """The selection's k-fold table: every candidate, best first (mean ± standard error over folds)."""
+    header = ["candidate", "k-fold accuracy", "folds"]
+    ranked = sorted(selected["candidates"], key=lambda r: -(r["kfold_accuracy"] if r["kfold_accuracy"] is not None
+                                                             else -1.0))
+    rows = [[("**" + r["candidate"] + "**") if r["candidate"] == selected["candidate"] else r["candidate"],
+             "failed" if r["status"] != "ok" else estimate(r["kfold_accuracy"], r["kfold_se"], len(r["folds"])),
+             str(len(r["folds"]))] for r in ranked]
+    return header, rows
+
+
+def default_row(report: dict, method: str, head: str) -> dict | None:
+    """The per-method table's row of (method, head) at factor 1, if the run has it."""
+    return next((r for r in report["summary"] if r["method"] == method and r["factor"] == 1
+                 and (r["head_kind"] == head or method == "mean_diff")), None)
+
+
+def selection_lines(report: dict) -> list[str]:
+    """What the run chose as its reward model and what it is worth, then the k-fold table and its levers."""
+    sel = report.get("selected")
+    if not sel:
+        return []
+    bon = f", Best-of-N gold {sel['bon_gold']:.3f}" if sel.get("bon_gold") is not None else ""
+    lines = [f"reward model (heads/selected): {sel['candidate']}; k-fold accuracy on the seed pairs "
+             f"{estimate(sel['kfold_accuracy'], sel['kfold_se'], sel['folds'])}; held-out accuracy "
+             f"{sel['accuracy']:.3f}{bon}"]
+    layer = ",".join(map(str, report["config"]["embed"]["layer"]))
+    for label, method in ((f"the fixed default (layer {layer}, original, MLP)", "original"),
+                          (f"mean_diff (layer {layer})", "mean_diff")):
+        row = default_row(report, method, "mlp")
+        if row and row["accuracy"]:
+            lines.append(f"  beside {label}: held-out accuracy {cell(row['accuracy'])} over seeds")
+    worth = [f"{k} {estimate(v['mean'], v['se'], sel['folds'], signed=True)} (vs {v['versus']})"
+             for k, v in sel["levers"].items() if v]
+    if worth:
+        lines.append("  what each lever is worth at the pick, k-fold, paired by fold: " + "; ".join(worth))
+    lines += [f"  note: {sel['note']}", "", *markdown(*selection_rows(sel)), ""]
+    return lines
+
+
 def markdown(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -87,7 +127,8 @@ def table(report: dict) -> str:
     lines = [f"model {report['model']} (d={report['embedding_dim']}), {report['seed_pairs']} seed pairs "
              f"({data.get('seed_prompts', '?')} prompts), {report['eval_pairs']} eval pairs "
              f"({data.get('eval_prompts', '?')} prompts), {report.get('bon_prompts') or 0} BoN prompts" + dupes,
-             "", *markdown(*summary_rows(report))]
+             "", *selection_lines(report), "every method, measured on the held-out data (the fair comparison):",
+             *markdown(*summary_rows(report))]
     if report.get("bon_random") is not None:
         lines.append(f"\nBest-of-{report['bon_n']}: random pick {report['bon_random']:.3f}, oracle pick "
                      f"{report['bon_oracle']:.3f}")

@@ -13,7 +13,7 @@ import io
 
 import numpy as np
 
-from lens_ray.pipelines.report import ORDER, cell, estimate, summary_rows, table
+from lens_ray.pipelines.report import ORDER, cell, estimate, selection_lines, selection_rows, summary_rows, table
 
 COLORS = {"mean_diff": "#7f7f7f", "original": "#000000", "direct_perturbation": "#1f77b4",
           "gaussian_sampling": "#2ca02c", "lens": "#d62728"}
@@ -146,11 +146,20 @@ def render(report: dict, projection_png: str | None = None, trials: list[dict] |
                                                 f"Best-of-{report.get('bon_n')} mean gold of the pick")),
             ("Tuning landscape", landscape(trials) if trials else None),
             ("Embeddings", projection_png)]
+    chosen = [line for line in selection_lines(report) if line and not line.startswith("|")]
     text = table(report).split("\n")
-    intro = [line for line in text if line and not line.startswith("|")]
+    intro = [line for line in text if line and not line.startswith("|") and line not in chosen
+             and not line.startswith("every method")]
     parts = [f"<h1>lens-ray report: {html.escape(str(report.get('name') or report['config']['name']))}</h1>",
-             _p(intro[0]), "<h2>Every method (mean ± std over seeds; gains paired by seed)</h2>",
-             _table(*summary_rows(report))]
+             _p(intro[0])]
+    if report.get("selected"):
+        header, rows = selection_rows(report["selected"])
+        rows = [[c[2:-2] + " (the pick)" if c.startswith("**") else c for c in r] for r in rows]
+        parts += ["<h2>The run's reward model (chosen by k-fold on the seed pairs)</h2>",
+                  *[_p(line.strip(), "note" if line.strip().startswith("note") else "") for line in chosen],
+                  "<h3>Every candidate (k-fold accuracy ± standard error over folds)</h3>", _table(header, rows)]
+    parts += ["<h2>Every method on the held-out data (mean ± std over seeds; gains paired by seed)</h2>",
+              _table(*summary_rows(report))]
     parts += [_p(line, "note" if line.startswith(("note", "FAILED")) else "") for line in intro[1:]]
     return _page("lens-ray report", parts, figs)
 

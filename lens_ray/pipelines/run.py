@@ -1,5 +1,5 @@
 """The main job (`lens-ray run`, `jobs/run.py`), stage by stage: ingest -> embed -> fit VAE -> synthesize ->
-train heads -> evaluate -> report.
+train heads -> evaluate -> select (the run's reward model, `pipelines/selection.py`) -> report.
 
 Composes the pure modules with the Ray layer; adds ordering, progress, timings, storage and reuse only.
 Each stage stores its results with the fingerprint of what they were made from (`StageKeys`); a re-run
@@ -8,6 +8,7 @@ fingerprint reads `resources` — and computes only the rest.
 """
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass
 from typing import Callable
@@ -27,6 +28,7 @@ from lens_ray.data.embed import combine_layers, layer_settings, resolve_dtype, r
 from lens_ray.data.ingest import load_datasets
 from lens_ray.pipelines import report as reporting
 from lens_ray.pipelines import report_html
+from lens_ray.pipelines.selection import layers_of, select_stage
 from lens_ray.store.artifacts import (
     read_pair_embeddings,
     read_synthetic,
@@ -69,8 +71,9 @@ def run(cfg: LensConfig, log: Log = print, ds: Datasets | None = None,
     log(f"lens-ray run '{cfg.run_name}' -> {out.uri}")
     with t.stage("ingest", log):
         ds = ds or ingest(cfg, log)
+    layers = layers_of(cfg, log)
     with t.stage("embed", log):
-        emb = embed_stage(cfg, ds, out, log)
+        emb = embed_stage(with_cached_layers(cfg, layers), ds, out, log)
     splits = seed_splits(ds.seed_pairs, cfg.data.val_fraction, cfg.seeds, cfg.data.split_seed)
     seeds = [SeedData.of(s, emb, ds.seed_pairs) for s in splits]
     keys = StageKeys(cfg, splits, emb.dim)
@@ -87,7 +90,18 @@ def run(cfg: LensConfig, log: Log = print, ds: Datasets | None = None,
         heads = train_stage(cfg, cells, seeds, keys, failures, out, log)
     with t.stage("evaluate", log):
         results = evaluate_stage(heads, emb)
-    report = build_report(cfg, ds, emb, results, vaes, t.seconds)
+    selected = None
+    if layers:
+        def embedded_at(layer: tuple[int, ...]) -> Embedded:
+            if layer == tuple(cfg.embed.layer):
+                return emb
+            at = copy.deepcopy(cfg)     # a layer missing from the cache brings every candidate in the same pass
+            at.embed.layer = layer
+            at.embed.cache_layers = tuple(x for other in layers for x in other if other != layer)
+            return embed_stage(at, ds, out, lambda _: None, folder=f"embeddings-layer{','.join(map(str, layer))}")
+        with t.stage("select", log):
+            selected = select_stage(cfg, ds, layers, embedded_at, splits[0], keys.base, out, log)
+    report = build_report(cfg, ds, emb, results, vaes, t.seconds, selected)
     write_report(cfg, out, report, seeds, keys, log)
     return report
 
@@ -139,11 +153,21 @@ def embedding_settings(cfg: LensConfig) -> dict:
     return layer_settings(settings, e.layer, e.layer_combine)
 
 
-def embed_stage(cfg: LensConfig, ds: Datasets, out: Storage, log: Log) -> Embedded:
+def with_cached_layers(cfg: LensConfig, layers: list[tuple[int, ...]]) -> LensConfig:
+    """cfg whose embed pass also caches the selection's candidate layers (from the same forward pass)."""
+    extra = tuple(x for layer in layers for x in layer if x not in cfg.embed.layer)
+    if not extra:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.embed.cache_layers = tuple(dict.fromkeys(cfg.embed.cache_layers + extra))
+    return cfg
+
+
+def embed_stage(cfg: LensConfig, ds: Datasets, out: Storage, log: Log, folder: str = "embeddings") -> Embedded:
     """Every table's rows as content keys; a stored table is reused only when its keys match exactly, the
-    rest comes from the cache or is embedded."""
+    rest comes from the cache or is embedded. `folder`: where the run keeps these tables."""
     settings = embedding_settings(cfg)
-    run_manifest = Manifest.open(out.child("embeddings"), settings)   # refuses other settings, clearly
+    run_manifest = Manifest.open(out.child(folder), settings)   # refuses other settings, clearly
     draws, bon_gold = bon_draws(cfg, ds)
     wanted: dict[str, list[str]] = {}
     texts: dict[str, tuple] = {}
@@ -351,11 +375,12 @@ def evaluate_stage(heads: list[TrainedHead], emb: Embedded) -> list[dict]:
 
 
 def build_report(cfg: LensConfig, ds: Datasets, emb: Embedded, results: list[dict], vaes: dict[int, FittedVAE],
-                 timings: dict[str, float]) -> dict:
+                 timings: dict[str, float], selected: dict | None = None) -> dict:
     report = {
         "name": cfg.run_name, "model": cfg.embed.model, "model_id": resolve_model(cfg.embed.model).model_id,
         "embedding_dim": emb.dim, "seed_pairs": len(ds.seed_pairs), "eval_pairs": len(ds.eval_pairs),
         "bon_prompts": len(ds.bon_prompts), "bon_n": cfg.data.bon_n if ds.bon_prompts else None,
+        "selected": selected,
         "results": results,
         "bon_random": bon_random(emb.bon_gold) if emb.bon_gold is not None else None,
         "bon_oracle": bon_oracle(emb.bon_gold) if emb.bon_gold is not None else None,

@@ -37,7 +37,7 @@ class RewardModel:
         """head: a name under <run>/heads (e.g. lens-f8-s0); None: the run's default head."""
         run = FinishedRun.open(run_uri)
         trained, name, meta = run.head(head)                      # verified and bounded before the LM loads
-        e = run.config.embed
+        e = run.embed_config(meta)
         return cls(load_model(model or e.model, e.dtype), trained, e, name, run.uri, meta.get("reward_norm"))
 
     @functools.cached_property

@@ -94,6 +94,7 @@ def test_rerun_reuses_embeddings_and_refuses_other_settings(local_run):
     again = run_main(argv)
     assert again["embedding"]["texts"] == 0                 # nothing re-embedded
     assert [r["accuracy"] for r in again["results"]] == [r["accuracy"] for r in report["results"]]
+    assert again["selected"] == report["selected"]          # the stored pick, not a new selection
     with pytest.raises(StorageError, match="max_length"):
         run_main(argv + ["--set", "embed.max_length=48"])
 

@@ -1,0 +1,189 @@
+"""The main job's choice of its reward model, on the seed pairs only: candidates, k-fold units, the pick. No Ray.
+
+A *candidate* is (layer, head, method, factor): head mean_diff | linear | mlp, method `original` (no
+augmentation) or an augmenting method at a factor. Stage 1 scores every layer x head on the original pairs;
+stage 2 tries each augmenting method at each factor on the best `finalists` (layer, trained head) of stage 1.
+One *unit* is (one layer's candidates, fold f): fit on the other folds less an inner validation part (whole
+prompts; the MLP early-stops on it), score on fold f. Every candidate sees the same folds, so two candidates'
+differences are paired by fold.
+
+The pick: the highest mean k-fold accuracy; then, among the candidates within one standard error of it, the
+simplest (no augmentation before augmentation; mean_diff before linear before mlp): noise does not buy
+complexity. The pick's k-fold estimate is optimistic (it won a comparison), so the run reports its held-out
+accuracy beside it; nothing here reads eval or Best-of-N data.
+
+Shapes: n = seed pairs, d = one layer's embedding dim.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lens_ray.config import LensConfig
+from lens_ray.core.fit import NonFiniteError, fit_vae
+from lens_ray.core.metrics import head_accuracy
+from lens_ray.core.pairs import inner_split, kfold_by_group
+from lens_ray.core.rng import SELECTION, keyed_rng
+from lens_ray.core.search import fit_method
+from lens_ray.core.stats import standard_error
+
+SIMPLER = {"mean_diff": 0, "linear": 1, "mlp": 2}      # the order the one-standard-error rule prefers
+LAYER_FRACTIONS = (0.0, 0.3, 0.5)                       # measured on HH x SmolLM2: -10 best, -16 ~ -4 (RESULTS)
+
+
+def candidate_layers(depth: int, fractions: tuple[float, ...] = LAYER_FRACTIONS) -> tuple[int, ...]:
+    """Layers -1 - round(f * depth) of a model with `depth` blocks (hidden_states has depth + 1 entries):
+    SmolLM2 (30) -> (-1, -10, -16), MiniLM (6) -> (-1, -3, -4)."""
+    return tuple(dict.fromkeys(-1 - round(f * depth) for f in fractions))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    layer: tuple[int, ...]      # the embedding's layer(s), as embed.layer
+    head: str                   # mean_diff | linear | mlp
+    method: str = "original"    # original, or the augmenting method
+    factor: int = 1
+
+    @property
+    def name(self) -> str:
+        aug = "" if self.method == "original" else f" + {self.method} x{self.factor}"
+        return f"layer {','.join(map(str, self.layer))} {self.head}{aug}"
+
+    @property
+    def simplicity(self) -> tuple[bool, int]:
+        return self.method != "original", SIMPLER[self.head]
+
+    def record(self) -> dict:
+        return {"layer": list(self.layer), "head_kind": self.head, "method": self.method, "factor": self.factor}
+
+
+@dataclass
+class FoldSplit:
+    train: np.ndarray     # row indices fitted on
+    val: np.ndarray       # row indices the MLP early-stops on
+    held: np.ndarray      # the fold scored
+
+
+def fold_splits(groups: list[str], folds: int, val_fraction: float, seed: int) -> list[FoldSplit]:
+    """k folds of whole prompts; each fold's rest split again (whole prompts) into training and validation."""
+    parts = kfold_by_group(groups, folds, seed)
+    out = []
+    for f, held in enumerate(parts):
+        rest = np.sort(np.concatenate([parts[j] for j in range(folds) if j != f]))
+        train, val = inner_split(groups, rest, val_fraction, keyed_rng(seed, SELECTION, f))
+        out.append(FoldSplit(train, val, held))
+    return out
+
+
+def stage_one(layers: list[tuple[int, ...]], heads: tuple[str, ...]) -> list[Candidate]:
+    return [Candidate(layer, head) for layer in layers for head in heads]
+
+
+def stage_two(finalists: list[Candidate], methods: tuple[str, ...], factors: tuple[int, ...]) -> list[Candidate]:
+    return [Candidate(c.layer, c.head, m, f) for c in finalists for m in methods for f in factors]
+
+
+def fold_accuracies(cfg: LensConfig, candidates: list[Candidate], pos: np.ndarray, neg: np.ndarray,
+                    groups: list[str], split: FoldSplit, fold: int) -> dict[str, float | None]:
+    """Fit each candidate of one layer (pos, neg: (n, d) that layer's seed embeddings) on the fold's training
+    part and score it on the held fold: {candidate name: accuracy, or None if its fit diverged}. LENS's VAE
+    is fitted once per fold and shared by its candidates."""
+    t = lambda idx: (torch.from_numpy(pos[idx]), torch.from_numpy(neg[idx]))  # noqa: E731
+    train, val, held = t(split.train), t(split.val), t(split.held)
+    train_groups = [groups[i] for i in split.train]
+    seed = 7919 * (fold + 1)
+    vae, out = None, {}
+    for c in candidates:
+        try:
+            if c.method == "lens" and vae is None:
+                vae = fit_vae(cfg.vae, *train, seed)[0]
+            model = fit_method(_with_head(cfg, c.head), "mean_diff" if c.head == "mean_diff" else c.method,
+                               c.factor, *train, *val, seed, train_groups, vae if c.method == "lens" else None)
+            out[c.name] = head_accuracy(model, *held)
+        except NonFiniteError:
+            out[c.name] = None
+    return out
+
+
+def _with_head(cfg: LensConfig, head: str) -> LensConfig:
+    cfg = copy.deepcopy(cfg)
+    if head != "mean_diff":
+        cfg.reward.heads = (head,)
+    return cfg
+
+
+def summarize(candidates: list[Candidate], units: list[dict[str, float | None]]) -> list[dict]:
+    """Per candidate: its fold accuracies (in fold order), mean and standard error; `failed` if any fold's fit
+    diverged (such a candidate is never picked)."""
+    rows = []
+    for c in candidates:
+        accs = [u[c.name] for u in units if c.name in u]
+        failed = len(accs) < len(units) or any(a is None for a in accs)
+        rows.append({"candidate": c.name, **c.record(), "folds": accs, "status": "failed" if failed else "ok",
+                     "kfold_accuracy": None if failed else float(np.mean(accs)),
+                     "kfold_se": None if failed else standard_error(accs)})
+    return rows
+
+
+def _se(row: dict) -> float:
+    se = row["kfold_se"]
+    return 0.0 if se is None or math.isnan(se) else se
+
+
+def finalists(rows: list[dict], n: int) -> list[Candidate]:
+    """The n best (layer, trained head) candidates on the original pairs, by mean k-fold accuracy."""
+    trained = [r for r in rows if r["status"] == "ok" and r["method"] == "original" and r["head_kind"] != "mean_diff"]
+    best = sorted(trained, key=lambda r: -r["kfold_accuracy"])[:n]
+    return [Candidate(tuple(r["layer"]), r["head_kind"]) for r in best]
+
+
+def choose(rows: list[dict]) -> dict:
+    """The best mean, then the simplest candidate within one standard error of it (its row)."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        raise NonFiniteError("every candidate's fit diverged in some fold; no reward model to choose")
+    best = max(ok, key=lambda r: r["kfold_accuracy"])
+    bar = best["kfold_accuracy"] - _se(best)
+    near = [r for r in ok if r["kfold_accuracy"] >= bar]
+    key = lambda r: (r["method"] != "original", SIMPLER[r["head_kind"]], -r["kfold_accuracy"])  # noqa: E731
+    return min(near, key=key)
+
+
+def paired_gain(a: dict, b: dict) -> dict | None:
+    """Mean and standard error over folds of a's accuracy minus b's (the same folds: paired)."""
+    if a["status"] != "ok" or b["status"] != "ok":
+        return None
+    d = np.array(a["folds"]) - np.array(b["folds"])
+    se = standard_error(d)
+    return {"mean": float(d.mean()), "se": None if math.isnan(se) else se, "versus": b["candidate"]}
+
+
+def levers(rows: list[dict], pick: dict, run_layer: tuple[int, ...]) -> dict[str, dict | None]:
+    """What each lever is worth at the pick, paired by fold: the layer (the pick's head on the original pairs
+    at its layer vs at the run's layer), the head (the best trained head vs mean_diff at the pick's layer)
+    and the augmentation (the pick vs its own head and layer without augmentation)."""
+    find = {(tuple(r["layer"]), r["head_kind"], r["method"], r["factor"]): r for r in rows}
+    layer = tuple(pick["layer"])
+    plain = find.get((layer, pick["head_kind"], "original", 1))
+    at_run = find.get((tuple(run_layer), pick["head_kind"], "original", 1))
+    trained = [r for r in rows if tuple(r["layer"]) == layer and r["method"] == "original"
+               and r["head_kind"] != "mean_diff" and r["status"] == "ok"]
+    md = find.get((layer, "mean_diff", "original", 1))
+    best_trained = max(trained, key=lambda r: r["kfold_accuracy"]) if trained else None
+    return {"layer": paired_gain(plain, at_run) if plain and at_run and layer != tuple(run_layer) else None,
+            "head": paired_gain(best_trained, md) if best_trained and md else None,
+            "augmentation": paired_gain(pick, plain) if plain and pick["method"] != "original" else None}
+
+
+def refit(cfg: LensConfig, pick: Candidate, pos: np.ndarray, neg: np.ndarray, groups: list[str],
+          train: np.ndarray, val: np.ndarray, seed: int) -> torch.nn.Module:
+    """The pick fitted on the seed pairs (pos, neg: (n, d) at its layer): mean_diff and linear on all of them,
+    the MLP on `train` with `val` to early-stop; an augmenting pick synthesizes from what it is fitted on."""
+    fit_on = train if pick.head == "mlp" else np.sort(np.concatenate([train, val]))
+    t = lambda idx: (torch.from_numpy(pos[idx]), torch.from_numpy(neg[idx]))  # noqa: E731
+    return fit_method(_with_head(cfg, pick.head), "mean_diff" if pick.head == "mean_diff" else pick.method,
+                      pick.factor, *t(fit_on), *t(val), seed, [groups[i] for i in fit_on])

@@ -1,0 +1,110 @@
+"""The main job's selection stage: its reward model chosen by k-fold on the seed pairs, refitted, stored as
+heads/selected (the run's default head), and scored once on the held-out data.
+
+The math is `core.selection`; here: the candidate layers (from the model's depth, all taken from the embed
+stage's one forward pass), the units as Ray tasks across the cluster, progress, reuse of a stored pick made
+from the same inputs, and the `selected` record of the report.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from lens_ray.config import AUGMENTING, LensConfig, fingerprint
+from lens_ray.core.heads import build_head, rewards
+from lens_ray.core.metrics import head_metrics
+from lens_ray.core.pairs import Datasets, Split
+from lens_ray.core.progress import Log
+from lens_ray.core.records import Embedded
+from lens_ray.core.selection import (
+    Candidate,
+    choose,
+    candidate_layers,
+    finalists,
+    fold_accuracies,
+    fold_splits,
+    levers,
+    refit,
+    stage_one,
+    stage_two,
+    summarize,
+)
+from lens_ray.data.embed import model_depth
+from lens_ray.store.artifacts import reuse_model, save_model
+from lens_ray.store.storage import Storage
+
+NAME = "selected"           # heads/selected: the run's default head
+NOTE = ("the pick's k-fold accuracy is optimistic (it won a comparison on the same folds); its held-out "
+        "accuracy is the figure to trust")
+
+
+def layers_of(cfg: LensConfig, log: Log) -> list[tuple[int, ...]]:
+    """The candidate layers (each a tuple, as embed.layer): the run's own first, then selection.layers or,
+    unset, those spread over the model's depth. Only the run's own where other layers cannot come from the
+    cache (embed.cache off) or would change the embedding's size (several layers concatenated)."""
+    e = cfg.embed
+    if not cfg.selection.enabled:
+        return []
+    if len(e.layer) > 1 or not e.cache:
+        why = "embed.layer combines several layers" if len(e.layer) > 1 else "embed.cache is off"
+        log(f"  selection: {why}, so only layer {','.join(map(str, e.layer))} is a candidate")
+        return [tuple(e.layer)]
+    wanted = cfg.selection.layers or candidate_layers(model_depth(e.model))
+    return list(dict.fromkeys([tuple(e.layer)] + [(layer,) for layer in wanted]))
+
+
+def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
+                 embedded_at: Callable[[tuple[int, ...]], Embedded], split: Split, base_key: str, out: Storage,
+                 log: Log) -> dict:
+    """Choose, refit and store the run's reward model; returns the report's `selected` record. `embedded_at`
+    gives a layer's tables; `split`: the run's seed-0 split (the refitted MLP early-stops on its val part)."""
+    from lens_ray.distributed.trials import remote_calls
+
+    sc, store = cfg.selection, out.child("heads")
+    methods = tuple(m for m in cfg.methods if m in AUGMENTING)
+    key = fingerprint(base_key, sc, [list(x) for x in layers], methods, cfg.factors, cfg.vae, cfg.synth, cfg.reward,
+                      cfg.data.val_fraction, cfg.data.split_seed)
+    stored = reuse_model(store, NAME, key, build_head)
+    if stored and "selected" in stored[1]:
+        log(f"  reused the stored pick: {stored[1]['selected']['candidate']}")
+        return stored[1]["selected"]
+    groups = [p.group for p in ds.seed_pairs]
+    splits = fold_splits(groups, sc.folds, cfg.data.val_fraction, cfg.data.split_seed)
+    tables = {layer: embedded_at(layer) for layer in layers}
+
+    def score(cands: list[Candidate], stage: str) -> list[dict]:
+        by_layer = {layer: [c for c in cands if c.layer == layer] for layer in dict.fromkeys(c.layer for c in cands)}
+        calls = {(layer, f): (fold_accuracies, cfg, cs, tables[layer].seed_pos, tables[layer].seed_neg, groups,
+                              splits[f], f) for layer, cs in by_layer.items() for f in range(sc.folds)}
+        log(f"  selection {stage}: {len(cands)} candidates x {sc.folds} folds ({len(calls)} tasks) ...")
+        done = iter(range(1, len(calls) + 1))
+        results = remote_calls(calls, cfg.resources, on_done=lambda k, _: log(
+            f"    layer {','.join(map(str, k[0]))} fold {k[1] + 1}/{sc.folds} done ({next(done)}/{len(calls)})"))
+        units = [{n: a for (_, f), r in results.items() if f == fold for n, a in r.items()} for fold in range(sc.folds)]
+        return summarize(cands, units)
+
+    rows = score(stage_one(layers, sc.heads), "1 (layer x head, original pairs)")
+    best = finalists(rows, sc.finalists)
+    if best and methods:
+        rows += score(stage_two(best, methods, cfg.factors), "2 (augmentation on the best "
+                                                            f"{len(best)})")
+    pick = choose(rows)
+    cand = Candidate(tuple(pick["layer"]), pick["head_kind"], pick["method"], pick["factor"])
+    log(f"  pick: {cand.name}, k-fold accuracy {pick['kfold_accuracy']:.3f}"
+        + (f" ± {pick['kfold_se']:.3f}" if pick["kfold_se"] is not None else "") + "; refitting on the seed pairs")
+    emb = tables[cand.layer]
+    head = remote_calls({"refit": (refit, cfg, cand, emb.seed_pos, emb.seed_neg, groups, split.train, split.val,
+                                   0)}, cfg.resources)["refit"]
+    held = head_metrics(head, emb)
+    record = {"candidate": cand.name, **cand.record(), "kfold_accuracy": pick["kfold_accuracy"],
+              "kfold_se": pick["kfold_se"], **held, "head": f"heads/{NAME}", "folds": sc.folds,
+              "rule": "highest mean k-fold accuracy, then the simplest candidate within one standard error of it "
+                      "(no augmentation, then mean_diff, linear, mlp)",
+              "note": NOTE, "levers": levers(rows, pick, tuple(cfg.embed.layer)), "candidates": rows}
+    r = rewards(head, torch.from_numpy(np.concatenate([emb.seed_pos, emb.seed_neg])))
+    save_model(store, NAME, head.state_dict(), head.config(),
+               {"fingerprint": key, "metrics": held, "embed_layer": list(cand.layer), "selected": record,
+                "reward_norm": {"mean": float(r.mean()), "std": float(r.std())}})
+    return record

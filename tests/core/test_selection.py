@@ -1,0 +1,160 @@
+"""core/selection.py on tensors (no Ray): candidate layers, folds, the units, the one-standard-error pick, the
+levers and the refit."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lens_ray.config import LensConfig
+from lens_ray.core.fit import NonFiniteError
+from lens_ray.core.heads import mean_diff_head, rewards
+from lens_ray.core.selection import (
+    Candidate,
+    candidate_layers,
+    choose,
+    finalists,
+    fold_accuracies,
+    fold_splits,
+    levers,
+    paired_gain,
+    refit,
+    stage_one,
+    stage_two,
+    summarize,
+)
+
+
+def test_candidate_layers_spread_over_depth():
+    assert candidate_layers(30) == (-1, -10, -16)           # SmolLM2: the layer RESULTS measured best is in
+    assert candidate_layers(6) == (-1, -3, -4)              # MiniLM
+    assert candidate_layers(2) == (-1, -2)                  # duplicates merged, order kept
+    assert candidate_layers(12, (0.0, 0.25)) == (-1, -4)
+
+
+def test_candidates_names_and_stages():
+    one = stage_one([(-1,), (-10,)], ("mean_diff", "mlp"))
+    assert [c.name for c in one] == ["layer -1 mean_diff", "layer -1 mlp", "layer -10 mean_diff", "layer -10 mlp"]
+    two = stage_two([Candidate((-10,), "linear")], ("lens",), (4, 8))
+    assert [c.name for c in two] == ["layer -10 linear + lens x4", "layer -10 linear + lens x8"]
+    assert two[0].simplicity > Candidate((-10,), "mlp").simplicity > Candidate((-1,), "linear").simplicity
+    assert two[1].record() == {"layer": [-10], "head_kind": "linear", "method": "lens", "factor": 8}
+
+
+def _groups(n: int, per: int = 2) -> list[str]:
+    return [f"p{i // per}" for i in range(n)]
+
+
+def test_fold_splits_are_whole_prompts_and_cover_every_row_once():
+    groups = _groups(90, per=3)
+    splits = fold_splits(groups, 5, 0.2, seed=3)
+    held = np.concatenate([s.held for s in splits])
+    assert sorted(held.tolist()) == list(range(90))
+    for s in splits:
+        assert not set(s.train) & set(s.val) and not (set(s.train) | set(s.val)) & set(s.held)
+        assert len(s.train) + len(s.val) + len(s.held) == 90
+        for part in (s.train, s.val, s.held):             # no prompt is split across parts
+            assert not {groups[i] for i in part} & ({groups[i] for i in np.setdiff1d(np.arange(90), part)})
+        assert 0.1 < len(s.val) / (len(s.train) + len(s.val)) < 0.3
+    again = fold_splits(groups, 5, 0.2, seed=3)
+    assert all((a.held == b.held).all() and (a.val == b.val).all() for a, b in zip(splits, again))
+    assert any((a.held != b.held).any() for a, b in zip(splits, fold_splits(groups, 5, 0.2, seed=4)))
+
+
+def _separable(n: int, d: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    g = np.random.default_rng(seed)
+    direction = np.zeros(d, np.float32)
+    direction[0] = 1.0
+    base = g.standard_normal((n, d)).astype(np.float32)
+    return base + 0.8 * direction, base - 0.8 * direction
+
+
+def test_fold_accuracies_fit_every_candidate_of_a_layer():
+    pos, neg = _separable(80)
+    groups = _groups(80)
+    cfg = LensConfig()
+    cfg.vae.epochs, cfg.vae.latent_dim, cfg.reward.max_steps, cfg.reward.eval_every = 3, 4, 40, 10
+    split = fold_splits(groups, 4, 0.2, seed=0)[1]
+    cands = stage_one([(-1,)], ("mean_diff", "linear", "mlp")) + \
+        stage_two([Candidate((-1,), "linear")], ("lens", "direct_perturbation"), (2,))
+    accs = fold_accuracies(cfg, cands, pos, neg, groups, split, 1)
+    assert list(accs) == [c.name for c in cands]
+    held = (torch.from_numpy(pos[split.held]), torch.from_numpy(neg[split.held]))
+    md = mean_diff_head(torch.from_numpy(pos[split.train]), torch.from_numpy(neg[split.train]))
+    expected = float(np.mean(rewards(md, held[0]) > rewards(md, held[1])))
+    assert accs["layer -1 mean_diff"] == pytest.approx(expected)           # fitted on the training part only
+    assert all(a > 0.8 for a in accs.values())                              # a direction every head can find
+    assert accs == fold_accuracies(cfg, cands, pos, neg, groups, split, 1)   # seeded: the same again
+
+
+def test_a_diverging_fit_is_none_not_an_error():
+    pos, neg = _separable(40)
+    cfg = LensConfig()
+    cfg.reward.lr, cfg.reward.max_steps, cfg.reward.eval_every = 1e30, 20, 10
+    split = fold_splits(_groups(40), 4, 0.2, seed=0)[0]
+    accs = fold_accuracies(cfg, stage_one([(-1,)], ("mean_diff", "mlp")), pos * 1e30, neg, _groups(40), split, 0)
+    assert accs["layer -1 mlp"] is None and accs["layer -1 mean_diff"] is not None
+
+
+def _row(name_layer: int, head: str, folds: list[float | None], method: str = "original", factor: int = 1) -> dict:
+    c = Candidate((name_layer,), head, method, factor)
+    return summarize([c], [{c.name: a} for a in folds])[0]
+
+
+def test_summarize_mean_se_and_failures():
+    row = _row(-1, "mlp", [0.6, 0.7, 0.8])
+    assert row["status"] == "ok" and row["kfold_accuracy"] == pytest.approx(0.7)
+    assert row["kfold_se"] == pytest.approx(0.1 / math.sqrt(3))
+    assert _row(-1, "mlp", [0.6, None, 0.8])["status"] == "failed"
+    c = Candidate((-1,), "mlp")
+    assert summarize([c], [{c.name: 0.5}, {}])[0]["status"] == "failed"      # a fold without it
+
+
+def test_choose_prefers_the_simpler_within_one_standard_error():
+    mlp = _row(-1, "mlp", [0.70, 0.74, 0.72, 0.66])          # best mean 0.705, se ~0.017
+    linear = _row(-1, "linear", [0.69, 0.72, 0.70, 0.67])    # 0.695: within one se
+    md = _row(-1, "mean_diff", [0.60, 0.62, 0.61, 0.59])     # far below
+    assert choose([mlp, linear, md])["candidate"] == "layer -1 linear"
+    aug = _row(-1, "linear", [0.70, 0.74, 0.72, 0.67], "lens", 4)      # best mean, by less than one se
+    assert choose([mlp, linear, md, aug])["candidate"] == "layer -1 linear"     # no augmentation first
+    clear = _row(-10, "mlp", [0.80, 0.81, 0.80, 0.82])
+    assert choose([mlp, linear, md, aug, clear])["candidate"] == "layer -10 mlp"  # a clear winner wins
+    failed = _row(-16, "mean_diff", [0.99, None, 0.99, 0.99])
+    assert choose([linear, failed])["candidate"] == "layer -1 linear"             # a failed one never
+    with pytest.raises(NonFiniteError):
+        choose([failed])
+
+
+def test_finalists_are_the_best_trained_heads_on_original_pairs():
+    rows = [_row(-1, "mlp", [0.6, 0.6]), _row(-10, "linear", [0.7, 0.7]), _row(-10, "mean_diff", [0.9, 0.9]),
+            _row(-10, "mlp", [0.65, 0.65]), _row(-1, "mlp", [0.99, 0.99], "lens", 2)]
+    assert finalists(rows, 2) == [Candidate((-10,), "linear"), Candidate((-10,), "mlp")]
+    assert finalists(rows, 0) == []
+
+
+def test_paired_gain_and_levers():
+    a, b = _row(-10, "mlp", [0.7, 0.8, 0.75]), _row(-1, "mlp", [0.6, 0.7, 0.7])
+    g = paired_gain(a, b)
+    assert g["mean"] == pytest.approx(0.0833333) and g["versus"] == "layer -1 mlp"
+    assert g["se"] == pytest.approx(np.std([0.1, 0.1, 0.05], ddof=1) / math.sqrt(3))
+    md = _row(-10, "mean_diff", [0.6, 0.6, 0.6])
+    aug = _row(-10, "mlp", [0.72, 0.85, 0.8], "lens", 4)
+    out = levers([a, b, md, aug], aug, (-1,))
+    assert out["layer"]["mean"] == pytest.approx(g["mean"])
+    assert out["head"]["mean"] == pytest.approx(0.15) and out["head"]["versus"] == "layer -10 mean_diff"
+    assert out["augmentation"]["mean"] == pytest.approx(0.04) and out["augmentation"]["versus"] == "layer -10 mlp"
+    plain = levers([a, b, md], a, (-10,))
+    assert plain["layer"] is None and plain["augmentation"] is None      # the run's layer, no augmentation
+
+
+def test_refit_mean_diff_and_linear_use_every_seed_pair_the_mlp_keeps_val():
+    pos, neg = _separable(60)
+    train, val = np.arange(0, 50), np.arange(50, 60)
+    cfg = LensConfig()
+    head = refit(cfg, Candidate((-1,), "mean_diff"), pos, neg, _groups(60), train, val, 0)
+    want = mean_diff_head(torch.from_numpy(pos), torch.from_numpy(neg))
+    e = torch.from_numpy(pos[:5])
+    assert np.allclose(rewards(head, e), rewards(want, e))
+    cfg.reward.max_steps, cfg.reward.eval_every = 30, 10
+    mlp = refit(cfg, Candidate((-1,), "mlp"), pos, neg, _groups(60), train, val, 0)
+    assert mlp.config()["dim"] == 8

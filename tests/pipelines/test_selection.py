@@ -1,0 +1,77 @@
+"""The main job's selection stage on the shared run (tiny real model, real HH data, local Ray): the candidates,
+the pick by the rule, its figures recomputed from what the run stored, and the pick as the run's reward model."""
+import numpy as np
+import pytest
+import torch
+
+from lens_ray.core.heads import rewards
+from lens_ray.core.metrics import head_metrics
+from lens_ray.core.selection import Candidate, choose, fold_accuracies, fold_splits
+from lens_ray.data.embed import layer_settings
+from lens_ray.data.finished_run import FinishedRun
+from lens_ray.scoring.reward_model import RewardModel
+from lens_ray.store.artifacts import read_pair_embeddings
+from lens_ray.store.storage import Manifest
+
+
+def _tables(run: FinishedRun, layer: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """seed and eval tables of the run at one of its candidate layers."""
+    folder = "embeddings" if layer == [-1] else f"embeddings-layer{','.join(map(str, layer))}"
+    man = Manifest.load(run.store.child(folder))
+    assert man.meta == layer_settings(run.embeddings.meta, tuple(layer), "concat")
+    return (*read_pair_embeddings(man, "seed"), *read_pair_embeddings(man, "eval"))
+
+
+def test_every_candidate_is_measured_and_the_pick_follows_the_rule(local_run):
+    _, report, out = local_run
+    sel = report["selected"]
+    names = [r["candidate"] for r in sel["candidates"]]
+    stage_one = [f"layer {layer} {head}" for layer in (-1, -2) for head in ("mean_diff", "linear", "mlp")]
+    assert names[:6] == stage_one                            # the tiny model's 2 blocks: layers -1 and -2
+    stage_two = names[6:]
+    assert len(stage_two) == 2 * 3 * 2                       # 2 finalists x 3 augmenting methods x factors 2, 4
+    assert {n.split(" + ")[1] for n in stage_two} == {f"{m} x{f}" for m in ("direct_perturbation",
+                                                                            "gaussian_sampling", "lens")
+                                                      for f in (2, 4)}
+    assert all(" mean_diff" not in n for n in stage_two)
+    assert all(len(r["folds"]) == 3 for r in sel["candidates"] if r["status"] == "ok")
+    assert choose(sel["candidates"])["candidate"] == sel["candidate"]
+    assert sel["folds"] == 3 and sel["head"] == "heads/selected" and sel["bon_gold"] is None
+    assert "optimistic" in sel["note"] and report["timings_s"]["select"] > 0
+
+
+def test_the_picks_figures_are_what_its_folds_and_stored_head_give(local_run):
+    _, report, out = local_run
+    sel = report["selected"]
+    run = FinishedRun.open(out.uri)
+    inputs = run.inputs()
+    seed_pos, seed_neg, eval_pos, eval_neg = _tables(run, sel["layer"])
+    cand = Candidate(tuple(sel["layer"]), sel["head_kind"], sel["method"], sel["factor"])
+    splits = fold_splits(inputs.groups, 3, run.config.data.val_fraction, run.config.data.split_seed)
+    folds = [fold_accuracies(run.config, [cand], seed_pos, seed_neg, inputs.groups, s, f)[cand.name]
+             for f, s in enumerate(splits)]
+    assert folds == pytest.approx(next(r for r in sel["candidates"] if r["candidate"] == cand.name)["folds"])
+    assert sel["kfold_accuracy"] == pytest.approx(np.mean(folds))
+    head, name, meta = run.head()
+    assert name == "selected" and meta["embed_layer"] == sel["layer"]
+    emb = inputs.emb
+    emb.eval_pos, emb.eval_neg = eval_pos, eval_neg
+    assert head_metrics(head, emb)["accuracy"] == pytest.approx(sel["accuracy"])
+
+
+def test_the_pick_is_the_runs_reward_model_at_its_own_layer(local_run, tiny_llama):
+    argv, report, out = local_run
+    sel = report["selected"]
+    rm = RewardModel.from_run(out.uri)                       # no head named: the pick
+    assert rm.head_name == "selected" and rm.embed_cfg.layer == tuple(sel["layer"])
+    run = FinishedRun.open(out.uri)
+    pairs = run.inputs().seed_pairs[:3]
+    seed_pos = _tables(run, sel["layer"])[0]
+    got = rm.score([p.prompt for p in pairs], [p.chosen for p in pairs])
+    assert np.allclose(got, rewards(rm.head, torch.from_numpy(seed_pos[:3])), atol=1e-4)
+    text = out.read_bytes("report.md").decode()
+    assert text.index("reward model (heads/selected)") < text.index("every method, measured on the held-out")
+    assert f"| **{sel['candidate']}** |" in text
+    page = out.read_bytes("report.html").decode()
+    assert page.index("The run&#x27;s reward model") < page.index("Every method on the held-out data")
+    assert f"<td>{sel['candidate']} (the pick)</td>" in page

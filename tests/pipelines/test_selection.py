@@ -75,3 +75,42 @@ def test_the_pick_is_the_runs_reward_model_at_its_own_layer(local_run, tiny_llam
     page = out.read_bytes("report.html").decode()
     assert page.index("The run&#x27;s reward model") < page.index("Every method on the held-out data")
     assert f"<td>{sel['candidate']} (the pick)</td>" in page
+
+
+def test_a_head_at_another_layer_is_scored_at_it_by_every_entry_point(local_run, hh_path, tmp_path):
+    """A copy of the run whose pick is declared at layer -2: RewardModel, batch scoring and the Hugging Face
+    export all embed at -2 (what the run stored there), not at the run's layer -1."""
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lens_ray.cli import batch_score_main
+    from lens_ray.scoring.export import export, exported_logits
+    _, _, out = local_run
+    copy = tmp_path / "run"
+    shutil.copytree(out.path(), copy)
+    doc = json.loads((copy / "heads" / "selected.json").read_text())
+    doc["meta"]["embed_layer"] = [-2]
+    (copy / "heads" / "selected.json").write_text(json.dumps(doc))
+    run = FinishedRun.open(str(copy))
+    rm = RewardModel.from_run(str(copy))
+    assert rm.embed_cfg.layer == (-2,)
+    pairs = run.inputs().seed_pairs[:3]
+    want = rewards(rm.head, torch.from_numpy(_tables(run, [-2])[0][:3]))
+    other = rewards(rm.head, torch.from_numpy(_tables(run, [-1])[0][:3]))
+    assert not np.allclose(want, other, atol=1e-3)                        # the layers do differ
+    assert np.allclose(rm.score([p.prompt for p in pairs], [p.chosen for p in pairs]), want, atol=1e-4)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected})
+                              for p in pairs))
+    batch_score_main(["--run", str(copy), "--data", str(data), "--out", str(tmp_path / "scored")])
+    got = pq.read_table(tmp_path / "scored" / "rewards.parquet").column("chosen_reward").to_numpy()
+    assert np.allclose(got, want, atol=1e-4)
+    folder = export(rm, str(tmp_path / "hf"))
+    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True,
+                                                               dtype=torch.float32).eval()
+    logits = exported_logits(model, AutoTokenizer.from_pretrained(folder), [p.prompt for p in pairs],
+                             [p.chosen for p in pairs]).numpy()
+    assert np.allclose(logits, want, atol=1e-4)

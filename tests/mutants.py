@@ -159,6 +159,15 @@ def _run(tests: list[str], mutant: Mutant | None) -> int:
     return pid
 
 
+def _progress(results: dict[str, bool], total: int, t0: float, key: str) -> None:
+    """A survivor as soon as it is known; a count every 50 mutants (a full run takes most of an hour)."""
+    if not results[key]:
+        print(f"  survived: {key}", flush=True)
+    if len(results) % 50 == 0:
+        print(f"  {len(results)}/{total} done, {sum(not v for v in results.values())} survived so far, "
+              f"{time.time() - t0:.0f} s", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--modules", help="comma-separated modules of lens_ray/core (default: all)")
@@ -195,6 +204,7 @@ def main() -> None:
             if done:
                 results[m.key] = os.waitstatus_to_exitcode(status) != 0
                 del running[pid]
+                _progress(results, len(results) + len(todo) + len(running), t0, m.key)
             elif time.time() > deadline:
                 os.kill(pid, 9)
                 os.waitpid(pid, 0)

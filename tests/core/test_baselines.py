@@ -49,3 +49,30 @@ def test_augmenter_exact_factor_for_every_method():
         assert torch.equal(again[0], sp) and np.array_equal(again[2], pairs)
         one = aug.synthesize(pos[2:3], neg[2:3], np.arange(2, 3), factor=8)        # batching changes no draw
         assert torch.allclose(one[0][0], sp[2])
+
+
+def test_both_baselines_are_exactly_their_formulas_on_the_keyed_normals():
+    """Exact, not in distribution: e + sqrt(v) std eps (eps[:, 0] chosen, [:, 1] rejected) and mean + eps L^T,
+    L L^T = (1 - s) sample cov + s diag(var) + 1e-6 mean(var) I."""
+    from lens_ray.core.rng import NOISE, pair_normals
+    g = np.random.default_rng(3)
+    pos, neg = (torch.from_numpy(g.standard_normal((5, 4)).astype(np.float32)) for _ in range(2))
+    std, ids = torch.tensor([1.0, 2.0, 0.5, 3.0]), np.array([7, 8, 9, 10, 11])
+    sp, sn = direct_perturbation(pos, neg, ids, 3, std, noise_var=0.09, seed=4)
+    eps = torch.from_numpy(pair_normals(4, NOISE, ids, (2, 3, 4)))
+    assert torch.allclose(sp, pos[:, None] + 0.3 * std * eps[:, 0], atol=1e-6)
+    assert torch.allclose(sn, neg[:, None] + 0.3 * std * eps[:, 1], atol=1e-6)
+    x = g.standard_normal((50, 4)) * np.array([1.0, 2.0, 0.5, 3.0]) + np.array([1.0, -2.0, 0.0, 4.0])
+    for shrink in (0.0, 0.3):
+        c = ClassGaussian.fit(torch.from_numpy(x), "full", shrinkage=shrink)
+        var = ((x - x.mean(0)) ** 2).mean(0)
+        want = (1 - shrink) * np.cov(x.T) + shrink * np.diag(var) + 1e-6 * var.mean() * np.eye(4)
+        assert np.allclose((c.chol @ c.chol.T).double().numpy(), want, rtol=1e-5, atol=1e-6)
+        assert np.allclose(c.mean.numpy(), x.mean(0), atol=1e-6)
+    d = ClassGaussian.fit(torch.from_numpy(x), "diag")
+    assert np.allclose(torch.diagonal(d.chol).double().numpy() ** 2, var * (1 + 1e-6 * var.mean() / var), rtol=1e-5)
+    other = ClassGaussian.fit(torch.from_numpy(x + 1.0), "full", shrinkage=0.3)
+    gp, gn = gaussian_sampling(c, other, ids, 2, seed=5)
+    eps = torch.from_numpy(pair_normals(5, NOISE, ids, (2, 2, 4)))
+    assert torch.allclose(gp, c.mean + eps[:, 0] @ c.chol.T, atol=1e-5)
+    assert torch.allclose(gn, other.mean + eps[:, 1] @ other.chol.T, atol=1e-5)

@@ -76,3 +76,9 @@ def test_both_baselines_are_exactly_their_formulas_on_the_keyed_normals():
     eps = torch.from_numpy(pair_normals(5, NOISE, ids, (2, 2, 4)))
     assert torch.allclose(gp, c.mean + eps[:, 0] @ c.chol.T, atol=1e-5)
     assert torch.allclose(gn, other.mean + eps[:, 1] @ other.chol.T, atol=1e-5)
+
+
+def test_a_class_of_one_embedding_still_gives_a_gaussian():
+    one = torch.tensor([[1.0, 2.0, 3.0]])
+    c = ClassGaussian.fit(one, "full", shrinkage=0.1)
+    assert torch.isfinite(c.chol).all() and torch.allclose(c.mean, one[0])

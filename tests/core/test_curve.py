@@ -92,3 +92,23 @@ def test_sizes_up_to_the_seed_pairs_and_no_further():
     assert size_of("all", 120) == 120 and size_of("120", 120) == 120 and size_of("50", 120) == 50
     with pytest.raises(ValueError, match="more than the run's 120"):
         size_of("121", 120)
+
+
+def test_summary_counts_failures_and_falls_back_to_the_mlp_original():
+    rows = _rows(10, {("original", 1, "mlp"): [0.6, 0.7], ("lens", 4, "linear"): [0.65, 0.8]})
+    rows.append({"size": 10, "method": "lens", "factor": 4, "head_kind": "linear", "seed": 2, "status": "failed",
+                 "accuracy": None, "bon_gold": None})
+    s = {(r["method"], r["head_kind"]): r for r in summarize_curve(rows)}
+    assert s[("lens", "linear")]["failed"] == 1 and s[("original", "mlp")]["failed"] == 0
+    assert s[("lens", "linear")]["accuracy"]["n"] == 2            # the failed seed has no metric
+    assert s[("lens", "linear")]["accuracy_vs_original"]["mean"] == pytest.approx(0.075)   # against original mlp
+
+
+def test_a_diverged_vae_fails_only_the_lens_rows():
+    emb, groups = _emb()
+    cfg = LensConfig()
+    cfg.methods, cfg.factors, cfg.reward.heads = ("original", "direct_perturbation", "lens"), (2,), ("mlp",)
+    cfg.vae.epochs, cfg.vae.lr, cfg.reward.max_steps = 3, 1e30, 20
+    rows = {r["method"]: r for r in task_rows(cfg, emb, groups, "40", seed=0)}
+    assert rows["lens"]["status"] == "failed" and rows["lens"]["reason"].startswith("VAE: ")
+    assert rows["original"]["status"] == rows["direct_perturbation"]["status"] == "ok"

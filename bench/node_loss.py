@@ -68,7 +68,7 @@ class Cluster:
         self.head_dir = tempfile.mkdtemp(prefix="lrh-", dir="/tmp")
         self.gcs, self.dash = free_port(), free_port()
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-                    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "HF_HUB_OFFLINE": "1",   # 1: a multi-node cluster (on 127.0.0.1)
+                    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "HF_HUB_OFFLINE": "1",   # 1: two nodes on 127.0.0.1
                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         subprocess.run([RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.gcs),
                         "--num-cpus", "1", "--temp-dir", self.head_dir, "--dashboard-host", "127.0.0.1",

@@ -316,7 +316,8 @@ class LensConfig:
             _check(path, f, value)
         once = (("methods", "method", self.methods), ("factors", "factor", self.factors),
                 ("curve.sizes", "size", self.curve.sizes), ("reward.heads", "head", self.reward.heads),
-                ("selection.layers", "layer", self.selection.layers), ("selection.heads", "head", self.selection.heads))
+                ("selection.layers", "layer", self.selection.layers),
+                ("selection.heads", "head", self.selection.heads))
         for path, word, values in once:
             if len(set(values)) != len(values):
                 raise ConfigError(f"{path}: each {word} once, got {list(values)}")

@@ -122,7 +122,7 @@ def tiny_llama(tmp_path_factory) -> str:
 
 FAST = ["--set", "vae.epochs=5", "--set", "reward.max_steps=30", "--set", "reward.eval_every=10",
         "--set", "embed.max_length=64", "--set", "embed.batch_size=16", "--set", "embed.dtype=float32",
-        "--set", "selection.enabled=false"]        # the shared run (local_run) and tests/pipelines/test_selection.py select
+        "--set", "selection.enabled=false"]        # local_run (the shared run) selects
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,8 @@ from lens_ray.core.progress import Log
 from lens_ray.core.records import Embedded
 from lens_ray.core.selection import (
     Candidate,
-    choose,
     candidate_layers,
+    choose,
     finalists,
     fold_accuracies,
     fold_splits,
@@ -82,7 +82,8 @@ def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
         done = iter(range(1, len(calls) + 1))
         results = remote_calls(calls, cfg.resources, on_done=lambda k, _: log(
             f"    layer {','.join(map(str, k[0]))} fold {k[1] + 1}/{sc.folds} done ({next(done)}/{len(calls)})"))
-        units = [{n: a for (_, f), r in results.items() if f == fold for n, a in r.items()} for fold in range(sc.folds)]
+        units = [{n: a for (_, f), r in results.items() if f == fold for n, a in r.items()}
+                 for fold in range(sc.folds)]
         return summarize(cands, units)
 
     rows = score(stage_one(layers, sc.heads), "1 (layer x head, original pairs)")

@@ -67,9 +67,9 @@ def test_verdicts_per_size_say_beyond_noise_only_past_twice_the_standard_error()
     base = [0.60, 0.70, 0.65]
     small = _rows(10, {("original", 1, "mlp"): base,
                        ("original", 1, "linear"): [0.5, 0.5, 0.5],
-                       ("mean_diff", 1, "linear"): [b - d for b, d in zip(base, (0.01, 0.03, 0.05))],   # 0.03, se 0.0115
-                       ("lens", 4, "mlp"): [b + d for b, d in zip(base, (-0.01, 0.03, 0.07))],          # 0.03, se 0.023
-                       ("lens", 8, "mlp"): [b + d for b, d in zip(base, (0.0, 0.01, 0.02))],            # 0.01, se 0.0058
+                       ("mean_diff", 1, "linear"): [b - d for b, d in zip(base, (0.01, 0.03, 0.05))],  # se .0115
+                       ("lens", 4, "mlp"): [b + d for b, d in zip(base, (-0.01, 0.03, 0.07))],         # se .023
+                       ("lens", 8, "mlp"): [b + d for b, d in zip(base, (0.0, 0.01, 0.02))],           # se .0058
                        ("lens", 4, "linear"): [0.9, 0.9, 0.9]})                      # another head: not its verdict
     large = _rows(20, {("original", 1, "linear"): [0.8, 0.8, 0.8], ("original", 1, "mlp"): base,
                        ("mean_diff", 1, "linear"): [0.79, 0.81, 0.83],                # -0.01, se 0.0115: not beaten
@@ -78,7 +78,8 @@ def test_verdicts_per_size_say_beyond_noise_only_past_twice_the_standard_error()
     v = {x["size"]: x for x in verdicts(rows, summarize_curve(rows))}
     assert set(v) == {10, 20}
     assert v[10]["best_head"] == "mlp" and v[10]["original"] == pytest.approx(0.65)
-    assert v[10]["over_mean_diff"] == pytest.approx(0.03) and v[10]["over_mean_diff_se"] == pytest.approx(0.02 / 3 ** .5)
+    assert v[10]["over_mean_diff"] == pytest.approx(0.03)
+    assert v[10]["over_mean_diff_se"] == pytest.approx(0.02 / 3 ** .5)
     assert v[10]["head_beats_mean_diff"] is True                  # 0.03 > 2 x 0.0115
     assert v[10]["best_augmentation"] == "lens x4" and v[10]["gain"] == pytest.approx(0.03)
     assert v[10]["augmentation_pays"] is False                    # 0.03 < 2 x 0.023 (but > 1 x 0.023)

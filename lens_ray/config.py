@@ -165,9 +165,10 @@ class SelectionConfig:
     heads: tuple[str, ...] = setting(("mean_diff", "linear", "mlp"), "candidate heads, simplest first",
                                      choices=("mean_diff", "linear", "mlp"), nonempty=True)
     folds: int = setting(5, "k-fold over the seed pairs, whole prompts per fold", ge=2)
-    finalists: int = setting(1, "best (layer, trained head) candidates that go on to be tried with each "
-                             "augmenting method at each factor (a linear finalist costs most: its design k-fold "
-                             "runs on every augmented set); 0: no augmentation candidates", ge=0)
+    finalists: int = setting(0, "best (layer, trained head) candidates that go on to be tried with each "
+                             "augmenting method at each factor; 0: none. Off by default: on both development sets "
+                             "no augmented candidate was picked, and with a linear finalist they cost most of the "
+                             "stage (docs/RESULTS.md)", ge=0)
 
 
 @dataclass

@@ -158,3 +158,10 @@ def test_refit_mean_diff_and_linear_use_every_seed_pair_the_mlp_keeps_val():
     cfg.reward.max_steps, cfg.reward.eval_every = 30, 10
     mlp = refit(cfg, Candidate((-1,), "mlp"), pos, neg, _groups(60), train, val, 0)
     assert mlp.config()["dim"] == 8
+
+
+def test_mean_diff_is_the_simplest_of_all():
+    md = _row(-1, "mean_diff", [0.705, 0.725, 0.685, 0.705])
+    linear = _row(-1, "linear", [0.71, 0.73, 0.69, 0.71])        # higher, by less than one se
+    assert choose([linear, md])["candidate"] == "layer -1 mean_diff"
+    assert choose([linear, _row(-1, "mlp", [0.715, 0.735, 0.695, 0.715])])["candidate"] == "layer -1 linear"

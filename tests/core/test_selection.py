@@ -39,6 +39,7 @@ def test_candidates_names_and_stages():
     assert [c.name for c in two] == ["layer -10 linear + lens x4", "layer -10 linear + lens x8"]
     assert two[0].simplicity > Candidate((-10,), "mlp").simplicity > Candidate((-1,), "linear").simplicity
     assert two[1].record() == {"layer": [-10], "head_kind": "linear", "method": "lens", "factor": 8}
+    assert one[0].record() == {"layer": [-1], "head_kind": "mean_diff", "method": "original", "factor": 1}
 
 
 def _groups(n: int, per: int = 2) -> list[str]:

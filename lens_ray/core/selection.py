@@ -41,6 +41,11 @@ def candidate_layers(depth: int, fractions: tuple[float, ...] = LAYER_FRACTIONS)
     return tuple(dict.fromkeys(-1 - round(f * depth) for f in fractions))
 
 
+def simplicity(method: str, head: str) -> tuple[bool, int]:
+    """What the one-standard-error rule prefers, smallest first: no augmentation, then the simpler head."""
+    return method != "original", SIMPLER[head]
+
+
 @dataclass(frozen=True)
 class Candidate:
     layer: tuple[int, ...]      # the embedding's layer(s), as embed.layer
@@ -55,7 +60,7 @@ class Candidate:
 
     @property
     def simplicity(self) -> tuple[bool, int]:
-        return self.method != "original", SIMPLER[self.head]
+        return simplicity(self.method, self.head)
 
     def record(self) -> dict:
         return {"layer": list(self.layer), "head_kind": self.head, "method": self.method, "factor": self.factor}
@@ -149,8 +154,7 @@ def choose(rows: list[dict]) -> dict:
     best = max(ok, key=lambda r: r["kfold_accuracy"])
     bar = best["kfold_accuracy"] - _se(best)
     near = [r for r in ok if r["kfold_accuracy"] >= bar]
-    key = lambda r: (r["method"] != "original", SIMPLER[r["head_kind"]], -r["kfold_accuracy"])  # noqa: E731
-    return min(near, key=key)
+    return min(near, key=lambda r: (*simplicity(r["method"], r["head_kind"]), -r["kfold_accuracy"]))
 
 
 def paired_gain(a: dict, b: dict) -> dict | None:

@@ -156,7 +156,9 @@ def remote_calls(calls: dict[str, tuple], res: ResourcesConfig,
     def put(a):
         if isinstance(a, (int, float, str)) or a is None:
             return a
-        return stored.setdefault(id(a), ray.put(a))
+        if id(a) not in stored:                  # setdefault would put it again on every call
+            stored[id(a)] = ray.put(a)
+        return stored[id(a)]
     task = _call.options(num_cpus=res.tune_cpus_per_trial)
     refs = {k: task.remote(fn, _threads(res), *(put(a) for a in args)) for k, (fn, *args) in calls.items()}
     keys, out, pending = {r: k for k, r in refs.items()}, {}, list(refs.values())

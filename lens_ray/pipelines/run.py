@@ -97,8 +97,8 @@ def run(cfg: LensConfig, log: Log = print, ds: Datasets | None = None,
                 return emb
             at = copy.deepcopy(cfg)     # a layer missing from the cache brings every candidate in the same pass
             at.embed.layer = layer
-            at.embed.cache_layers = tuple(x for other in layers for x in other if other != layer)
-            return embed_stage(at, ds, out, log, folder=f"embeddings-layer{','.join(map(str, layer))}")
+            folder = f"embeddings-layer{','.join(map(str, layer))}"
+            return embed_stage(with_cached_layers(at, layers), ds, out, log, folder=folder)
         with t.stage("select", log):
             selected = select_stage(cfg, ds, layers, embedded_at, splits[0], keys.base, out, log)
     report = build_report(cfg, ds, emb, results, vaes, t.seconds, selected)

@@ -73,7 +73,7 @@ def test_the_pick_is_the_runs_reward_model_at_its_own_layer(local_run, tiny_llam
     assert text.index("reward model (heads/selected)") < text.index("every method, measured on the held-out")
     assert f"| **{sel['candidate']}** |" in text
     page = out.read_bytes("report.html").decode()
-    assert page.index("The run&#x27;s reward model") < page.index("Every method on the held-out data")
+    assert page.index("<h2>The run's reward model") < page.index("<h2>Every method on the held-out data")
     assert f"<td>{sel['candidate']} (the pick)</td>" in page
 
 

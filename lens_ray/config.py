@@ -165,6 +165,10 @@ class SelectionConfig:
     heads: tuple[str, ...] = setting(("mean_diff", "linear", "mlp"), "candidate heads, simplest first",
                                      choices=("mean_diff", "linear", "mlp"), nonempty=True)
     folds: int = setting(5, "k-fold over the seed pairs, whole prompts per fold", ge=2)
+    objective: str = setting("accuracy", "what the folds rank candidates by: accuracy on the held fold's pairs, or "
+                             "bon_gold: the mean gold score of each held prompt's highest-rewarded response among "
+                             "its seed pairs' responses (needs scored completions as data)",
+                             choices=("accuracy", "bon_gold"))
     finalists: int = setting(0, "best (layer, trained head) candidates that go on to be tried with each "
                              "augmenting method at each factor; 0: none. Off by default: on both development sets "
                              "no augmented candidate was picked, and with a linear finalist they cost most of the "

@@ -46,6 +46,8 @@ CASES = {
                                 "selection.layers: layer -99, but smollm2 has 30 blocks (layers -1 to -31)"),
     "more folds than prompts": (["--data", "{good}", "--set", "selection.folds=11"],
                                 "selection.folds: 11 folds of whole prompts, but the seed pairs have only 10 prompts"),
+    "gold objective without gold": (["--data", "{good}", "--set", "selection.objective=bon_gold"],
+                                    "selection.objective=bon_gold: 10 of 10 seed pairs have no gold scores"),
     "missing bucket": (["--data", "{good}", "--storage", "s3://no-such-bucket/runs"], "does the bucket exist"),
 }
 

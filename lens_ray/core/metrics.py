@@ -43,6 +43,20 @@ def best_of_n_gold(scores: np.ndarray, gold: np.ndarray) -> float:
     return float(gold[np.arange(len(gold)), pick].mean())
 
 
+def grouped_best_gold(scores: np.ndarray, gold: np.ndarray, groups: list[str]) -> float:
+    """scores, gold: (R,) responses of several prompts, groups: (R,) their prompts -> mean over prompts of the
+    gold of each prompt's highest-scored response (Best-of-N where prompts have unequal N; ties: the first)."""
+    scores, gold = np.asarray(scores), np.asarray(gold)
+    if not (len(scores) == len(gold) == len(groups)) or not len(scores):
+        raise ValueError(f"need equal, non-empty scores, gold and groups, got {len(scores)}, {len(gold)}, "
+                         f"{len(groups)}")
+    picks: dict[str, tuple[float, float]] = {}
+    for s, g, key in zip(scores, gold, groups):
+        if key not in picks or s > picks[key][0]:
+            picks[key] = (s, g)
+    return float(np.mean([g for _, g in picks.values()]))
+
+
 def bon_random(gold: np.ndarray) -> float:
     """Expected gold of a uniformly random pick among the N: (Q, N) -> scalar."""
     return float(np.asarray(gold).mean())

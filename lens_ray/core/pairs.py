@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -57,6 +57,8 @@ class Pair:
     chosen: str
     rejected: str
     source_row: int
+    chosen_gold: float | None = None      # gold scores, where the pair was drawn from scored completions
+    rejected_gold: float | None = None
 
     @property
     def group(self) -> str:
@@ -128,7 +130,7 @@ def seed_splits(pairs: list[Pair], val_fraction: float, seeds: int, split_seed: 
 
 
 def renumber(pairs: list[Pair]) -> list[Pair]:
-    return [Pair(i, p.prompt, p.chosen, p.rejected, p.source_row) for i, p in enumerate(pairs)]
+    return [replace(p, pair_id=i) for i, p in enumerate(pairs)]
 
 
 def prompt_fingerprints(pairs: list[Pair]) -> set[str]:

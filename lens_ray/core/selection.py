@@ -7,10 +7,11 @@ One *unit* is (one layer's candidates, fold f): fit on the other folds less an i
 prompts; the MLP early-stops on it), score on fold f. Every candidate sees the same folds, so two candidates'
 differences are paired by fold.
 
-The pick: the highest mean k-fold accuracy; then, among the candidates within one standard error of it, the
-simplest (no augmentation before augmentation; mean_diff before linear before mlp): noise does not buy
-complexity. The pick's k-fold estimate is optimistic (it won a comparison), so the run reports its held-out
-accuracy beside it; nothing here reads eval or Best-of-N data.
+The pick: the highest mean k-fold objective (`selection.objective`: accuracy on the held fold's pairs, or,
+for scored completions, the Best-of-N gold of the held fold's prompts among their pairs' responses); then,
+among the candidates within one standard error of it, the simplest (no augmentation before augmentation;
+mean_diff before linear before mlp): noise does not buy complexity. The pick's k-fold estimate is optimistic
+(it won a comparison), so the run reports its held-out figures beside it; nothing here reads eval or Best-of-N data.
 
 Shapes: n = seed pairs, d = one layer's embedding dim.
 """
@@ -25,7 +26,8 @@ import torch
 
 from lens_ray.config import LensConfig
 from lens_ray.core.fit import NonFiniteError, fit_vae
-from lens_ray.core.metrics import head_accuracy
+from lens_ray.core.heads import rewards
+from lens_ray.core.metrics import grouped_best_gold, preference_accuracy
 from lens_ray.core.pairs import inner_split, kfold_by_group
 from lens_ray.core.rng import SELECTION, keyed_rng
 from lens_ray.core.search import fit_method
@@ -92,14 +94,18 @@ def stage_two(finalists: list[Candidate], methods: tuple[str, ...], factors: tup
     return [Candidate(c.layer, c.head, m, f) for c in finalists for m in methods for f in factors]
 
 
-def fold_accuracies(cfg: LensConfig, candidates: list[Candidate], pos: np.ndarray, neg: np.ndarray,
-                    groups: list[str], split: FoldSplit, fold: int) -> dict[str, float | None]:
+def fold_scores(cfg: LensConfig, candidates: list[Candidate], pos: np.ndarray, neg: np.ndarray,
+                groups: list[str], split: FoldSplit, fold: int,
+                gold: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, dict | None]:
     """Fit each candidate of one layer (pos, neg: (n, d) that layer's seed embeddings) on the fold's training
-    part and score it on the held fold: {candidate name: accuracy, or None if its fit diverged}. LENS's VAE
-    is fitted once per fold and shared by its candidates."""
+    part and score it on the held fold: {candidate name: {"accuracy", "bon_gold"}, or None if its fit
+    diverged}. gold: (n,) x2, the chosen and rejected responses' gold scores, or None: then bon_gold is None;
+    else it is the mean gold of each held prompt's highest-rewarded response among its pairs' responses.
+    LENS's VAE is fitted once per fold and shared by its candidates."""
     t = lambda idx: (torch.from_numpy(pos[idx]), torch.from_numpy(neg[idx]))  # noqa: E731
     train, val, held = t(split.train), t(split.val), t(split.held)
     train_groups = [groups[i] for i in split.train]
+    held_groups = [groups[i] for i in split.held] * 2
     seed = 7919 * (fold + 1)
     vae, out = None, {}
     for c in candidates:
@@ -108,7 +114,10 @@ def fold_accuracies(cfg: LensConfig, candidates: list[Candidate], pos: np.ndarra
                 vae = fit_vae(cfg.vae, *train, seed)[0]
             model = fit_method(_with_head(cfg, c.head), "mean_diff" if c.head == "mean_diff" else c.method,
                                c.factor, *train, *val, seed, train_groups, vae if c.method == "lens" else None)
-            out[c.name] = head_accuracy(model, *held)
+            r_pos, r_neg = rewards(model, held[0]), rewards(model, held[1])
+            out[c.name] = {"accuracy": preference_accuracy(r_pos, r_neg), "bon_gold": None if gold is None else
+                           grouped_best_gold(np.concatenate([r_pos, r_neg]),
+                                             np.concatenate([gold[0][split.held], gold[1][split.held]]), held_groups)}
         except NonFiniteError:
             out[c.name] = None
     return out
@@ -121,55 +130,69 @@ def _with_head(cfg: LensConfig, head: str) -> LensConfig:
     return cfg
 
 
-def summarize(candidates: list[Candidate], units: list[dict[str, float | None]]) -> list[dict]:
-    """Per candidate: its fold accuracies (in fold order), mean and standard error; `failed` if any fold's fit
-    diverged (such a candidate is never picked)."""
+OBJECTIVES = {"accuracy": ("folds", "kfold_accuracy", "kfold_se"),      # a row's fold values, mean, se
+              "bon_gold": ("gold_folds", "kfold_bon_gold", "kfold_bon_gold_se")}
+
+
+def summarize(candidates: list[Candidate], units: list[dict[str, dict | None]]) -> list[dict]:
+    """Per candidate: its fold accuracies (in fold order), mean and standard error, and the same of its
+    held-out Best-of-N gold where the units have it; `failed` if any fold's fit diverged (never picked)."""
     rows = []
     for c in candidates:
-        accs = [u[c.name] for u in units if c.name in u]
-        failed = len(accs) < len(units) or any(a is None for a in accs)
-        rows.append({"candidate": c.name, **c.record(), "folds": accs, "status": "failed" if failed else "ok",
-                     "kfold_accuracy": None if failed else float(np.mean(accs)),
-                     "kfold_se": None if failed else standard_error(accs)})
+        scores = [u[c.name] for u in units if c.name in u]
+        failed = len(scores) < len(units) or any(s is None for s in scores)
+        row = {"candidate": c.name, **c.record(), "status": "failed" if failed else "ok"}
+        for metric, (folds, mean, se) in OBJECTIVES.items():
+            vals = [s and s[metric] for s in scores]
+            if metric == "accuracy" or (vals and all(v is not None for v in vals)):
+                row.update({folds: vals, mean: None if failed else float(np.mean(vals)),
+                            se: None if failed else standard_error(vals)})
+        rows.append(row)
     return rows
 
 
-def _se(row: dict) -> float:
-    se = row["kfold_se"]
+def _se(row: dict, objective: str) -> float:
+    se = row[OBJECTIVES[objective][2]]
     return 0.0 if se is None or math.isnan(se) else se
 
 
-def finalists(rows: list[dict], n: int) -> list[Candidate]:
-    """The n best (layer, trained head) candidates on the original pairs, by mean k-fold accuracy."""
+def finalists(rows: list[dict], n: int, objective: str = "accuracy") -> list[Candidate]:
+    """The n best (layer, trained head) candidates on the original pairs, by mean k-fold objective."""
     trained = [r for r in rows if r["status"] == "ok" and r["method"] == "original" and r["head_kind"] != "mean_diff"]
-    best = sorted(trained, key=lambda r: -r["kfold_accuracy"])[:n]
+    best = sorted(trained, key=lambda r: -r[OBJECTIVES[objective][1]])[:n]
     return [Candidate(tuple(r["layer"]), r["head_kind"]) for r in best]
 
 
-def choose(rows: list[dict]) -> dict:
-    """The best mean, then the simplest candidate within one standard error of it (its row)."""
+def choose(rows: list[dict], objective: str = "accuracy") -> dict:
+    """The best mean of the objective, then the simplest candidate within one standard error of it (its row)."""
+    mean = OBJECTIVES[objective][1]
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
         raise NonFiniteError("every candidate's fit diverged in some fold; no reward model to choose")
-    best = max(ok, key=lambda r: r["kfold_accuracy"])
-    bar = best["kfold_accuracy"] - _se(best)
-    near = [r for r in ok if r["kfold_accuracy"] >= bar]
-    return min(near, key=lambda r: (*simplicity(r["method"], r["head_kind"]), -r["kfold_accuracy"]))
+    if mean not in ok[0]:
+        raise ValueError(f"objective {objective}: the candidates have no k-fold {objective}")
+    best = max(ok, key=lambda r: r[mean])
+    bar = best[mean] - _se(best, objective)
+    near = [r for r in ok if r[mean] >= bar]
+    return min(near, key=lambda r: (*simplicity(r["method"], r["head_kind"]), -r[mean]))
 
 
-def paired_gain(a: dict, b: dict) -> dict | None:
-    """Mean and standard error over folds of a's accuracy minus b's (the same folds: paired)."""
+def paired_gain(a: dict, b: dict, objective: str = "accuracy") -> dict | None:
+    """Mean and standard error over folds of a's objective minus b's (the same folds: paired)."""
     if a["status"] != "ok" or b["status"] != "ok":
         return None
-    d = np.array(a["folds"]) - np.array(b["folds"])
+    folds = OBJECTIVES[objective][0]
+    d = np.array(a[folds]) - np.array(b[folds])
     se = standard_error(d)
     return {"mean": float(d.mean()), "se": None if math.isnan(se) else se, "versus": b["candidate"]}
 
 
-def levers(rows: list[dict], pick: dict, run_layer: tuple[int, ...]) -> dict[str, dict | None]:
+def levers(rows: list[dict], pick: dict, run_layer: tuple[int, ...],
+           objective: str = "accuracy") -> dict[str, dict | None]:
     """What each lever is worth at the pick, paired by fold: the layer (the pick's head on the original pairs
     at its layer vs at the run's layer), the head (the best trained head vs mean_diff at the pick's layer)
     and the augmentation (the pick vs its own head and layer without augmentation)."""
+    mean = OBJECTIVES[objective][1]
     find = {(tuple(r["layer"]), r["head_kind"], r["method"], r["factor"]): r for r in rows}
     layer = tuple(pick["layer"])
     plain = find.get((layer, pick["head_kind"], "original", 1))
@@ -177,10 +200,11 @@ def levers(rows: list[dict], pick: dict, run_layer: tuple[int, ...]) -> dict[str
     trained = [r for r in rows if tuple(r["layer"]) == layer and r["method"] == "original"
                and r["head_kind"] != "mean_diff" and r["status"] == "ok"]
     md = find.get((layer, "mean_diff", "original", 1))
-    best_trained = max(trained, key=lambda r: r["kfold_accuracy"]) if trained else None
-    return {"layer": paired_gain(plain, at_run) if plain and at_run and layer != tuple(run_layer) else None,
-            "head": paired_gain(best_trained, md) if best_trained and md else None,
-            "augmentation": paired_gain(pick, plain) if plain and pick["method"] != "original" else None}
+    best_trained = max(trained, key=lambda r: r[mean]) if trained else None
+    gain = lambda a, b: paired_gain(a, b, objective)  # noqa: E731
+    return {"layer": gain(plain, at_run) if plain and at_run and layer != tuple(run_layer) else None,
+            "head": gain(best_trained, md) if best_trained and md else None,
+            "augmentation": gain(pick, plain) if plain and pick["method"] != "original" else None}
 
 
 def refit(cfg: LensConfig, pick: Candidate, pos: np.ndarray, neg: np.ndarray, groups: list[str],

@@ -187,7 +187,8 @@ def pairs_from_scored(prompts: list[ScoredPrompt], margin: float, per_prompt: in
             for b in order:
                 if b != a and b not in used and abs(sp.gold[a] - sp.gold[b]) >= margin:
                     hi, lo = (a, b) if sp.gold[a] > sp.gold[b] else (b, a)
-                    pairs.append(Pair(len(pairs), sp.prompt, sp.outputs[hi], sp.outputs[lo], sp.source_row))
+                    pairs.append(Pair(len(pairs), sp.prompt, sp.outputs[hi], sp.outputs[lo], sp.source_row,
+                                      float(sp.gold[hi]), float(sp.gold[lo])))
                     used |= {a, b}
                     made += 1
                     break

@@ -12,6 +12,7 @@ from lens_ray.config import ConfigError, LensConfig
 from lens_ray.core.pairs import Datasets
 from lens_ray.data.embed import ModelLoadError, model_depth, resolve_model
 from lens_ray.data.ingest import load_datasets
+from lens_ray.pipelines.selection import seed_gold
 from lens_ray.store.storage import Storage, StorageError
 
 
@@ -56,8 +57,8 @@ def check_writable(store: Storage) -> None:
 
 
 def check_layers(cfg: LensConfig, ds: Datasets) -> None:
-    """Every layer asked for exists in the model (read from its config alone), and the selection's folds
-    have prompts enough."""
+    """Every layer asked for exists in the model (read from its config alone), the selection's folds have
+    prompts enough, and its objective has what it ranks by."""
     e, sel = cfg.embed, cfg.selection
     asked = [("embed.layer", e.layer), ("embed.cache_layers", e.cache_layers)]
     if sel.enabled:
@@ -73,6 +74,8 @@ def check_layers(cfg: LensConfig, ds: Datasets) -> None:
     if sel.enabled and prompts < sel.folds:
         raise ConfigError(f"selection.folds: {sel.folds} folds of whole prompts, but the seed pairs have only "
                           f"{prompts} prompts")
+    if sel.enabled and sel.objective == "bon_gold":
+        seed_gold(ds)       # raises if the seed pairs carry no gold
 
 
 def preflight(cfg: LensConfig, log=print) -> Datasets:

@@ -62,12 +62,17 @@ def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def selection_rows(selected: dict) -> tuple[list[str], list[list[str]]]:
-    """The selection's k-fold table: every candidate, best first (mean ± standard error over folds)."""
-    header = ["candidate", "k-fold accuracy", "folds"]
-    ranked = sorted(selected["candidates"], key=lambda r: -(r["kfold_accuracy"] if r["kfold_accuracy"] is not None
-                                                             else -1.0))
+    """The selection's k-fold table: every candidate, best first by the objective (mean ± standard error over
+    folds); a Best-of-N gold column where the folds measured it."""
+    gold = any("kfold_bon_gold" in r for r in selected["candidates"])
+    key = "kfold_bon_gold" if selected.get("objective") == "bon_gold" else "kfold_accuracy"
+    header = ["candidate", "k-fold accuracy", *(["k-fold Best-of-N gold"] if gold else []), "folds"]
+    ranked = sorted(selected["candidates"], key=lambda r: -(r[key] if r.get(key) is not None else -1.0))
+
+    def fig(r: dict, mean: str, se: str) -> str:
+        return "failed" if r["status"] != "ok" else estimate(r[mean], r[se], len(r["folds"]))
     rows = [[("**" + r["candidate"] + "**") if r["candidate"] == selected["candidate"] else r["candidate"],
-             "failed" if r["status"] != "ok" else estimate(r["kfold_accuracy"], r["kfold_se"], len(r["folds"])),
+             fig(r, "kfold_accuracy", "kfold_se"), *([fig(r, "kfold_bon_gold", "kfold_bon_gold_se")] if gold else []),
              str(len(r["folds"]))] for r in ranked]
     return header, rows
 
@@ -84,9 +89,11 @@ def selection_lines(report: dict) -> list[str]:
     if not sel:
         return []
     bon = f", Best-of-N gold {sel['bon_gold']:.3f}" if sel.get("bon_gold") is not None else ""
-    lines = [f"reward model (heads/selected): {sel['candidate']}; k-fold accuracy on the seed pairs "
-             f"{estimate(sel['kfold_accuracy'], sel['kfold_se'], sel['folds'])}; held-out accuracy "
-             f"{sel['accuracy']:.3f}{bon}"]
+    kgold = (f", k-fold Best-of-N gold {estimate(sel['kfold_bon_gold'], sel['kfold_bon_gold_se'], sel['folds'])}"
+             if sel.get("kfold_bon_gold") is not None else "")
+    lines = [f"reward model (heads/selected): {sel['candidate']}, by k-fold {sel.get('objective', 'accuracy')}; "
+             f"k-fold accuracy on the seed pairs {estimate(sel['kfold_accuracy'], sel['kfold_se'], sel['folds'])}"
+             f"{kgold}; held-out accuracy {sel['accuracy']:.3f}{bon}"]
     layer = ",".join(map(str, report["config"]["embed"]["layer"]))
     for label, method in ((f"the fixed default (layer {layer}, original, MLP)", "original"),
                           (f"mean_diff (layer {layer})", "mean_diff")):

@@ -12,18 +12,19 @@ from typing import Callable
 import numpy as np
 import torch
 
-from lens_ray.config import AUGMENTING, LensConfig, fingerprint
+from lens_ray.config import AUGMENTING, ConfigError, LensConfig, fingerprint
 from lens_ray.core.heads import build_head, rewards
 from lens_ray.core.metrics import head_metrics
 from lens_ray.core.pairs import Datasets, Split
 from lens_ray.core.progress import Log
 from lens_ray.core.records import Embedded
 from lens_ray.core.selection import (
+    OBJECTIVES,
     Candidate,
     candidate_layers,
     choose,
     finalists,
-    fold_accuracies,
+    fold_scores,
     fold_splits,
     levers,
     refit,
@@ -55,6 +56,16 @@ def layers_of(cfg: LensConfig, log: Log) -> list[tuple[int, ...]]:
     return list(dict.fromkeys([tuple(e.layer)] + [(layer,) for layer in wanted]))
 
 
+def seed_gold(ds: Datasets) -> tuple[np.ndarray, np.ndarray]:
+    """The seed pairs' gold scores (chosen, rejected): (n,) x2; pairs drawn from scored completions have them."""
+    missing = sum(p.chosen_gold is None or p.rejected_gold is None for p in ds.seed_pairs)
+    if missing:
+        raise ConfigError(f"selection.objective=bon_gold: {missing} of {len(ds.seed_pairs)} seed pairs have no gold "
+                          "scores; it needs scored completions as `data` (else use selection.objective=accuracy)")
+    return (np.array([p.chosen_gold for p in ds.seed_pairs], np.float64),
+            np.array([p.rejected_gold for p in ds.seed_pairs], np.float64))
+
+
 def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
                  embedded_at: Callable[[tuple[int, ...]], Embedded], split: Split, base_key: str, out: Storage,
                  log: Log) -> dict:
@@ -72,12 +83,13 @@ def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
         return stored[1]["selected"]
     groups = [p.group for p in ds.seed_pairs]
     splits = fold_splits(groups, sc.folds, cfg.data.val_fraction, cfg.data.split_seed)
+    gold = seed_gold(ds) if sc.objective == "bon_gold" else None
     tables = {layer: embedded_at(layer) for layer in layers}
 
     def score(cands: list[Candidate], stage: str) -> list[dict]:
         by_layer = {layer: [c for c in cands if c.layer == layer] for layer in dict.fromkeys(c.layer for c in cands)}
-        calls = {(layer, f): (fold_accuracies, cfg, cs, tables[layer].seed_pos, tables[layer].seed_neg, groups,
-                              splits[f], f) for layer, cs in by_layer.items() for f in range(sc.folds)}
+        calls = {(layer, f): (fold_scores, cfg, cs, tables[layer].seed_pos, tables[layer].seed_neg, groups,
+                              splits[f], f, gold) for layer, cs in by_layer.items() for f in range(sc.folds)}
         log(f"  selection {stage}: {len(cands)} candidates x {sc.folds} folds ({len(calls)} tasks) ...")
         done = iter(range(1, len(calls) + 1))
         results = remote_calls(calls, cfg.resources, on_done=lambda k, _: log(
@@ -87,23 +99,26 @@ def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
         return summarize(cands, units)
 
     rows = score(stage_one(layers, sc.heads), "1 (layer x head, original pairs)")
-    best = finalists(rows, sc.finalists)
+    best = finalists(rows, sc.finalists, sc.objective)
     if best and methods:
         rows += score(stage_two(best, methods, cfg.factors), "2 (augmentation on the best "
                                                             f"{len(best)})")
-    pick = choose(rows)
+    pick = choose(rows, sc.objective)
     cand = Candidate(tuple(pick["layer"]), pick["head_kind"], pick["method"], pick["factor"])
-    log(f"  pick: {cand.name}, k-fold accuracy {pick['kfold_accuracy']:.3f}"
-        + (f" ± {pick['kfold_se']:.3f}" if pick["kfold_se"] is not None else "") + "; refitting on the seed pairs")
+    _, mean, se = OBJECTIVES[sc.objective]
+    log(f"  pick: {cand.name}, k-fold {sc.objective} {pick[mean]:.3f}"
+        + (f" ± {pick[se]:.3f}" if pick[se] is not None else "") + "; refitting on the seed pairs")
     emb = tables[cand.layer]
     head = remote_calls({"refit": (refit, cfg, cand, emb.seed_pos, emb.seed_neg, groups, split.train, split.val,
                                    0)}, cfg.resources)["refit"]
     held = head_metrics(head, emb)
     record = {"candidate": cand.name, **cand.record(), "kfold_accuracy": pick["kfold_accuracy"],
-              "kfold_se": pick["kfold_se"], **held, "head": f"heads/{NAME}", "folds": sc.folds,
-              "rule": "highest mean k-fold accuracy, then the simplest candidate within one standard error of it "
-                      "(no augmentation, then mean_diff, linear, mlp)",
-              "note": NOTE, "levers": levers(rows, pick, tuple(cfg.embed.layer)), "candidates": rows}
+              "kfold_se": pick["kfold_se"], "kfold_bon_gold": pick.get("kfold_bon_gold"),
+              "kfold_bon_gold_se": pick.get("kfold_bon_gold_se"), **held, "head": f"heads/{NAME}",
+              "folds": sc.folds, "objective": sc.objective,
+              "rule": f"highest mean k-fold {sc.objective}, then the simplest candidate within one standard error "
+                      "of it (no augmentation, then mean_diff, linear, mlp)",
+              "note": NOTE, "levers": levers(rows, pick, tuple(cfg.embed.layer), sc.objective), "candidates": rows}
     r = rewards(head, torch.from_numpy(np.concatenate([emb.seed_pos, emb.seed_neg])))
     save_model(store, NAME, head.state_dict(), head.config(),
                {"fingerprint": key, "metrics": held, "embed_layer": list(cand.layer), "selected": record,

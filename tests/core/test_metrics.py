@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from lens_ray.core.metrics import best_of_n_gold, bon_oracle, bon_random, draw_bon, preference_accuracy
+from lens_ray.core.metrics import (
+    best_of_n_gold,
+    bon_oracle,
+    bon_random,
+    draw_bon,
+    grouped_best_gold,
+    preference_accuracy,
+)
 
 
 def test_accuracy_counts_ties_half():
@@ -17,6 +24,17 @@ def test_best_of_n():
     assert best_of_n_gold(scores, gold) == pytest.approx((0.9 + 0.3) / 2)
     assert bon_oracle(gold) == pytest.approx((0.9 + 0.8) / 2)
     assert bon_random(gold) == pytest.approx(gold.mean())
+
+
+def test_grouped_best_gold_picks_per_prompt_among_unequal_counts():
+    scores = [0.2, 0.9, 0.1, 0.5, 0.5, 3.0]
+    gold = [0.1, 0.7, 0.9, 0.4, 0.6, 0.2]
+    groups = ["a", "a", "a", "b", "b", "c"]
+    # a: the 0.9-scored response (gold 0.7); b: a tie, the first (0.4); c: its only response (0.2)
+    assert grouped_best_gold(scores, gold, groups) == pytest.approx((0.7 + 0.4 + 0.2) / 3)
+    assert grouped_best_gold([1, 0], [0.3, 0.8], ["x", "y"]) == pytest.approx(0.55)
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        grouped_best_gold([1.0], [0.5, 0.2], ["a", "a"])
 
 
 def test_draw_bon_fixed_seed():

@@ -14,7 +14,7 @@ from lens_ray.core.selection import (
     candidate_layers,
     choose,
     finalists,
-    fold_accuracies,
+    fold_scores,
     fold_splits,
     levers,
     paired_gain,
@@ -70,7 +70,7 @@ def _separable(n: int, d: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     return base + 0.8 * direction, base - 0.8 * direction
 
 
-def test_fold_accuracies_fit_every_candidate_of_a_layer():
+def test_fold_scores_fit_every_candidate_of_a_layer():
     pos, neg = _separable(80)
     groups = _groups(80)
     cfg = LensConfig()
@@ -78,14 +78,15 @@ def test_fold_accuracies_fit_every_candidate_of_a_layer():
     split = fold_splits(groups, 4, 0.2, seed=0)[1]
     cands = stage_one([(-1,)], ("mean_diff", "linear", "mlp")) + \
         stage_two([Candidate((-1,), "linear")], ("lens", "direct_perturbation"), (2,))
-    accs = fold_accuracies(cfg, cands, pos, neg, groups, split, 1)
-    assert list(accs) == [c.name for c in cands]
+    scores = fold_scores(cfg, cands, pos, neg, groups, split, 1)
+    assert list(scores) == [c.name for c in cands] and all(s["bon_gold"] is None for s in scores.values())
+    accs = {n: s["accuracy"] for n, s in scores.items()}
     held = (torch.from_numpy(pos[split.held]), torch.from_numpy(neg[split.held]))
     md = mean_diff_head(torch.from_numpy(pos[split.train]), torch.from_numpy(neg[split.train]))
     expected = float(np.mean(rewards(md, held[0]) > rewards(md, held[1])))
     assert accs["layer -1 mean_diff"] == pytest.approx(expected)           # fitted on the training part only
     assert all(a > 0.8 for a in accs.values())                              # a direction every head can find
-    assert accs == fold_accuracies(cfg, cands, pos, neg, groups, split, 1)   # seeded: the same again
+    assert scores == fold_scores(cfg, cands, pos, neg, groups, split, 1)     # seeded: the same again
 
 
 def test_a_diverging_fit_is_none_not_an_error():
@@ -93,13 +94,16 @@ def test_a_diverging_fit_is_none_not_an_error():
     cfg = LensConfig()
     cfg.reward.lr, cfg.reward.max_steps, cfg.reward.eval_every = 1e30, 20, 10
     split = fold_splits(_groups(40), 4, 0.2, seed=0)[0]
-    accs = fold_accuracies(cfg, stage_one([(-1,)], ("mean_diff", "mlp")), pos * 1e30, neg, _groups(40), split, 0)
+    accs = fold_scores(cfg, stage_one([(-1,)], ("mean_diff", "mlp")), pos * 1e30, neg, _groups(40), split, 0)
     assert accs["layer -1 mlp"] is None and accs["layer -1 mean_diff"] is not None
 
 
-def _row(name_layer: int, head: str, folds: list[float | None], method: str = "original", factor: int = 1) -> dict:
+def _row(name_layer: int, head: str, folds: list[float | None], method: str = "original", factor: int = 1,
+         gold: list[float] | None = None) -> dict:
     c = Candidate((name_layer,), head, method, factor)
-    return summarize([c], [{c.name: a} for a in folds])[0]
+    golds = gold or [None] * len(folds)
+    return summarize([c], [{c.name: None if a is None else {"accuracy": a, "bon_gold": g}}
+                           for a, g in zip(folds, golds)])[0]
 
 
 def test_summarize_mean_se_and_failures():
@@ -107,8 +111,12 @@ def test_summarize_mean_se_and_failures():
     assert row["status"] == "ok" and row["kfold_accuracy"] == pytest.approx(0.7)
     assert row["kfold_se"] == pytest.approx(0.1 / math.sqrt(3))
     assert _row(-1, "mlp", [0.6, None, 0.8])["status"] == "failed"
+    assert "kfold_bon_gold" not in row                                      # no gold measured, no column
     c = Candidate((-1,), "mlp")
-    assert summarize([c], [{c.name: 0.5}, {}])[0]["status"] == "failed"      # a fold without it
+    assert summarize([c], [{c.name: {"accuracy": 0.5, "bon_gold": None}}, {}])[0]["status"] == "failed"  # a fold
+    gold = _row(-1, "mlp", [0.6, 0.7], gold=[0.3, 0.5])
+    assert gold["gold_folds"] == [0.3, 0.5] and gold["kfold_bon_gold"] == pytest.approx(0.4)
+    assert gold["kfold_bon_gold_se"] == pytest.approx(0.1) and gold["kfold_accuracy"] == pytest.approx(0.65)
 
 
 def test_choose_prefers_the_simpler_within_one_standard_error():
@@ -166,3 +174,32 @@ def test_mean_diff_is_the_simplest_of_all():
     linear = _row(-1, "linear", [0.71, 0.73, 0.69, 0.71])        # higher, by less than one se
     assert choose([linear, md])["candidate"] == "layer -1 mean_diff"
     assert choose([linear, _row(-1, "mlp", [0.715, 0.735, 0.695, 0.715])])["candidate"] == "layer -1 linear"
+
+
+def test_the_gold_objective_ranks_by_best_of_n_gold_on_the_held_prompts():
+    pos, neg = _separable(80)
+    groups = _groups(80, per=4)
+    g = np.random.default_rng(1)
+    gold_neg = g.uniform(0, 0.5, 80)
+    gold_pos = gold_neg + g.uniform(0.1, 0.5, 80)
+    cfg = LensConfig()
+    split = fold_splits(groups, 4, 0.2, seed=0)[2]
+    cands = stage_one([(-1,)], ("mean_diff",))
+    got = fold_scores(cfg, cands, pos, neg, groups, split, 2, (gold_pos, gold_neg))["layer -1 mean_diff"]
+    md = mean_diff_head(torch.from_numpy(pos[split.train]), torch.from_numpy(neg[split.train]))
+    r = np.concatenate([rewards(md, torch.from_numpy(x[split.held])) for x in (pos, neg)])
+    gold = np.concatenate([gold_pos[split.held], gold_neg[split.held]])
+    keys = [groups[i] for i in split.held] * 2
+    want = np.mean([gold[[i for i, k in enumerate(keys) if k == q]][np.argmax(r[[i for i, k in enumerate(keys)
+                                                                                   if k == q]])]
+                    for q in dict.fromkeys(keys)])
+    assert got["bon_gold"] == pytest.approx(want)
+    # the objective decides: by accuracy mlp leads, by gold linear does by more than one se
+    mlp = _row(-1, "mlp", [0.80, 0.82, 0.81], gold=[0.40, 0.41, 0.40])
+    linear = _row(-1, "linear", [0.70, 0.71, 0.72], gold=[0.50, 0.52, 0.51])
+    assert choose([mlp, linear])["candidate"] == "layer -1 mlp"
+    assert choose([mlp, linear], "bon_gold")["candidate"] == "layer -1 linear"
+    assert finalists([mlp, linear], 1, "bon_gold") == [Candidate((-1,), "linear")]
+    assert paired_gain(linear, mlp, "bon_gold")["mean"] == pytest.approx(0.1066667)
+    with pytest.raises(ValueError, match="no k-fold bon_gold"):
+        choose([_row(-1, "mlp", [0.8, 0.8])], "bon_gold")

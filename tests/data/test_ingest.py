@@ -107,6 +107,8 @@ def test_load_datasets_on_real_bon(bon_path):
     assert len(ds.bon_prompts) == 200                   # half the prompts kept for Best-of-N
     bon_texts = {sp.prompt[0]["content"] for sp in ds.bon_prompts}
     assert not bon_texts & {p.prompt[0]["content"] for p in ds.seed_pairs + ds.eval_pairs}
+    # each pair keeps its responses' gold scores (the selection's bon_gold objective ranks by them)
+    assert all(p.chosen_gold - p.rejected_gold >= 0.1 - 1e-12 for p in ds.seed_pairs + ds.eval_pairs)
 
 
 def test_a_bad_line_is_quarantined_not_the_whole_file(tmp_path):

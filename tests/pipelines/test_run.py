@@ -5,6 +5,7 @@ import torch
 
 from lens_ray.cli import run_main
 from lens_ray.config import METHODS
+from lens_ray.core.selection import choose
 from lens_ray.data.embed import resolve_model
 from lens_ray.scoring.reward_model import RewardModel
 from lens_ray.store.artifacts import read_pair_embeddings, read_synthetic
@@ -104,7 +105,9 @@ def test_full_job_on_s3_with_best_of_n(ray_cluster, tiny_llama, bon_path, s3_ser
     report = run_main(["--data", str(bon_path), "--model", tiny_llama, "--seed-pairs", "40", "--eval-pairs", "30",
                        "--bon-prompts", "4", "--seeds", "1", "--factors", "4", "--methods", "original,mean_diff,lens",
                        "--storage", f"s3://{s3_server['bucket']}/runs", "--name", "bon",
-                       "--set", "data.pairs_per_prompt=1"] + FAST)
+                       "--set", "data.pairs_per_prompt=2"] + FAST +
+                      ["--set", "selection.enabled=true", "--set", "selection.objective=bon_gold",
+                       "--set", "selection.folds=3", "--set", "selection.heads=mean_diff,linear"])
     import boto3
     listing = boto3.client("s3").list_objects_v2(Bucket=s3_server["bucket"], Prefix="runs/bon/")
     keys = {o["Key"] for o in listing["Contents"]}
@@ -115,6 +118,12 @@ def test_full_job_on_s3_with_best_of_n(ray_cluster, tiny_llama, bon_path, s3_ser
     assert report["bon_n"] == 16 and report["bon_random"] < report["bon_oracle"]
     again = _recomputed(Storage(out_uri), report["results"])        # each Best-of-N figure: its head's pick
     assert [{"accuracy": r["accuracy"], "bon_gold": r["bon_gold"]} for r in report["results"]] == again
+    # the reward model chosen by the gold of each held prompt's best-rewarded response, not by accuracy
+    sel = report["selected"]
+    assert sel["objective"] == "bon_gold" and choose(sel["candidates"], "bon_gold")["candidate"] == sel["candidate"]
+    assert all(len(r["gold_folds"]) == 3 and 0 <= r["kfold_bon_gold"] <= 1 for r in sel["candidates"])
+    assert sel["kfold_bon_gold"] == next(r for r in sel["candidates"] if r["candidate"] == sel["candidate"])[
+        "kfold_bon_gold"] and sel["bon_gold"] is not None
     assert any(k.startswith("cache/embeddings/") for k in
                (o["Key"][len("runs/"):] for o in boto3.client("s3").list_objects_v2(
                    Bucket=s3_server["bucket"], Prefix="runs/cache/")["Contents"]))

@@ -6,7 +6,7 @@ import torch
 
 from lens_ray.core.heads import rewards
 from lens_ray.core.metrics import head_metrics
-from lens_ray.core.selection import Candidate, choose, fold_accuracies, fold_splits
+from lens_ray.core.selection import Candidate, choose, fold_scores, fold_splits
 from lens_ray.data.embed import layer_settings
 from lens_ray.data.finished_run import FinishedRun
 from lens_ray.scoring.reward_model import RewardModel
@@ -48,7 +48,7 @@ def test_the_picks_figures_are_what_its_folds_and_stored_head_give(local_run):
     seed_pos, seed_neg, eval_pos, eval_neg = _tables(run, sel["layer"])
     cand = Candidate(tuple(sel["layer"]), sel["head_kind"], sel["method"], sel["factor"])
     splits = fold_splits(inputs.groups, 3, run.config.data.val_fraction, run.config.data.split_seed)
-    folds = [fold_accuracies(run.config, [cand], seed_pos, seed_neg, inputs.groups, s, f)[cand.name]
+    folds = [fold_scores(run.config, [cand], seed_pos, seed_neg, inputs.groups, s, f)[cand.name]["accuracy"]
              for f, s in enumerate(splits)]
     assert folds == pytest.approx(next(r for r in sel["candidates"] if r["candidate"] == cand.name)["folds"])
     assert sel["kfold_accuracy"] == pytest.approx(np.mean(folds))

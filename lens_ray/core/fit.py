@@ -83,8 +83,8 @@ def fit_vae(cfg: VAEConfig, train_pos: torch.Tensor, train_neg: torch.Tensor, se
             loss.total.backward()
             opt.step()
         if log and (epoch + 1) % max(1, cfg.epochs // 5) == 0:
-            log({"epoch": epoch + 1, "loss": float(loss.total), "recon": float(loss.recon),
-                 "kl": float(loss.kl), "w2": float(loss.w2)})
+            log({"epoch": epoch + 1, "loss": loss.total.item(), "recon": loss.recon.item(),
+                 "kl": loss.kl.item(), "w2": loss.w2.item()})
     vae.eval()
     finite_or_raise("VAE weights after training", *vae.state_dict().values())
     with torch.no_grad():

@@ -88,6 +88,24 @@ def test_verdicts_per_size_say_beyond_noise_only_past_twice_the_standard_error()
     assert v[20]["best_augmentation"] == "lens x4" and v[20]["augmentation_pays"] is True
 
 
+def test_exactly_twice_the_standard_error_is_not_beyond_noise_nor_one_and_a_half():
+    # binary fractions, so the paired gains and their standard errors are exact: [0.75, 0.25] has mean 0.5 and
+    # standard error 0.25 (exactly 2 se); [0.625, 0.125] has mean 0.375 (1.5 se)
+    at_two = _rows(30, {("original", 1, "mlp"): [1.0, 0.5], ("mean_diff", 1, "linear"): [0.25, 0.25],
+                        ("lens", 4, "mlp"): [1.75, 0.75]})
+    at_one_and_a_half = _rows(40, {("original", 1, "mlp"): [1.0, 0.5], ("mean_diff", 1, "linear"): [0.375, 0.375],
+                                   ("lens", 4, "mlp"): [1.625, 0.625]})
+    beyond = _rows(50, {("original", 1, "mlp"): [1.0, 0.5], ("mean_diff", 1, "linear"): [0.125, 0.0],
+                        ("lens", 4, "mlp"): [1.875, 0.5 + 0.375]})
+    rows = at_two + at_one_and_a_half + beyond
+    v = {x["size"]: x for x in verdicts(rows, summarize_curve(rows))}
+    assert v[30]["over_mean_diff"] == 0.5 and v[30]["over_mean_diff_se"] == 0.25 and v[30]["gain_se"] == 0.25
+    assert v[30]["head_beats_mean_diff"] is False and v[30]["augmentation_pays"] is False
+    assert v[40]["over_mean_diff_se"] == 0.25 and v[40]["head_beats_mean_diff"] is False
+    assert v[40]["gain"] == 0.375 and v[40]["augmentation_pays"] is False
+    assert v[50]["head_beats_mean_diff"] is True and v[50]["augmentation_pays"] is True    # 0.6875 vs 0.5625; 0.625
+
+
 def test_sizes_up_to_the_seed_pairs_and_no_further():
     from lens_ray.core.curve import size_of
     assert size_of("all", 120) == 120 and size_of("120", 120) == 120 and size_of("50", 120) == 50

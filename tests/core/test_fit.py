@@ -1,8 +1,10 @@
+import dataclasses
+
 import torch
 
 from lens_ray.config import RewardConfig, VAEConfig
 from lens_ray.core.augment import PairSet
-from lens_ray.core.fit import fit_head, fit_vae
+from lens_ray.core.fit import Workers, fit_head, fit_vae
 from lens_ray.core.metrics import head_accuracy
 
 
@@ -55,6 +57,30 @@ def test_fit_vae_reconstructs_low_rank_data():
     neg = torch.randn(300, 4, generator=g) @ basis
     vae, metrics = fit_vae(VAEConfig(latent_dim=8, hidden_dims=(64,), epochs=60, beta=0.1), pos, neg, seed=0)
     assert metrics["rel_recon_train"] < 0.5          # a mean-only decoder would score 1.0
+    assert metrics["workers"] == 1 and metrics["module"] == "PreferenceVAE"      # alone: no wrapper, one worker
+
+
+def test_fit_vae_trains_on_every_pair_each_epoch_and_logs_five_times():
+    pos, neg = _pairs(2 * 16 + 1)                      # two full batches and a batch of one pair
+    seen: list[int] = []
+
+    class Counting(torch.nn.Module):                   # the forward the loss runs through, as a DDP wrapper is
+        def __init__(self, vae):
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, e):
+            seen.append(len(e) // 2)                   # pairs in this batch (chosen and rejected stacked)
+            return self.vae(e)
+
+    logged: list[dict] = []
+    cfg = VAEConfig(latent_dim=4, hidden_dims=(8,), epochs=10, batch_pairs=16)
+    fit_vae(cfg, pos, neg, seed=0, workers=Workers(wrap=Counting), log=logged.append)
+    assert seen == [16, 16, 1] * 10                    # every pair, every epoch, the last one too
+    assert [e["epoch"] for e in logged] == [2, 4, 6, 8, 10]
+    logged.clear()
+    fit_vae(dataclasses.replace(cfg, epochs=3), pos, neg, seed=0, log=logged.append)
+    assert [e["epoch"] for e in logged] == [1, 2, 3]   # fewer than five epochs: each
 
 
 def test_a_diverging_head_is_marked_failed_never_a_result():

@@ -93,13 +93,24 @@ def selection_lines(report: dict) -> list[str]:
              if sel.get("kfold_bon_gold") is not None else "")
     lines = [f"reward model (heads/selected): {sel['candidate']}, by k-fold {sel.get('objective', 'accuracy')}; "
              f"k-fold accuracy on the seed pairs {estimate(sel['kfold_accuracy'], sel['kfold_se'], sel['folds'])}"
-             f"{kgold}; held-out accuracy {sel['accuracy']:.3f}{bon}"]
+             f"{kgold}; held-out accuracy {sel['accuracy']:.3f}{bon} (its stored refit, seed 0)"]
+    seeds = sel.get("seeds") or []
+    if len(seeds) > 1:
+        over = {m: mean_std(r[m] for r in seeds) for m in ("accuracy", "bon_gold")}
+        lines.append(f"  the pick refitted on each of {len(seeds)} seeds' splits: held-out accuracy "
+                     f"{cell(over['accuracy'])}" + (f", Best-of-N gold {cell(over['bon_gold'])}" if over["bon_gold"]
+                                                    else ""))
     layer = ",".join(map(str, report["config"]["embed"]["layer"]))
     for label, method in ((f"the fixed default (layer {layer}, original, MLP)", "original"),
                           (f"mean_diff (layer {layer})", "mean_diff")):
         row = default_row(report, method, "mlp")
         if row and row["accuracy"]:
-            lines.append(f"  beside {label}: held-out accuracy {cell(row['accuracy'])} over seeds")
+            gain = (sel.get("versus") or {}).get(method)
+            paired_by_seed = "; ".join(f"{name} {cell(gain[m], signed=True, spread='se')}"
+                                       for m, name in (("accuracy", "accuracy"), ("bon_gold", "gold"))
+                                       if gain and gain[m]) if gain else ""
+            lines.append(f"  beside {label}: held-out accuracy {cell(row['accuracy'])} over seeds"
+                         + (f"; the pick's gain, paired by seed: {paired_by_seed}" if paired_by_seed else ""))
     worth = [f"{k} {estimate(v['mean'], v['se'], sel['folds'], signed=True)} (vs {v['versus']})"
              for k, v in sel["levers"].items() if v]
     if worth:

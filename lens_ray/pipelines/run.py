@@ -28,7 +28,7 @@ from lens_ray.data.embed import combine_layers, layer_settings, resolve_dtype, r
 from lens_ray.data.ingest import load_datasets
 from lens_ray.pipelines import report as reporting
 from lens_ray.pipelines import report_html
-from lens_ray.pipelines.selection import layers_of, select_stage
+from lens_ray.pipelines.selection import layers_of, select_stage, versus_fixed
 from lens_ray.store.artifacts import (
     read_pair_embeddings,
     read_synthetic,
@@ -100,7 +100,8 @@ def run(cfg: LensConfig, log: Log = print, ds: Datasets | None = None,
             folder = f"embeddings-layer{','.join(map(str, layer))}"
             return embed_stage(with_cached_layers(at, layers), ds, out, log, folder=folder)
         with t.stage("select", log):
-            selected = select_stage(cfg, ds, layers, embedded_at, splits[0], keys.base, out, log)
+            selected = select_stage(cfg, ds, layers, embedded_at, splits, keys.base, out, log)
+            selected["versus"] = versus_fixed(selected, results)
     report = build_report(cfg, ds, emb, results, vaes, t.seconds, selected)
     write_report(cfg, out, report, seeds, keys, log)
     return report

@@ -32,6 +32,7 @@ from lens_ray.core.selection import (
     stage_two,
     summarize,
 )
+from lens_ray.core.stats import paired, standard_error
 from lens_ray.data.embed import model_depth
 from lens_ray.store.artifacts import reuse_model, save_model
 from lens_ray.store.storage import Storage
@@ -67,29 +68,31 @@ def seed_gold(ds: Datasets) -> tuple[np.ndarray, np.ndarray]:
 
 
 def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
-                 embedded_at: Callable[[tuple[int, ...]], Embedded], split: Split, base_key: str, out: Storage,
-                 log: Log) -> dict:
+                 embedded_at: Callable[[tuple[int, ...]], Embedded], splits: list[Split], base_key: str,
+                 out: Storage, log: Log) -> dict:
     """Choose, refit and store the run's reward model; returns the report's `selected` record. `embedded_at`
-    gives a layer's tables; `split`: the run's seed-0 split (the refitted MLP early-stops on its val part)."""
+    gives a layer's tables; `splits`: the run's per-seed splits. The pick is refitted once per seed (the MLP
+    early-stops on that seed's val part, as the per-method table's heads do, so the two pair by seed); seed
+    0's refit is stored as heads/selected."""
     from lens_ray.distributed.trials import remote_calls
 
     sc, store = cfg.selection, out.child("heads")
     methods = tuple(m for m in cfg.methods if m in AUGMENTING)
     key = fingerprint(base_key, sc, [list(x) for x in layers], methods, cfg.factors, cfg.vae, cfg.synth, cfg.reward,
-                      cfg.data.val_fraction, cfg.data.split_seed)
+                      cfg.data.val_fraction, cfg.data.split_seed, cfg.seeds)
     stored = reuse_model(store, NAME, key, build_head)
     if stored and "selected" in stored[1]:
         log(f"  reused the stored pick: {stored[1]['selected']['candidate']}")
         return stored[1]["selected"]
     groups = [p.group for p in ds.seed_pairs]
-    splits = fold_splits(groups, sc.folds, cfg.data.val_fraction, cfg.data.split_seed)
+    folds = fold_splits(groups, sc.folds, cfg.data.val_fraction, cfg.data.split_seed)
     gold = seed_gold(ds) if sc.objective == "bon_gold" else None
     tables = {layer: embedded_at(layer) for layer in layers}
 
     def score(cands: list[Candidate], stage: str) -> list[dict]:
         by_layer = {layer: [c for c in cands if c.layer == layer] for layer in dict.fromkeys(c.layer for c in cands)}
         calls = {(layer, f): (fold_scores, cfg, cs, tables[layer].seed_pos, tables[layer].seed_neg, groups,
-                              splits[f], f, gold) for layer, cs in by_layer.items() for f in range(sc.folds)}
+                              folds[f], f, gold) for layer, cs in by_layer.items() for f in range(sc.folds)}
         log(f"  selection {stage}: {len(cands)} candidates x {sc.folds} folds ({len(calls)} tasks) ...")
         done = iter(range(1, len(calls) + 1))
         results = remote_calls(calls, cfg.resources, on_done=lambda k, _: log(
@@ -109,13 +112,14 @@ def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
     log(f"  pick: {cand.name}, k-fold {sc.objective} {pick[mean]:.3f}"
         + (f" ± {pick[se]:.3f}" if pick[se] is not None else "") + "; refitting on the seed pairs")
     emb = tables[cand.layer]
-    head = remote_calls({"refit": (refit, cfg, cand, emb.seed_pos, emb.seed_neg, groups, split.train, split.val,
-                                   0)}, cfg.resources)["refit"]
-    held = head_metrics(head, emb)
+    heads = remote_calls({sp.seed: (refit, cfg, cand, emb.seed_pos, emb.seed_neg, groups, sp.train, sp.val, sp.seed)
+                          for sp in splits}, cfg.resources)
+    per_seed = [{"seed": seed, **head_metrics(h, emb)} for seed, h in sorted(heads.items())]
+    head, held = heads[splits[0].seed], {k: per_seed[0][k] for k in ("accuracy", "bon_gold")}
     record = {"candidate": cand.name, **cand.record(), "kfold_accuracy": pick["kfold_accuracy"],
               "kfold_se": pick["kfold_se"], "kfold_bon_gold": pick.get("kfold_bon_gold"),
               "kfold_bon_gold_se": pick.get("kfold_bon_gold_se"), **held, "head": f"heads/{NAME}",
-              "folds": sc.folds, "objective": sc.objective,
+              "folds": sc.folds, "objective": sc.objective, "seeds": per_seed,
               "rule": f"highest mean k-fold {sc.objective}, then the simplest candidate within one standard error "
                       "of it (no augmentation, then mean_diff, linear, mlp)",
               "note": NOTE, "levers": levers(rows, pick, tuple(cfg.embed.layer), sc.objective), "candidates": rows}
@@ -124,3 +128,18 @@ def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
                {"fingerprint": key, "metrics": held, "embed_layer": list(cand.layer), "selected": record,
                 "reward_norm": {"mean": float(r.mean()), "std": float(r.std())}})
     return record
+
+
+def versus_fixed(selected: dict, results: list[dict]) -> dict[str, dict]:
+    """The pick's held-out figures against the per-method table's fixed choices at the run's layer, paired by
+    seed: {"original" (the original pairs' MLP) | "mean_diff": {metric: {mean, se, n} or None}}."""
+    mine = {r["seed"]: r for r in selected["seeds"]}
+    out = {}
+    for method, head in (("original", "mlp"), ("mean_diff", None)):
+        base = {r["seed"]: r for r in results if r["method"] == method and r["factor"] == 1 and r["status"] == "ok"
+                and (head is None or r["head_kind"] == head)}
+        if base:
+            gains = {m: paired(mine, base, m) for m in ("accuracy", "bon_gold")}
+            out[method] = {m: {"mean": float(np.mean(g)), "se": standard_error(g), "n": len(g)} if g else None
+                           for m, g in gains.items()}
+    return out

@@ -57,6 +57,17 @@ def test_the_picks_figures_are_what_its_folds_and_stored_head_give(local_run):
     emb = inputs.emb
     emb.eval_pos, emb.eval_neg = eval_pos, eval_neg
     assert head_metrics(head, emb)["accuracy"] == pytest.approx(sel["accuracy"])
+    # refitted on each seed's split (the stored head is seed 0's), paired by seed with the per-method table
+    assert [r["seed"] for r in sel["seeds"]] == [0, 1] and sel["seeds"][0]["accuracy"] == sel["accuracy"]
+    for method, head_kind in (("original", "mlp"), ("mean_diff", None)):
+        fixed = {r["seed"]: r["accuracy"] for r in report["results"] if r["method"] == method and r["factor"] == 1
+                 and head_kind in (None, r["head_kind"])}
+        gains = [r["accuracy"] - fixed[r["seed"]] for r in sel["seeds"]]
+        assert sel["versus"][method]["accuracy"]["mean"] == pytest.approx(np.mean(gains))
+        assert sel["versus"][method]["accuracy"]["n"] == 2 and sel["versus"][method]["bon_gold"] is None
+    text = out.read_bytes("report.md").decode()
+    assert "the pick refitted on each of 2 seeds' splits: held-out accuracy" in text
+    assert "the pick's gain, paired by seed: accuracy " in text
 
 
 def test_the_pick_is_the_runs_reward_model_at_its_own_layer(local_run, tiny_llama):

@@ -6,6 +6,7 @@ from lens_ray.config import RewardConfig, VAEConfig
 from lens_ray.core.augment import PairSet
 from lens_ray.core.fit import Workers, fit_head, fit_vae
 from lens_ray.core.metrics import head_accuracy
+from lens_ray.core.rng import BATCHES, keyed_rng
 
 
 def _pairs(n, d=16, seed=0, signal=1.0):
@@ -78,9 +79,30 @@ def test_fit_vae_trains_on_every_pair_each_epoch_and_logs_five_times():
     fit_vae(cfg, pos, neg, seed=0, workers=Workers(wrap=Counting), log=logged.append)
     assert seen == [16, 16, 1] * 10                    # every pair, every epoch, the last one too
     assert [e["epoch"] for e in logged] == [2, 4, 6, 8, 10]
-    logged.clear()
-    fit_vae(dataclasses.replace(cfg, epochs=3), pos, neg, seed=0, log=logged.append)
-    assert [e["epoch"] for e in logged] == [1, 2, 3]   # fewer than five epochs: each
+    for epochs, want in ((12, [2, 4, 6, 8, 10, 12]), (15, [3, 6, 9, 12, 15]), (3, [1, 2, 3])):  # < 5: each
+        logged.clear()
+        fit_vae(dataclasses.replace(cfg, epochs=epochs), pos, neg, seed=0, log=logged.append)
+        assert [e["epoch"] for e in logged] == want, epochs
+
+
+def test_fit_head_sees_every_pair_once_an_epoch_in_a_fresh_order():
+    pos, neg = _pairs(40)
+    batches: list[list[int]] = []
+
+    def record(idx):
+        batches.append([int(i) for i in idx])
+        return idx
+    cfg = RewardConfig(hidden_dim=8, max_steps=12, eval_every=4, batch_size=16, patience=10)
+    fit = fit_head(cfg, PairSet(pos, neg), PairSet(pos[:10], neg[:10]), 5, pos, neg, Workers(shard=record))
+    assert fit.steps == 12 and len(batches) == 12 and [h["step"] for h in fit.history] == [4, 8, 12]
+    epochs = [sum(batches[i:i + 3], []) for i in range(0, 12, 3)]      # 40 pairs in batches of 16: 3 a epoch
+    assert all(sorted(e) == list(range(40)) for e in epochs)
+    assert epochs[0] == keyed_rng(5, BATCHES).permutation(40).tolist()  # the first order is the first draw
+    assert len({tuple(e) for e in epochs}) == 4                         # and each epoch is reshuffled
+    batches.clear()
+    fit_head(dataclasses.replace(cfg, batch_size=64), PairSet(pos, neg), PairSet(pos[:10], neg[:10]), 5, pos, neg,
+             Workers(shard=record))
+    assert len({tuple(b) for b in batches}) == 12                       # one batch an epoch: a new order each
 
 
 def test_a_diverging_head_is_marked_failed_never_a_result():

@@ -133,5 +133,5 @@ def local_run(ray_cluster, tiny_llama, hh_path, tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
     argv = ["--data", str(hh_path), "--model", tiny_llama, "--seed-pairs", "60", "--eval-pairs", "40",
             "--seeds", "2", "--factors", "2,4", "--storage", str(storage), "--name", "t"] + FAST + \
-        ["--set", "selection.enabled=true", "--set", "selection.folds=3", "--set", "selection.finalists=2"]
+        ["--set", "selection.enabled=true", "--set", "selection.folds=3", "--set", "selection.finalists=1"]
     return argv, run_main(argv), Storage(str(storage / "t"))

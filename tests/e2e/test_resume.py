@@ -32,7 +32,8 @@ def test_killed_driver_rerun_finishes_and_reuses_work(ray_cluster, tiny_llama, h
     cmd = [sys.executable, str(ROOT / "jobs" / "full.py"), "--data", str(hh_path), "--model", tiny_llama,
            "--seed-pairs", "40", "--eval-pairs", "20", "--seeds", "1", "--factors", "4",
            "--methods", "original,lens", "--storage", str(tmp_path), "--name", "k",
-           "--set", "vae.epochs=200", "--set", "reward.max_steps=30", "--set", "embed.max_length=48"]
+           "--set", "vae.epochs=200", "--set", "reward.max_steps=30", "--set", "embed.max_length=48",
+           "--set", "selection.enabled=false"]
     log = tmp_path / "first.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
@@ -126,7 +127,8 @@ def test_corrupt_train_checkpoints_are_refitted_not_trusted(ray_cluster, tiny_ll
     from lens_ray.cli import run_main
     argv = ["--data", str(hh_path), "--model", tiny_llama, "--seed-pairs", "40", "--eval-pairs", "20", "--seeds", "1",
             "--factors", "4", "--methods", "original,lens", "--storage", str(tmp_path), "--name", "c",
-            "--set", "vae.epochs=5", "--set", "reward.max_steps=30", "--set", "embed.max_length=48"]
+            "--set", "vae.epochs=5", "--set", "reward.max_steps=30", "--set", "embed.max_length=48",
+            "--set", "selection.enabled=false"]
     first = run_main(argv)
     out = tmp_path / "c"
     checkpoints = list((out / "ray_train").glob("**/models.safetensors"))
@@ -147,7 +149,8 @@ def test_two_jobs_on_one_output_one_refused_and_the_shared_cache_complete(ray_cl
                                                                            tmp_path):
     base = [sys.executable, str(ROOT / "jobs" / "full.py"), "--data", str(hh_path), "--model", tiny_llama,
             "--seed-pairs", "30", "--eval-pairs", "20", "--seeds", "1", "--methods", "original",
-            "--storage", str(tmp_path), "--set", "embed.max_length=48", "--set", "reward.max_steps=20"]
+            "--storage", str(tmp_path), "--set", "embed.max_length=48", "--set", "reward.max_steps=20",
+            "--set", "selection.enabled=false"]
     jobs = {name: subprocess.Popen(base + ["--name", name.rstrip("2")], stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True) for name in ("a", "b")}
     time.sleep(1)

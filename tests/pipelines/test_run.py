@@ -199,7 +199,7 @@ def test_a_run_with_every_data_flag_a_yaml_config_and_the_open_choices(ray_clust
         "embed: {layer: [-2], cache_layers: [-1], max_length: 64, dtype: float32}\n"
         "synth: {encode: sample}\nvae: {recon: cosine, div_bound: margin, epochs: 5}\n"
         "reward: {heads: [mlp, linear], max_steps: 30, eval_every: 10}\n"
-        "data: {bon_prompts: 3}\n")
+        "data: {bon_prompts: 3}\nselection: {folds: 2, heads: [mean_diff]}\n")
     report = run_main(["--config", str(tmp_path / "cfg.yaml"), "--data", str(hh_path), "--eval-data",
                        str(tmp_path / "eval.jsonl"), "--bon-data", str(bon_path), "--model", tiny_llama,
                        "--seed-pairs", "40", "--seeds", "1", "--factors", "2", "--methods", "original,mean_diff,lens",
@@ -208,6 +208,8 @@ def test_a_run_with_every_data_flag_a_yaml_config_and_the_open_choices(ray_clust
     assert cfg["embed"]["layer"] == [-2] and cfg["embed"]["cache_layers"] == [-1]
     assert (cfg["synth"]["encode"], cfg["vae"]["recon"], cfg["vae"]["div_bound"]) == ("sample", "cosine", "margin")
     assert report["eval_pairs"] <= 30 and report["bon_prompts"] == 3 and report["bon_n"] == 16
+    assert report["selected"]["folds"] == 2 and {r["head_kind"] for r in report["selected"]["candidates"]} == {
+        "mean_diff"}
     kinds = {(r["method"], r["head_kind"]) for r in report["results"]}
     assert kinds == {("original", "mlp"), ("original", "linear"), ("lens", "mlp"), ("lens", "linear"),
                      ("mean_diff", "linear")}

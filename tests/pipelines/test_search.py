@@ -107,7 +107,8 @@ def test_full_run_from_tune_uses_the_chosen_settings(search, local_run):
     best = Storage(out).read_json("best.json")
     i = argv.index("--factors")
     argv = argv[:i] + argv[i + 2:]                      # a --factors flag would replace the pick's factor
-    tuned = run_main(argv + ["--from-tune", out, "--name", "t-tuned", "--seeds", "1"])
+    tuned = run_main(argv + ["--from-tune", out, "--name", "t-tuned", "--seeds", "1",
+                             "--set", "selection.enabled=false"])      # the selection is tested on local_run
     cfg = tuned["config"]
     assert cfg["from_tune"] == out
     flags = dict(a.split("=", 1) for a in argv[argv.index("--set") + 1::2] if "=" in a)   # --set wins over the pick
@@ -127,7 +128,8 @@ def test_search_spans_several_runs_embeddings(local_run, s3_server):
     argv, _, run = local_run
     from lens_ray.cli import config_from_args, run_parser
     storage = argv[argv.index("--storage") + 1]
-    run_main(argv + ["--name", "t-mean", "--set", "embed.pooling=mean", "--methods", "original", "--seeds", "1"])
+    run_main(argv + ["--name", "t-mean", "--set", "embed.pooling=mean", "--methods", "original", "--seeds", "1",
+                    "--set", "selection.enabled=false"])
     out = f"s3://{s3_server['bucket']}/tune/two"
     report = tune_main(["--from-run", run.uri, "--from-run", f"{storage}/t-mean", "--out", out, "--name", "two",
                         "--num-samples", "4", "--folds", "2", "--repeats", "1", "--set", "tune.test_seeds=2",

@@ -29,7 +29,7 @@ def test_every_candidate_is_measured_and_the_pick_follows_the_rule(local_run):
     stage_one = [f"layer {layer} {head}" for layer in (-1, -2) for head in ("mean_diff", "linear", "mlp")]
     assert names[:6] == stage_one                            # the tiny model's 2 blocks: layers -1 and -2
     stage_two = names[6:]
-    assert len(stage_two) == 2 * 3 * 2                       # 2 finalists x 3 augmenting methods x factors 2, 4
+    assert len(stage_two) == 1 * 3 * 2                       # 1 finalist x 3 augmenting methods x factors 2, 4
     assert {n.split(" + ")[1] for n in stage_two} == {f"{m} x{f}" for m in ("direct_perturbation",
                                                                             "gaussian_sampling", "lens")
                                                       for f in (2, 4)}

@@ -1,8 +1,18 @@
 import math
 
+import numpy as np
+import pytest
 import torch
 
-from lens_ray.core.heads import LinearScorer, RewardHead, bradley_terry_loss, build_head, mean_diff_direction
+from lens_ray.core.heads import (
+    LinearScorer,
+    RewardHead,
+    bradley_terry_loss,
+    build_head,
+    mean_diff_direction,
+    mean_diff_head,
+    rewards,
+)
 
 
 def test_head_shapes_and_rebuild():
@@ -37,3 +47,46 @@ def test_mean_diff_scorer():
     s = LinearScorer(w)
     assert (s(pos) > s(neg)).all()
     assert isinstance(build_head(s.config()), LinearScorer)
+
+
+def test_head_defaults_and_any_leading_shape():
+    head = RewardHead(12)
+    assert head.config() == {"kind": "mlp", "dim": 12, "hidden_dim": 256, "depth": 1, "dropout": 0.1}
+    assert head(torch.randn(2, 3, 12)).shape == (2, 3)              # (..., d) -> (...)
+    assert head(torch.randn(12)).shape == ()
+
+
+def test_linear_scorer_and_mean_diff_head_values():
+    pos = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
+    neg = torch.tensor([[0.0, 1.0], [0.0, 3.0]])
+    head = mean_diff_head(pos, neg)
+    assert torch.equal(head.w, torch.tensor([2.0, -2.0]))
+    assert torch.equal(head(pos), torch.tensor([2.0, 6.0])) and torch.equal(head(neg), torch.tensor([-2.0, -6.0]))
+
+
+def test_rewards_in_batches_in_eval_mode():
+    torch.manual_seed(0)
+    head = RewardHead(6, hidden_dim=8, dropout=0.5).train()         # dropout on: rewards must switch it off
+    e = torch.randn(10, 6)
+    got = rewards(head, e, batch=4)                                 # batches of 4, 4 and 2
+    assert got.shape == (10,) and np.array_equal(got, head.eval()(e).detach().numpy())
+    assert not head.training
+    assert rewards(head, e[:0]).shape == (0,)
+
+
+def test_weighted_bradley_terry_divides_by_the_weights_sum():
+    good, bad = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    first = float(bradley_terry_loss(good[:1], bad[:1]))
+    assert math.isclose(float(bradley_terry_loss(good, bad, torch.tensor([2.0, 0.0]))), first, rel_tol=1e-6)
+    both = float(bradley_terry_loss(good, bad))
+    assert math.isclose(float(bradley_terry_loss(good, bad, torch.tensor([3.0, 3.0]))), both, rel_tol=1e-6)
+
+
+def test_build_head_bounds_depth_and_dropout():
+    cfg = {"kind": "mlp", "dim": 4, "hidden_dim": 2, "depth": 16, "dropout": 0.0}
+    assert build_head(cfg).depth == 16                              # the deepest allowed
+    for bad in ({"depth": 0}, {"depth": 17}, {"dropout": 1.0}, {"dropout": -0.1}, {"depth": 1.5}):
+        with pytest.raises(ValueError, match="out of bounds"):
+            build_head({**cfg, **bad})
+    with pytest.raises(ValueError, match="unknown kind"):
+        build_head({**cfg, "kind": "tree"})

@@ -38,6 +38,10 @@ def test_whitening_makes_the_covariance_identity():
     e = torch.randn(500, 6, dtype=torch.float64) @ torch.randn(6, 6, dtype=torch.float64)
     p = transform(e, "whiten", whiten_shrinkage=1e-9)
     assert torch.allclose(torch.cov((e @ p).T), torch.eye(6, dtype=torch.float64), atol=1e-3)
+    diag = e @ transform(e, "diag", whiten_shrinkage=0.0)          # each feature to unit spread, not rotated
+    assert torch.allclose(diag.std(0), torch.ones(6, dtype=torch.float64))
+    assert torch.allclose(diag, e / e.std(0))
+    assert torch.equal(transform(e, "none", 0.0), torch.eye(6, dtype=torch.float64))
 
 
 def test_linear_head_learns_and_records_its_design():

@@ -8,7 +8,7 @@ from lens_ray.config import RewardConfig
 from lens_ray.core.augment import PairSet, augmented_set
 from lens_ray.core.fit import fit_reward_head
 from lens_ray.core.heads import mean_diff_direction
-from lens_ray.core.linear_head import fit_linear_head, fit_weights, transform
+from lens_ray.core.linear_head import _accuracy, directions, fit_linear_head, fit_weights, transform
 from lens_ray.core.metrics import head_accuracy
 
 
@@ -95,3 +95,27 @@ def test_synthetic_pairs_stay_beside_their_source_in_the_folds(factor):
     plain = fit_linear_head(RewardConfig(), pos, neg, torch.ones(100), np.arange(100),
                             torch.ones(100, dtype=torch.bool), groups, seed=0)
     assert abs(fit.cv_accuracy - plain.cv_accuracy) < 0.05       # copies add no held-out accuracy
+
+
+def test_directions_are_unit_from_the_fit_to_the_mean_difference():
+    pos, neg = (t.double() for t in _pairs(300, 8, seed=3))
+    weight = torch.linspace(0.5, 1.5, 300, dtype=torch.float64)
+    out = directions(pos, neg, weight, "none", [1e-3], [0.0, 0.5, 1.0], 0.0)
+    assert all(torch.isclose(u.norm(), torch.tensor(1.0, dtype=torch.float64)) for u in out.values())
+    mean_dir = (weight[:, None] * (pos - neg)).sum(0)
+    assert torch.allclose(out[(1e-3, 1.0)], mean_dir / mean_dir.norm())      # shrink 1: the weighted mean_diff
+    # shrink 0: the Bradley-Terry optimum on the differences (unit mean square), back in embedding space
+    x = pos - neg
+    assert _accuracy(out[(1e-3, 0.0)], pos, neg) > 0.7                        # a sum of the two: about 0.5
+    w = fit_weights(x / x.pow(2).mean().sqrt(), weight, 1e-3)
+    assert torch.allclose(out[(1e-3, 0.0)], w / w.norm(), atol=1e-6)
+    # l2 means the same at every scale of the embeddings
+    scaled = directions(10 * pos, 10 * neg, weight, "none", [1e-3], [0.0], 0.0)
+    assert torch.allclose(scaled[(1e-3, 0.0)], out[(1e-3, 0.0)], atol=1e-5)
+
+
+def test_accuracy_of_a_direction_counts_ties_half():
+    pos = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 5.0]])
+    neg = torch.tensor([[1.0, 0.0], [0.0, 3.0], [1.0, 5.0]])
+    assert _accuracy(torch.tensor([1.0, 0.0]), pos, neg) == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert _accuracy(torch.tensor([0.0, 1.0]), pos, neg) == pytest.approx((0.5 + 0 + 0.5) / 3)

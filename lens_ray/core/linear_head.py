@@ -115,18 +115,24 @@ def calibrate(u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, weight: tor
     return float(a)
 
 
+def fold_of_rows(groups: list[str], folds: int, seed: int) -> np.ndarray:
+    """The fold (0..folds-1) of each real pair, whole prompts per fold, prompts dealt round-robin in a seeded
+    order (so folds hold equal numbers of prompts, one apart)."""
+    members = list(group_rows(groups).values())
+    order = keyed_rng(seed, FOLDS).permutation(len(members))
+    out = np.empty(len(groups), dtype=np.int64)
+    for rank, g in enumerate(order):
+        out[members[g]] = rank % folds
+    return out
+
+
 def fit_linear_head(cfg: RewardConfig, pos: torch.Tensor, neg: torch.Tensor, weight: torch.Tensor,
                     source: np.ndarray, original: torch.Tensor, groups: list[str], seed: int) -> LinearFit:
     """pos, neg (n, d), weight (n,): training pairs; source (n,): the real pair each comes from; original (n,):
     whether it is that real pair; groups[j]: the prompt of real pair j. Folds keep whole prompts and every
     synthetic pair beside its source; held-out folds are scored on their original pairs only."""
     pos, neg, weight = pos.double(), neg.double(), weight.double()
-    members = list(group_rows(groups).values())
-    order = keyed_rng(seed, FOLDS).permutation(len(members))
-    fold_of_source = np.empty(len(groups), dtype=np.int64)
-    for rank, g in enumerate(order):
-        fold_of_source[members[g]] = rank % cfg.linear_folds
-    fold = fold_of_source[source]
+    fold = fold_of_rows(groups, cfg.linear_folds, seed)[source]
     grid: dict[Design, list[float]] = {}
     for f, norm in itertools.product(range(cfg.linear_folds), cfg.linear_norms):
         tr, va = torch.from_numpy(fold != f), torch.from_numpy((fold == f)) & original

@@ -8,7 +8,15 @@ from lens_ray.config import RewardConfig
 from lens_ray.core.augment import PairSet, augmented_set
 from lens_ray.core.fit import fit_reward_head
 from lens_ray.core.heads import mean_diff_direction
-from lens_ray.core.linear_head import _accuracy, directions, fit_linear_head, fit_weights, transform
+from lens_ray.core.linear_head import (
+    _accuracy,
+    calibrate,
+    directions,
+    fit_linear_head,
+    fit_weights,
+    fold_of_rows,
+    transform,
+)
 from lens_ray.core.metrics import head_accuracy
 
 
@@ -119,3 +127,24 @@ def test_accuracy_of_a_direction_counts_ties_half():
     neg = torch.tensor([[1.0, 0.0], [0.0, 3.0], [1.0, 5.0]])
     assert _accuracy(torch.tensor([1.0, 0.0]), pos, neg) == pytest.approx((1 + 0.5 + 0.5) / 3)
     assert _accuracy(torch.tensor([0.0, 1.0]), pos, neg) == pytest.approx((0.5 + 0 + 0.5) / 3)
+
+
+def test_calibrate_finds_the_scale_in_closed_form():
+    u = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    pos = torch.tensor([[4.0, 0.0]] * 3 + [[0.0, 0.0]], dtype=torch.float64)
+    neg = torch.tensor([[0.0, 0.0]] * 3 + [[4.0, 0.0]], dtype=torch.float64)
+    # three pairs right and one wrong by margin 4: 3 sigmoid(-4a) = sigmoid(4a), so a = ln(3) / 4 (below one)
+    assert calibrate(u, pos, neg, torch.ones(4, dtype=torch.float64)) == pytest.approx(np.log(3) / 4, rel=1e-4)
+    # the wrong pair weighing as much as the three right: no direction to trust, scale 0
+    balanced = torch.tensor([1.0, 1.0, 1.0, 3.0], dtype=torch.float64)
+    assert calibrate(u, pos, neg, balanced) == pytest.approx(0, abs=1e-6)
+    assert calibrate(u, neg, pos, torch.ones(4, dtype=torch.float64)) == 0.0     # mostly wrong: never negative
+
+
+def test_folds_hold_whole_prompts_in_equal_shares():
+    groups = [f"p{i // 3}" for i in range(60)]                 # 20 prompts of 3 pairs
+    fold = fold_of_rows(groups, 4, seed=1)
+    for g in set(groups):
+        assert len({fold[i] for i, x in enumerate(groups) if x == g}) == 1
+    assert sorted(np.bincount(fold).tolist()) == [15, 15, 15, 15]        # 5 prompts a fold
+    assert not np.array_equal(fold, fold_of_rows(groups, 4, seed=2))

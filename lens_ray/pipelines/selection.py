@@ -140,6 +140,6 @@ def versus_fixed(selected: dict, results: list[dict]) -> dict[str, dict]:
                 and (head is None or r["head_kind"] == head)}
         if base:
             gains = {m: paired(mine, base, m) for m in ("accuracy", "bon_gold")}
-            out[method] = {m: {"mean": float(np.mean(g)), "se": standard_error(g), "n": len(g)} if g else None
-                           for m, g in gains.items()}
+            out[method] = {m: {"mean": float(np.mean(g)), "se": standard_error(g) if len(g) > 1 else None,
+                               "n": len(g)} if g else None for m, g in gains.items()}   # no NaN in report.json
     return out

@@ -124,6 +124,9 @@ def test_full_job_on_s3_with_best_of_n(ray_cluster, tiny_llama, bon_path, s3_ser
     assert all(len(r["gold_folds"]) == 3 and 0 <= r["kfold_bon_gold"] <= 1 for r in sel["candidates"])
     assert sel["kfold_bon_gold"] == next(r for r in sel["candidates"] if r["candidate"] == sel["candidate"])[
         "kfold_bon_gold"] and sel["bon_gold"] is not None
+    one = sel["versus"]["original"]["bon_gold"]                     # one seed: a gain, and no spread to show
+    assert one["n"] == 1 and one["se"] is None and one["mean"] == pytest.approx(sel["bon_gold"] - next(
+        r["bon_gold"] for r in report["results"] if r["method"] == "original"))
     assert any(k.startswith("cache/embeddings/") for k in
                (o["Key"][len("runs/"):] for o in boto3.client("s3").list_objects_v2(
                    Bucket=s3_server["bucket"], Prefix="runs/cache/")["Contents"]))

@@ -7,6 +7,8 @@ from lens_ray.core.metrics import (
     bon_random,
     draw_bon,
     grouped_best_gold,
+    head_accuracy,
+    head_metrics,
     preference_accuracy,
 )
 
@@ -44,3 +46,28 @@ def test_draw_bon_fixed_seed():
     assert all(len(set(x)) == 16 for x in a)
     with pytest.raises(ValueError, match="prompt 1"):
         draw_bon([20, 3], 16, seed=0)
+
+
+def test_draw_bon_takes_every_response_when_there_are_exactly_n():
+    assert np.array_equal(draw_bon([16], 16, seed=0)[0], np.arange(16))
+    with pytest.raises(ValueError, match="fewer than N=16"):
+        draw_bon([15], 16, seed=0)
+
+
+def test_head_metrics_on_eval_pairs_and_best_of_n():
+    from types import SimpleNamespace
+
+    import torch
+
+    from lens_ray.core.heads import LinearScorer
+    head = LinearScorer(torch.tensor([1.0, -1.0]))
+    eval_pos = np.array([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]], np.float32)     # rewards 2, -2, 0
+    eval_neg = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]], np.float32)     # rewards 0, 0, 0
+    assert head_accuracy(head, torch.tensor(eval_pos), torch.tensor(eval_neg)) == pytest.approx(0.5)
+    bon = np.array([[[0.0, 1.0], [3.0, 0.0]], [[-1.0, 0.0], [0.0, 2.0]]], np.float32)   # (Q=2, N=2, d)
+    gold = np.array([[0.1, 0.9], [0.7, 0.3]])
+    tables = SimpleNamespace(eval_pos=eval_pos, eval_neg=eval_neg, bon=bon, bon_gold=gold)
+    # prompt 0: rewards -1, 3 -> gold 0.9; prompt 1: rewards -1, -2 -> gold 0.7
+    assert head_metrics(head, tables) == pytest.approx({"accuracy": 0.5, "bon_gold": 0.8})
+    assert head_metrics(head, SimpleNamespace(eval_pos=eval_pos, eval_neg=eval_neg, bon=None, bon_gold=None)) == {
+        "accuracy": 0.5, "bon_gold": None}

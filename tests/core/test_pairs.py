@@ -52,3 +52,21 @@ def test_renumber_and_quarantine():
     assert q.summary() == "2 x 'responses[].gold: missing' (e.g. f.jsonl: row 3: field 'responses[2].gold': missing)"
     with pytest.raises(DataError, match="f.jsonl: line 9: field 'chosen': empty"):
         Quarantine("error", source="f.jsonl").reject("line 9", "chosen", "empty")
+
+
+def test_prompt_keys_are_16_hex_digits_of_the_messages():
+    from lens_ray.core.pairs import prompt_key
+    key = prompt_key([{"role": "user", "content": "hi"}])
+    assert len(key) == 16 and int(key, 16) >= 0                       # stored in fingerprints: never changes
+    assert key == prompt_key([{"content": "hi", "role": "user"}]) != prompt_key([{"role": "user", "content": "ho"}])
+
+
+def test_quarantine_summary_names_the_three_commonest_reasons():
+    from lens_ray.core.pairs import Quarantine
+    q = Quarantine()
+    for reason, n in (("a", 4), ("b", 3), ("c", 2), ("d", 1)):
+        for i in range(n):
+            q.reject(f"line {i}", "chosen", reason)
+    text = q.summary()
+    assert text.startswith("4 x 'chosen: a'") and "3 x 'chosen: b'" in text and "2 x 'chosen: c'" in text
+    assert "chosen: d" not in text

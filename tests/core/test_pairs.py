@@ -70,3 +70,8 @@ def test_quarantine_summary_names_the_three_commonest_reasons():
     text = q.summary()
     assert text.startswith("4 x 'chosen: a'") and "3 x 'chosen: b'" in text and "2 x 'chosen: c'" in text
     assert "chosen: d" not in text
+
+
+def test_a_small_set_still_keeps_one_validation_pair():
+    split = seed_splits(_pairs(4, per_prompt=1), 0.1, 1, split_seed=0)[0]     # 0.4 pairs rounds to none
+    assert len(split.val) == 1 and len(split.train) == 3

@@ -113,3 +113,30 @@ def test_relative_reconstruction_error_is_one_for_mean_decoder():
     for p in vae.decoder.parameters():
         torch.nn.init.zeros_(p)        # decoder outputs 0 = the standardized mean
     assert abs(relative_reconstruction_error(vae, e) - 1.0) < 0.05
+
+
+def test_mlp_puts_gelu_and_dropout_between_layers_only():
+    from lens_ray.core.vae import mlp
+    kinds = [type(m).__name__ for m in mlp([4, 8, 8, 2], dropout=0.1)]
+    assert kinds == ["Linear", "GELU", "Dropout", "Linear", "GELU", "Dropout", "Linear"]
+    assert [type(m).__name__ for m in mlp([4, 2])] == ["Linear"]
+
+
+def test_encode_clamps_logvar_and_forward_samples_mu_plus_sigma_eps():
+    from lens_ray.core.vae import PreferenceVAE, Standardizer
+    norm = Standardizer(6)
+    assert norm.fit(torch.randn(20, 6)) is norm
+    vae = PreferenceVAE(6, 2, (8,))
+    last = vae.encoder[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.5, -0.5, 100.0, -100.0]))      # mu (0.5, -0.5), logvar far out
+    e = torch.randn(3, 6)
+    mu, logvar = vae.encode(e)
+    assert torch.equal(logvar, torch.tensor([[8.0, -12.0]] * 3)) and torch.equal(mu, torch.tensor([[0.5, -0.5]] * 3))
+    torch.manual_seed(4)
+    x_hat, _, _ = vae(e)
+    torch.manual_seed(4)
+    z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+    assert torch.allclose(x_hat, vae.decode_std(z))
+    assert torch.allclose(vae(e, sample=False)[0], vae.decode_std(mu))

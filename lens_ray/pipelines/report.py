@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+from lens_ray.core.selection import OBJECTIVES
 from lens_ray.core.stats import mean_std, paired
 from lens_ray.store.storage import Storage
 
@@ -64,16 +65,16 @@ def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
 def selection_rows(selected: dict) -> tuple[list[str], list[list[str]]]:
     """The selection's k-fold table: every candidate, best first by the objective (mean ± standard error over
     folds); a Best-of-N gold column where the folds measured it."""
-    gold = any("kfold_bon_gold" in r for r in selected["candidates"])
-    key = "kfold_bon_gold" if selected.get("objective") == "bon_gold" else "kfold_accuracy"
+    gold = any(OBJECTIVES["bon_gold"][1] in r for r in selected["candidates"])
+    key = OBJECTIVES[selected.get("objective", "accuracy")][1]
     header = ["candidate", "k-fold accuracy", *(["k-fold Best-of-N gold"] if gold else []), "folds"]
     ranked = sorted(selected["candidates"], key=lambda r: -(r[key] if r.get(key) is not None else -1.0))
 
-    def fig(r: dict, mean: str, se: str) -> str:
+    def fig(r: dict, objective: str) -> str:
+        _, mean, se = OBJECTIVES[objective]
         return "failed" if r["status"] != "ok" else estimate(r[mean], r[se], len(r["folds"]))
     rows = [[("**" + r["candidate"] + "**") if r["candidate"] == selected["candidate"] else r["candidate"],
-             fig(r, "kfold_accuracy", "kfold_se"), *([fig(r, "kfold_bon_gold", "kfold_bon_gold_se")] if gold else []),
-             str(len(r["folds"]))] for r in ranked]
+             fig(r, "accuracy"), *([fig(r, "bon_gold")] if gold else []), str(len(r["folds"]))] for r in ranked]
     return header, rows
 
 
@@ -105,10 +106,9 @@ def selection_lines(report: dict) -> list[str]:
                           (f"mean_diff (layer {layer})", "mean_diff")):
         row = default_row(report, method, "mlp")
         if row and row["accuracy"]:
-            gain = (sel.get("versus") or {}).get(method)
+            gain = (sel.get("versus") or {}).get(method) or {}
             paired_by_seed = "; ".join(f"{name} {cell(gain[m], signed=True, spread='se')}"
-                                       for m, name in (("accuracy", "accuracy"), ("bon_gold", "gold"))
-                                       if gain and gain[m]) if gain else ""
+                                       for m, name in (("accuracy", "accuracy"), ("bon_gold", "gold")) if gain.get(m))
             lines.append(f"  beside {label}: held-out accuracy {cell(row['accuracy'])} over seeds"
                          + (f"; the pick's gain, paired by seed: {paired_by_seed}" if paired_by_seed else ""))
     worth = [f"{k} {estimate(v['mean'], v['se'], sel['folds'], signed=True)} (vs {v['versus']})"

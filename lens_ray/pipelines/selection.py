@@ -32,7 +32,7 @@ from lens_ray.core.selection import (
     stage_two,
     summarize,
 )
-from lens_ray.core.stats import paired, standard_error
+from lens_ray.core.stats import mean_std, paired, standard_error
 from lens_ray.data.embed import model_depth
 from lens_ray.store.artifacts import reuse_model, save_model
 from lens_ray.store.storage import Storage
@@ -140,6 +140,6 @@ def versus_fixed(selected: dict, results: list[dict]) -> dict[str, dict]:
                 and (head is None or r["head_kind"] == head)}
         if base:
             gains = {m: paired(mine, base, m) for m in ("accuracy", "bon_gold")}
-            out[method] = {m: {"mean": float(np.mean(g)), "se": standard_error(g) if len(g) > 1 else None,
-                               "n": len(g)} if g else None for m, g in gains.items()}   # no NaN in report.json
+            out[method] = {m: {**mean_std(g), "se": standard_error(g) if len(g) > 1 else None} if g else None
+                           for m, g in gains.items()}      # se None, not NaN, from one seed: report.json stays JSON
     return out

@@ -122,6 +122,7 @@ def tiny_llama(tmp_path_factory) -> str:
 
 FAST = ["--set", "vae.epochs=5", "--set", "reward.max_steps=30", "--set", "reward.eval_every=10",
         "--set", "embed.max_length=64", "--set", "embed.batch_size=16", "--set", "embed.dtype=float32",
+        "--set", "reward.linear_folds=3", "--set", "reward.linear_l2=0.01,1.0",   # 18 linear fits, not 90
         "--set", "selection.enabled=false"]        # local_run (the shared run) selects
 
 

@@ -7,6 +7,29 @@ from lens_ray.store.artifacts import read_pair_embeddings
 from lens_ray.store.storage import Manifest, Storage
 
 
+def test_gguf_dequantized_copy_is_read_again_and_embeds_identically():
+    """The first load of a GGUF model keeps a plain safetensors copy per dtype; later loads read it, and the
+    vectors are the same, bit for bit. It writes the session's own copy (LENS_RAY_MODEL_CACHE, set before Ray
+    starts), so the whole-job test below, which runs after it, loads in seconds instead of de-quantizing again."""
+    import os
+    import shutil
+
+    from lens_ray.data.embed import dequantized_copy, embed_ids, load_model, resolve_dtype, tokenize
+    dtype = resolve_dtype("auto", "cpu")                           # the dtype the job below embeds in
+    copy = dequantized_copy(resolve_model("smollm2"), dtype)
+    shutil.rmtree(copy, ignore_errors=True)                        # a copy from an earlier test is not the first load
+    prompts = [[{"role": "user", "content": "How do I bake bread?"}]] * 2
+    responses = ["Mix flour, water and yeast.", "I can't help with that."]
+    first = load_model("smollm2", dtype)
+    assert os.path.exists(os.path.join(copy, "model.safetensors"))
+    assert first.loaded_from.endswith(".gguf")                     # the first load de-quantized the GGUF file
+    again = load_model("smollm2", dtype)
+    assert again.loaded_from == copy                               # the second read the plain copy
+    a = embed_ids(first, tokenize(first, prompts, responses, 128).ids, "auto")
+    b = embed_ids(again, tokenize(again, prompts, responses, 128).ids, "auto")
+    assert np.array_equal(a, b) and a.shape == (2, 576)
+
+
 def test_smollm2_on_real_hh(ray_cluster, hh_path, tmp_path):
     report = run_main(["--data", str(hh_path), "--model", "smollm2", "--seed-pairs", "24", "--eval-pairs", "12",
                        "--seeds", "1", "--factors", "4", "--methods", "original,mean_diff,lens",
@@ -35,23 +58,3 @@ def test_smollm2_on_real_hh(ray_cluster, hh_path, tmp_path):
     prompts, responses = ["How do I bake bread?", "Say something rude."], ["Mix flour and water.", "No."]
     got = exported_logits(model.eval(), AutoTokenizer.from_pretrained(folder), prompts, responses).numpy()
     assert np.allclose(got, rm.score(prompts, responses), atol=1e-3)
-
-
-def test_gguf_dequantized_copy_is_read_again_and_embeds_identically(tmp_path, monkeypatch):
-    """The first load of a GGUF model keeps a plain safetensors copy per dtype; later loads read it, and the
-    vectors are the same, bit for bit."""
-    import os
-
-    from lens_ray.data.embed import dequantized_copy, embed_ids, load_model, resolve_model, tokenize
-    monkeypatch.setenv("LENS_RAY_MODEL_CACHE", str(tmp_path))
-    prompts = [[{"role": "user", "content": "How do I bake bread?"}]] * 2
-    responses = ["Mix flour, water and yeast.", "I can't help with that."]
-    first = load_model("smollm2", "bfloat16")
-    copy = dequantized_copy(resolve_model("smollm2"), "bfloat16")
-    assert os.path.exists(os.path.join(copy, "model.safetensors"))
-    assert first.loaded_from.endswith(".gguf")                     # the first load de-quantized the GGUF file
-    again = load_model("smollm2", "bfloat16")
-    assert again.loaded_from == copy                               # the second read the plain copy
-    a = embed_ids(first, tokenize(first, prompts, responses, 128).ids, "auto")
-    b = embed_ids(again, tokenize(again, prompts, responses, 128).ids, "auto")
-    assert np.array_equal(a, b) and a.shape == (2, 576)

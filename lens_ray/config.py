@@ -99,7 +99,7 @@ class VAEConfig:
     div_bound: str = setting("clamp", "bound of the divergence term: clamp -min(W2, div_max) or margin "
                              "relu(div_max - W2)", choices=("clamp", "margin"))
     div_max: float = setting(5.0, "W2 beyond which a pair is not pushed further apart", gt=0)
-    lr: float = setting(1e-3, "AdamW learning rate", gt=0)
+    lr: float = setting(1e-3, "AdamW learning rate", gt=0, lt=1e38)     # beyond float32, AdamW's step overflows
     weight_decay: float = setting(0.0, "AdamW weight decay", ge=0)
     epochs: int = setting(150, "passes over the seed pairs", ge=1)
     batch_pairs: int = setting(128, "pairs per optimizer step", ge=1)
@@ -132,7 +132,7 @@ class RewardConfig:
     depth: int = setting(1, "MLP head: hidden layers", ge=1, le=16)
     dropout: float = setting(0.1, "MLP head: dropout", ge=0, lt=1)
     weight_decay: float = setting(0.01, "MLP head: AdamW weight decay", ge=0)
-    lr: float = setting(1e-3, "MLP head: AdamW learning rate", gt=0)
+    lr: float = setting(1e-3, "MLP head: AdamW learning rate", gt=0, lt=1e38)
     max_steps: int = setting(600, "MLP head: optimizer steps, the same budget for every method", ge=1)
     batch_size: int = setting(64, "MLP head: pairs per step", ge=1)
     eval_every: int = setting(25, "MLP head: steps between validation checks", ge=1)

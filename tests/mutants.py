@@ -1,14 +1,20 @@
 """Mutation testing of the math (`make mutants`): does a wrong `lens_ray/core` fail its tests?
 
 Each mutant changes one thing in one module of `lens_ray/core` - an arithmetic or comparison operator, a
-boolean operator, a negation, a numeric constant, a returned value - and runs that module's fast tests
-(tests/core/test_<module>.py, else all of tests/core) against it. A mutant is killed when a test fails (or
-hangs past three times the suite's clean time); a survivor is a change no test notices. The report ends with
-one line, `mutants: K killed of N (P%)`, after the survivors, each as file:line and the change; known
-equivalent mutants (docs/mutants.md) are listed apart and not counted against the score.
+boolean operator, a negation, a numeric constant, a returned value - and runs the fast tests (tests/core) that
+execute the mutated statement against it. A mutant is killed when a test fails (or hangs past three times
+those tests' clean time); a survivor is a change no test notices. The report ends with one line,
+`mutants: K killed of N (P%)`, after the survivors, each as file:line and the change; known equivalent
+mutants (docs/mutants.md) are listed apart and not counted against the score.
 
-    python tests/mutants.py [--modules vae,synth] [--jobs 2] [--out bench/mutants.json]
+    python tests/mutants.py [--modules vae,synth] [--tests tests/core/test_vae.py] [--jobs 2]
+                             [--out bench/mutants.json]
 
+Which tests: one clean run of tests/core first records, per test, the lines of lens_ray/core it executes
+(its fixtures' lines included, whatever their scope). A mutant inside a function runs only the tests that
+execute its statement, fastest first, and stops at the first failure; a statement no test executes is a
+survivor without a run. A mutant of what runs at import (module constants, defaults, decorators) runs its
+module's own test files (`tests_for`), since every test executes imports before tracing starts.
 Speed: torch, numpy and pytest are imported once; each mutant runs in a forked child that installs the
 mutated module before anything imports it, so every importer sees the mutant.
 """
@@ -23,6 +29,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "lens_ray" / "core"
@@ -43,6 +51,7 @@ class Mutant:
     col: int
     change: str          # what was changed, in words
     source: str          # the mutated module's source
+    lines: range | None  # the enclosing statement's lines inside a function; None: it runs at import
 
     @property
     def key(self) -> str:
@@ -98,16 +107,44 @@ def mutants(module: str) -> list[Mutant]:
     tree = ast.parse(source)
     out = []
     points = list(_mutations(tree))
+    where = _statements(tree)
     for i in range(len(points)):
         mutated = ast.parse(source)                           # a fresh tree; walk it in the same order
         target, new, change = list(_mutations(mutated))[i]
+        lines = where.get(id(points[i][0]))
         _replace(mutated, target, new)
         try:
             text = ast.unparse(mutated)
             compile(text, str(path), "exec")
         except (SyntaxError, ValueError):
             continue
-        out.append(Mutant(module, target.lineno, target.col_offset, change, text))
+        out.append(Mutant(module, target.lineno, target.col_offset, change, text, lines))
+    return out
+
+
+def _statements(tree: ast.Module) -> dict[int, range]:
+    """id(node) -> the lines of its innermost enclosing statement, for nodes that run when a function body runs
+    (not in a def's header: defaults and decorators run at import; nor at module or class level)."""
+    out: dict[int, range] = {}
+
+    def walk(node, stmt, in_body):
+        for name, value in ast.iter_fields(node):
+            for child in value if isinstance(value, list) else [value]:
+                if not isinstance(child, ast.AST):
+                    continue
+                body = in_body and not (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                                        and name != "body")
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and name == "body":
+                    body = True
+                if isinstance(node, ast.ClassDef) and name == "body":
+                    body = False                               # a class body runs at import
+                inner = child if isinstance(child, ast.stmt) else stmt
+                if body and stmt is not None and not isinstance(child, ast.stmt):
+                    out[id(child)] = range(stmt.lineno, stmt.end_lineno + 1)
+                if body and isinstance(child, ast.stmt):
+                    out[id(child)] = range(child.lineno, child.end_lineno + 1)
+                walk(child, inner, body)
+    walk(tree, None, False)
     return out
 
 
@@ -132,6 +169,99 @@ def tests_for(module: str) -> list[str]:
     own = TESTS / f"test_{module}.py"
     named = [ROOT / "tests" / t for t in SHARED.get(module, [])]
     return [str(p) for p in ([own] if own.exists() else []) + named if p.exists()] or [str(TESTS)]
+
+
+class _Coverage:
+    """A pytest plugin: per test, the (module, line) pairs of lens_ray/core it executes; per fixture, what its
+    setup executes (a module-scoped fixture runs in its first test's setup only, yet every user relies on it)."""
+
+    def __init__(self):
+        self.stack: list[set] = []
+        self.tests: dict[str, set] = {}
+        self.fixtures: dict[str, set] = {}
+        self.uses: dict[str, list[str]] = {}
+        self.seconds: dict[str, float] = {}
+        self.failed = 0
+        prefix = str(CORE) + os.sep
+
+        def local(frame, event, arg):
+            if event == "line" and self.stack:
+                self.stack[-1].add((frame.f_code.co_filename[len(prefix):-3], frame.f_lineno))
+            return local
+
+        def trace(frame, event, arg):
+            return local if frame.f_code.co_filename.startswith(prefix) else None
+        self.trace = trace
+
+    def _push(self):
+        self.stack.append(set())
+
+    def _pop(self) -> set:
+        got = self.stack.pop()
+        if self.stack:
+            self.stack[-1] |= got
+        return got
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef, request):
+        self._push()
+        try:
+            yield
+        finally:
+            self.fixtures.setdefault(fixturedef.argname, set()).update(self._pop())
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item, nextitem):
+        self._push()
+        t0 = time.time()
+        try:
+            yield
+        finally:
+            self.seconds[item.nodeid] = time.time() - t0
+            self.tests[item.nodeid] = self._pop()
+            self.uses[item.nodeid] = list(item.fixturenames)
+
+    def pytest_runtest_logreport(self, report):
+        self.failed += report.failed
+
+    def covered(self) -> dict[str, list]:
+        return {t: sorted(lines.union(*(self.fixtures.get(f, set()) for f in self.uses[t])))
+                for t, lines in self.tests.items()}
+
+
+def coverage(paths: list[str]) -> tuple[dict[str, set], dict[str, float]]:
+    """One clean run of the tests (paths) in a forked child: {test id: {(module, line)}}, {test id: seconds}."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 1)
+                os.dup2(devnull, 2)
+                import threading
+                cov = _Coverage()
+                sys.settrace(cov.trace)
+                threading.settrace(cov.trace)
+                code = pytest.main(["-q", "-p", "no:cacheprovider", "-p", "no:randomly", *paths], plugins=[cov])
+                sys.settrace(None)
+                Path(out.name).write_text(json.dumps({"code": int(code), "failed": cov.failed,
+                                                      "covered": cov.covered(), "seconds": cov.seconds}))
+                os._exit(0)
+            except BaseException:
+                os._exit(99)
+        _, status = os.waitpid(pid, 0)
+        data = json.loads(Path(out.name).read_text() or "{}")
+    if os.waitstatus_to_exitcode(status) != 0 or data.get("code") != 0:
+        raise SystemExit(f"{' '.join(paths)} fail without a mutant (or could not be traced); fix them first")
+    return {t: {tuple(x) for x in v} for t, v in data["covered"].items()}, data["seconds"]
+
+
+def chosen_tests(m: Mutant, covered: dict[str, set], seconds: dict[str, float]) -> list[str]:
+    """The tests that execute a mutant's statement, fastest first (none: no test runs it)."""
+    hit = [t for t, lines in covered.items() if any((m.module, n) in lines for n in m.lines)]
+    return sorted(hit, key=seconds.__getitem__)
 
 
 def _run(tests: list[str], mutant: Mutant | None) -> int:
@@ -171,6 +301,8 @@ def _progress(results: dict[str, bool], total: int, t0: float, key: str) -> None
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--modules", help="comma-separated modules of lens_ray/core (default: all)")
+    ap.add_argument("--tests", help="comma-separated test files or folders to run against the mutants "
+                    "(default: tests/core)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=str(ROOT / "bench" / "mutants.json"))
     args = ap.parse_args()
@@ -181,20 +313,29 @@ def main() -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     modules = args.modules.split(",") if args.modules else sorted(p.stem for p in CORE.glob("*.py")
                                                                   if p.stem != "__init__")
+    os.chdir(ROOT)                                   # test ids are relative to the project's root
     equivalent = EQUIVALENT.read_text() if EQUIVALENT.exists() else ""
-    todo, clean = [], {}
+    t0 = time.time()
+    paths = args.tests.split(",") if args.tests else [str(TESTS.relative_to(ROOT))]
+    covered, seconds = coverage(paths)
+    print(f"{','.join(paths)} traced: {len(covered)} tests, {time.time() - t0:.0f} s", flush=True)
+    todo, clean, results, unrun = [], {}, {}, []
     for module in modules:
-        tests = tests_for(module)
-        key = " ".join(tests)
-        if key not in clean:
-            t0 = time.time()
-            _, status = os.waitpid(_run(tests, None), 0)
-            if os.waitstatus_to_exitcode(status) != 0:
-                raise SystemExit(f"the tests of {module} fail without a mutant; fix them first")
-            clean[key] = time.time() - t0
-        todo += [(m, tests, 3 * clean[key] + 10) for m in mutants(module)]
-    print(f"{len(todo)} mutants of {len(modules)} modules; {args.jobs} at once", flush=True)
-    results, running, t0 = {}, {}, time.time()
+        for m in mutants(module):
+            if m.lines is None:                          # runs at import: the module's own test files
+                tests = paths if args.tests else tests_for(module)
+                key = " ".join(tests)
+                if key not in clean:
+                    clean[key] = sum(v for t, v in seconds.items() if t.split("::")[0] in key) + 5
+                todo.append((m, tests, 3 * clean[key] + 10))
+            elif tests := chosen_tests(m, covered, seconds):
+                todo.append((m, tests, 3 * sum(seconds[t] for t in tests) + 15))
+            else:
+                results[m.key] = False                   # no test executes it: a survivor without a run
+                unrun.append(m.key)
+    print(f"{len(todo) + len(unrun)} mutants of {len(modules)} modules ({len(unrun)} in code no test runs); "
+          f"{args.jobs} at once", flush=True)
+    running, t0 = {}, time.time()
     while todo or running:
         while todo and len(running) < args.jobs:
             m, tests, limit = todo.pop(0)
@@ -216,11 +357,12 @@ def main() -> None:
     counted = {k: v for k, v in results.items() if k not in known}
     killed = sum(counted.values())
     for k in survivors:
-        print(("equivalent  " if k in known else "SURVIVED    ") + k)
+        print(("equivalent  " if k in known else "SURVIVED    ") + k + ("  (no test runs it)" if k in unrun else ""))
     pct = 100.0 * killed / max(1, len(counted))
     Path(args.out).write_text(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M"), "modules": modules,
                                           "mutants": len(counted), "killed": killed, "equivalent": known,
                                           "survivors": [k for k in survivors if k not in known],
+                                          "not_run_by_any_test": [k for k in unrun if k not in known],
                                           "seconds": round(time.time() - t0, 1)}, indent=1))
     print(f"mutants: {killed} killed of {len(counted)} ({pct:.1f}%)")
 

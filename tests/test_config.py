@@ -42,6 +42,7 @@ def test_errors_name_the_field(tmp_path):
     ("synth.noise_var", "nan", "synth.noise_var: must be a finite number"),
     ("synth.noise_var", "0", "synth.noise_var: must be > 0"),
     ("vae.lr", "inf", "vae.lr: must be a finite number"),
+    ("reward.lr", "1e39", "reward.lr: must be < 1e.38, got 1e.39"),
     ("reward.max_steps", "0", "reward.max_steps: must be >= 1"),
     ("reward.dropout", "1.0", "reward.dropout: must be < 1"),
     ("data.val_fraction", "1", "data.val_fraction: must be < 1"),

@@ -112,6 +112,33 @@ def test_a_diverging_head_is_marked_failed_never_a_result():
     fit = fit_head(cfg, PairSet(pos, neg), PairSet(pos[:20], neg[:20]), 0, pos, neg)
     assert fit.failure is not None and "non-finite" in fit.failure
     assert fit.failure == f"non-finite loss at step {fit.steps}" and len(fit.history) <= fit.steps // 10
+    assert fit.best_step == 0                                           # no step of it is a result
+
+
+def test_a_tie_with_the_best_is_no_improvement():
+    """Early stopping counts an evaluation that only equals the best as a bad one, and keeps the first best."""
+    pos, neg = _pairs(100, signal=5.0)
+    vpos, vneg = _pairs(10, seed=1, signal=5.0)
+    cfg = RewardConfig(hidden_dim=8, max_steps=200, eval_every=5, patience=3)
+    fit = fit_head(cfg, PairSet(pos, neg), PairSet(vpos, vneg), 0, pos, neg)
+    firsts = [h["step"] for h in fit.history if h["val_acc"] == fit.best_val_acc]
+    assert len(firsts) > 1                                              # the best is reached, then tied
+    assert fit.best_step == firsts[0] and fit.steps == fit.best_step + cfg.patience * cfg.eval_every
+
+
+def test_a_head_whose_weights_turn_non_finite_is_failed(monkeypatch):
+    real = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):                                    # a step that leaves NaN in the weights
+        out = real(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].fill_(float("nan"))
+        return out
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    pos, neg = _pairs(50)
+    fit = fit_head(RewardConfig(hidden_dim=8, max_steps=1, eval_every=1), PairSet(pos, neg),
+                   PairSet(pos[:10], neg[:10]), 0, pos, neg)
+    assert fit.failure == "non-finite weights" and (fit.best_step, fit.steps) == (1, 1)
 
 
 def test_a_diverging_vae_raises_naming_the_epoch():

@@ -148,3 +148,15 @@ def test_folds_hold_whole_prompts_in_equal_shares():
         assert len({fold[i] for i, x in enumerate(groups) if x == g}) == 1
     assert sorted(np.bincount(fold).tolist()) == [15, 15, 15, 15]        # 5 prompts a fold
     assert not np.array_equal(fold, fold_of_rows(groups, 4, seed=2))
+
+
+def test_the_design_is_scored_on_held_out_prompts_not_its_training_pairs():
+    """Pure noise with more dimensions than pairs: a weak penalty separates its training pairs perfectly, yet
+    the k-fold accuracy, measured on the held fold, stays near a coin's."""
+    g = torch.Generator().manual_seed(3)
+    pos, neg = torch.randn(60, 100, generator=g), torch.randn(60, 100, generator=g)
+    cfg = RewardConfig(linear_norms=("none",), linear_l2=(1e-4,), linear_shrink=(0.0,))
+    fit = fit_linear_head(cfg, pos, neg, torch.ones(60), np.arange(60), torch.ones(60, dtype=torch.bool),
+                          [str(i) for i in range(60)], seed=0)
+    assert _accuracy(fit.head.w.double(), pos.double(), neg.double()) == 1.0            # in-sample
+    assert fit.cv_accuracy < 0.75

@@ -7,6 +7,8 @@ from lens_ray.core.pairs import (
     Pair,
     Quarantine,
     group_rows,
+    inner_split,
+    kfold_by_group,
     prompt_fingerprints,
     prompt_key,
     renumber,
@@ -75,3 +77,18 @@ def test_quarantine_summary_names_the_three_commonest_reasons():
 def test_a_small_set_still_keeps_one_validation_pair():
     split = seed_splits(_pairs(4, per_prompt=1), 0.1, 1, split_seed=0)[0]     # 0.4 pairs rounds to none
     assert len(split.val) == 1 and len(split.train) == 3
+
+
+def test_k_prompts_make_k_folds_and_the_largest_prompts_are_dealt_first():
+    assert sorted(len(f) for f in kfold_by_group(["a", "b", "c"], 3, seed=0)) == [1, 1, 1]
+    # one prompt of 3 rows and three of 1: largest first balances 3 | 3 (smallest first would give 2 | 4)
+    folds = kfold_by_group(["a", "a", "a", "b", "c", "d"], 2, seed=0)
+    assert sorted(len(f) for f in folds) == [3, 3] and sorted(np.concatenate(folds).tolist()) == list(range(6))
+
+
+def test_inner_split_takes_just_enough_prompts_and_never_none():
+    groups = [f"q{i}" for i in range(20)]
+    tr, va = inner_split(groups, np.arange(20), 0.25, np.random.default_rng(0))
+    assert len(va) == 5 and len(tr) == 15                          # 5 one-row prompts, not one more
+    tr, va = inner_split(groups, np.arange(5), 0.05, np.random.default_rng(0))
+    assert len(va) == 1 and len(tr) == 4                           # 0.25 rows rounds to none: one all the same

@@ -78,8 +78,12 @@ def test_default_point_is_the_runs_own_lens_settings_and_can_be_enqueued():
     assert point["factor"] == 8 and point["reward.max_steps"] == 100
     first = _points(base.tune, 1, enqueue=point, base=base)[0]
     assert first == point
-    cfg, method, factor, _ = apply_point(base, point)
-    assert (method, factor) == ("lens", 8) and cfg == base     # measuring the default changes nothing
+    cfg, method, factor, source = apply_point(base, point)
+    assert (method, factor, source) == ("lens", 8, 0) and cfg == base   # measuring the default changes nothing
+    base.tune.heads, base.reward.heads = ("mlp", "linear"), ("linear",)
+    assert default_point(base, 1)["reward.heads"] == "linear"           # the run's own head, where searched
+    base.reward.heads = ("paper",)
+    assert default_point(base, 1)["reward.heads"] == "mlp"              # else the search's first
 
 
 def test_tuned_overrides_reach_a_run_config():
@@ -184,3 +188,25 @@ def test_test_choice_scores_each_seed_on_the_test_data():
     rows = score_choice(_small_cfg(), "lens", 2, pairs, emb, seeds=2)
     assert [r["seed"] for r in rows] == [0, 1]
     assert all(r["accuracy"] > 0.6 and gold.max(1).mean() >= r["bon_gold"] >= gold.min(1).mean() for r in rows)
+
+
+def test_the_space_is_the_documented_one():
+    """docs/search-and-curves.md's table of knobs and values is what `suggest` draws, for every method."""
+    import re
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "search-and-curves.md").read_text()
+    table = {m[0]: m[2] for m in re.findall(r"\| `([\w.]+)` \| ([^|]+) \| ([^|]+) \|", doc)}
+    drawn = {}
+    for method in ("lens", "direct_perturbation", "gaussian_sampling"):
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        trial = study.ask()
+        suggest(trial, TuneConfig(methods=(method,)), 1, LensConfig())
+        drawn.update(trial.distributions)
+    shown = {}
+    for name, d in drawn.items():
+        if isinstance(d, optuna.distributions.FloatDistribution):
+            shown[name] = f"{d.low} to {d.high}" + (", log" if d.log else "")
+        else:
+            shown[name] = ("; " if name == "vae.hidden_dims" else ", ").join(str(c) for c in d.choices)
+    assert {k: v.strip() for k, v in table.items()} == {k: v for k, v in shown.items()
+                                                        if k not in ("method", "factor", "reward.heads")}

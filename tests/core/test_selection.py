@@ -9,6 +9,7 @@ import torch
 from lens_ray.config import LensConfig
 from lens_ray.core.fit import NonFiniteError
 from lens_ray.core.heads import mean_diff_head, rewards
+from lens_ray.core.search import fit_method
 from lens_ray.core.selection import (
     Candidate,
     candidate_layers,
@@ -89,6 +90,40 @@ def test_fold_scores_fit_every_candidate_of_a_layer():
     assert scores == fold_scores(cfg, cands, pos, neg, groups, split, 1)     # seeded: the same again
 
 
+def test_each_candidate_gets_its_own_head_kind_and_a_fold_fits_one_vae(monkeypatch):
+    """A linear candidate is fitted as a linear head and an MLP one as an MLP; LENS's VAE is fitted once per
+    fold and handed to its candidates (fitting one per candidate gives the same numbers at many times the cost),
+    and no other method fits one."""
+    import lens_ray.core.search as search
+    import lens_ray.core.selection as selection
+    calls, vaes = [], []
+    real_method, real_vae = selection.fit_method, selection.fit_vae
+
+    def method(cfg, name, factor, *args):
+        calls.append((cfg.reward.heads[0], name, factor, args[-1] is not None))
+        return real_method(cfg, name, factor, *args)
+
+    def vae(*args):
+        vaes.append(1)
+        return real_vae(*args)
+
+    def no_vae(*args):
+        raise AssertionError("fit_method fitted a VAE of its own")
+    monkeypatch.setattr(selection, "fit_method", method)
+    monkeypatch.setattr(selection, "fit_vae", vae)
+    monkeypatch.setattr(search, "fit_vae", no_vae)
+    pos, neg = _separable(40)
+    cfg = LensConfig()
+    cfg.vae.epochs, cfg.vae.latent_dim, cfg.reward.max_steps, cfg.reward.eval_every = 2, 4, 10, 10
+    cands = stage_one([(-1,)], ("linear", "mlp")) + \
+        stage_two([Candidate((-1,), "mlp")], ("lens", "direct_perturbation"), (2, 4))
+    fold_scores(cfg, cands, pos, neg, _groups(40), fold_splits(_groups(40), 4, 0.2, seed=0)[0], 0)
+    assert calls == [("linear", "original", 1, False), ("mlp", "original", 1, False), ("mlp", "lens", 2, True),
+                     ("mlp", "lens", 4, True), ("mlp", "direct_perturbation", 2, False),
+                     ("mlp", "direct_perturbation", 4, False)]
+    assert len(vaes) == 1
+
+
 def test_a_diverging_fit_is_none_not_an_error():
     pos, neg = _separable(40)
     cfg = LensConfig()
@@ -167,6 +202,30 @@ def test_refit_mean_diff_and_linear_use_every_seed_pair_the_mlp_keeps_val():
     cfg.reward.max_steps, cfg.reward.eval_every = 30, 10
     mlp = refit(cfg, Candidate((-1,), "mlp"), pos, neg, _groups(60), train, val, 0)
     assert mlp.config()["dim"] == 8
+    cfg.reward.heads = ("mlp",)
+    t = lambda idx: (torch.from_numpy(pos[idx]), torch.from_numpy(neg[idx]))  # noqa: E731
+    alone = fit_method(cfg, "original", 1, *t(train), *t(val), 0, [_groups(60)[i] for i in train])
+    assert np.array_equal(rewards(mlp, e), rewards(alone, e))           # fitted on train only, val kept apart
+
+
+def test_the_one_standard_error_bar_is_inclusive_and_no_spread_means_no_tolerance():
+    mlp, md = _row(-1, "mlp", [0.75, 0.75]), _row(-1, "mean_diff", [0.5, 0.5])
+    mlp["kfold_se"] = 0.25                                              # exactly one se above mean_diff
+    assert choose([mlp, md])["candidate"] == "layer -1 mean_diff"
+    for se in (None, float("nan")):                                     # one fold: no spread, no tolerance
+        mlp["kfold_se"] = se
+        assert choose([mlp, md])["candidate"] == "layer -1 mlp"
+    # of equally simple candidates within one se, the higher estimate
+    a, b = _row(-1, "linear", [0.70, 0.72, 0.74]), _row(-10, "linear", [0.71, 0.73, 0.75])
+    assert choose([a, b])["candidate"] == "layer -10 linear" and choose([b, a])["candidate"] == "layer -10 linear"
+
+
+def test_no_gain_is_paired_with_a_failed_candidate_nor_a_layer_lever_at_the_runs_own_layer():
+    ok, failed = _row(-1, "mlp", [0.7, 0.8]), _row(-10, "mlp", [0.6, None])
+    assert paired_gain(ok, failed) is None and paired_gain(failed, ok) is None
+    at_run = _row(-1, "linear", [0.7, 0.8])
+    assert levers([ok, at_run], at_run, (-1,))["layer"] is None
+    assert levers([ok, at_run], at_run, (-1,))["head"] is None                # no mean_diff to compare with
 
 
 def test_mean_diff_is_the_simplest_of_all():

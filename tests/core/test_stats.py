@@ -21,3 +21,12 @@ def test_paired_differences_over_shared_keys():
     rows = {0: {"a": 0.7}, 1: {"a": 0.6}, 2: {"a": None}, 3: {"a": 0.9}}
     base = {0: {"a": 0.5}, 1: {"a": 0.65}, 2: {"a": 0.1}}
     assert [round(d, 6) for d in paired(rows, base, "a")] == [0.2, -0.05]
+
+
+def test_standard_error_of_one_value_is_nan_without_numpy_warnings():
+    """One seed has no spread: nan, said without numpy's 'degrees of freedom' warning in every report."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(standard_error([0.5])) and math.isnan(standard_error([]))
+        assert standard_error([1.0, 3.0]) == 1.0

@@ -1,10 +1,14 @@
 import math
 
+import pytest
 import torch
 
 from lens_ray.core.vae import (
+    MAX_PARAMS,
+    MAX_WIDTH,
     PreferenceVAE,
     bounded_divergence,
+    bounded_sizes,
     kl_to_standard_normal,
     lens_vae_loss,
     log_normal_density,
@@ -59,6 +63,26 @@ def test_w2_closed_form():
     w = w2_diag_gaussians(mu, same, mu_a, same)
     w.sum().backward()
     assert torch.isfinite(mu.grad).all()
+
+
+def test_w2_of_shifted_means_and_of_a_batch_over_leading_dims():
+    mu_a, mu_b, same = torch.tensor([[1.0, -1.0]]), torch.tensor([[4.0, 3.0]]), torch.zeros(1, 2)
+    assert math.isclose(float(w2_diag_gaussians(mu_a, same, mu_b, same)), 5.0, rel_tol=1e-6)   # the difference
+    g = torch.Generator().manual_seed(0)
+    a, la, b, lb = (torch.randn(2, 3, 4, generator=g) for _ in range(4))      # (..., k): a (2, 3) batch
+    w = w2_diag_gaussians(a, la, b, lb)
+    assert w.shape == (2, 3)
+    want = ((a - b).pow(2).sum(-1) + ((0.5 * la).exp() - (0.5 * lb).exp()).pow(2).sum(-1)).sqrt()
+    assert torch.allclose(w, want, atol=1e-5)
+
+
+def test_cosine_reconstruction_over_leading_dims():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, 4, generator=g)
+    per = reconstruction(x, y, "cosine", "mean")
+    assert per.shape == (2, 3)
+    assert torch.allclose(per, 1 - (x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1)), atol=1e-6)
+    assert torch.allclose(reconstruction(x, y, "cosine", "sum"), 4 * per)
 
 
 def test_divergence_is_bounded():
@@ -140,3 +164,15 @@ def test_encode_clamps_logvar_and_forward_samples_mu_plus_sigma_eps():
     z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
     assert torch.allclose(x_hat, vae.decode_std(z))
     assert torch.allclose(vae(e, sample=False)[0], vae.decode_std(mu))
+
+
+def test_sizes_read_from_storage_are_bounded_exactly():
+    """A stored config's sizes: positive ints up to MAX_WIDTH, at most max_layers + 2 of them, and at most
+    MAX_PARAMS weights between consecutive layers - each bound allowed exactly, refused one past it."""
+    bounded_sizes("x", [1, MAX_WIDTH], max_layers=0)
+    bounded_sizes("x", [MAX_WIDTH, MAX_PARAMS // MAX_WIDTH], max_layers=0)           # exactly MAX_PARAMS
+    bounded_sizes("x", [4] * 5, max_layers=3)
+    for sizes, layers in (([0, 4], 1), ([MAX_WIDTH + 1, 1], 1), ([4] * 6, 3), ([4, True], 1), ([4, 2.0], 1),
+                          ([MAX_WIDTH, MAX_PARAMS // MAX_WIDTH + 1], 0), ([1, MAX_WIDTH, 1025], 1)):
+        with pytest.raises(ValueError, match="^x: sizes"):
+            bounded_sizes("x", sizes, max_layers=layers)

@@ -13,8 +13,10 @@ from lens_ray.core.records import Embedded
 from lens_ray.core.search import (
     apply_point,
     default_point,
+    describe_point,
     paired_unit,
     score_choice,
+    score_point,
     suggest,
     summarize_units,
     tuned_overrides,
@@ -188,6 +190,19 @@ def test_test_choice_scores_each_seed_on_the_test_data():
     rows = score_choice(_small_cfg(), "lens", 2, pairs, emb, seeds=2)
     assert [r["seed"] for r in rows] == [0, 1]
     assert all(r["accuracy"] > 0.6 and gold.max(1).mean() >= r["bon_gold"] >= gold.min(1).mean() for r in rows)
+    # a point's test rows: its settings and seeds; `original` at factor 1 whatever the point's factor
+    cfg = _small_cfg()
+    cfg.tune.test_seeds = 1
+    point = {"method": "direct_perturbation", "factor": 4, "synth.dp_noise_var": 0.05}
+    assert score_point(cfg, point, "original", pairs, emb) == score_choice(cfg, "original", 1, pairs, emb, seeds=1)
+    tuned, _, _, _ = apply_point(cfg, point)
+    assert score_point(cfg, point, "direct_perturbation", pairs, emb) == \
+        score_choice(tuned, "direct_perturbation", 4, pairs, emb, seeds=1)
+
+
+def test_a_point_in_one_line():
+    point = {"method": "lens", "factor": 4, "vae.beta": 0.5, "vae.gamma": 0.123456, "vae.latent_dim": 16}
+    assert describe_point(point) == "lens x4 [beta=0.5, gamma=0.123, latent_dim=16]"
 
 
 def test_the_space_is_the_documented_one():

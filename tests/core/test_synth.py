@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from lens_ray.config import SynthConfig
+from lens_ray.core.rng import NOISE, pair_normals
 from lens_ray.core.synth import combinatorial_pairs, gather_pairs, lens_synthesize, perturb_and_select, synth_per_side
 from lens_ray.core.vae import PreferenceVAE
 
@@ -103,3 +104,31 @@ def test_gather_pairs():
     p, n, orig = gather_pairs(pos, neg, sp, sn, pairs)
     assert p.shape == (8, 3) and orig.sum() == 2
     assert set(p[:, 0].tolist()) == {0.0, 2.0} and set(n[:, 0].tolist()) == {1.0, 3.0}
+
+
+def test_a_factor_below_one_is_refused():
+    with pytest.raises(ValueError, match="factor must be >= 1"):
+        synth_per_side(0)
+
+
+def test_sample_encoding_perturbs_a_posterior_draw():
+    mu, logvar = torch.full((2, 3), 1.0), torch.full((2, 3), float(np.log(4.0)))   # sigma 2
+    eps = torch.randn(2, 2, 3, generator=torch.Generator().manual_seed(0))            # m = 1 draw + the sample
+    kept, z = perturb_and_select(mu, logvar, eps, 1, SynthConfig(noise_var=0.0, oversample=1, encode="sample"))
+    assert torch.allclose(z, mu + 2.0 * eps[:, 1]) and torch.allclose(kept[:, 0], z)
+
+
+def test_lens_draws_are_each_pairs_own_normals_and_none_for_k_zero():
+    """Each pair's draws are its own generator's (2 sides, m + 1, latent) normals: the output is the decoding
+    of perturb_and_select over exactly those, whatever else is in the batch."""
+    vae, d = _vae(), 12
+    pos, neg = torch.randn(3, d), torch.randn(3, d)
+    ids, cfg = np.array([5, 9, 11]), SynthConfig(noise_var=0.5, oversample=1)
+    sp, sn = lens_synthesize(vae, pos, neg, ids, 2, cfg, seed=7)
+    eps = torch.from_numpy(pair_normals(7, NOISE, ids, (2, 3, 4)))
+    with torch.no_grad():
+        for side, (e, got) in enumerate(((pos, sp), (neg, sn))):
+            kept, _ = perturb_and_select(*vae.encode(e), eps[:, side], 2, cfg)
+            assert torch.allclose(got, vae.decode(kept), atol=1e-6)
+    none_p, none_n = lens_synthesize(vae, pos, neg, ids, 0, cfg, seed=7)
+    assert none_p.shape == none_n.shape == (3, 0, d)

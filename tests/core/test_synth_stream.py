@@ -42,3 +42,17 @@ def test_slot_zero_is_the_real_embedding():
     for row, (a, b) in enumerate(zip(ids["a"], ids["b"])):
         assert torch.equal(sp[row], pos[0]) == (a == 0)
         assert torch.equal(sn[row], neg[0]) == (b == 0)
+
+
+def test_units_past_the_sources_wrap_around_them():
+    """Unit u synthesizes from source u mod n: its real slot (a == 0 or b == 0) is that source's embedding."""
+    aug, pos, neg = _aug()
+    n = len(pos)
+    ids = seeded_pairs(0, 8 * (n + 2), n, 2)
+    assert ids["unit"].max() >= n + 1
+    sp, sn = decode_seeded(aug, pos, neg, ids["unit"], ids["a"], ids["b"], 2)
+    for row, (u, a, b) in enumerate(zip(ids["unit"], ids["a"], ids["b"])):
+        if a == 0:
+            assert torch.equal(sp[row], pos[u % n])
+        if b == 0:
+            assert torch.equal(sn[row], neg[u % n])

@@ -76,13 +76,15 @@ def test_w2_of_shifted_means_and_of_a_batch_over_leading_dims():
     assert torch.allclose(w, want, atol=1e-5)
 
 
-def test_cosine_reconstruction_over_leading_dims():
+def test_reconstruction_over_leading_dims():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, 4, generator=g)
     per = reconstruction(x, y, "cosine", "mean")
     assert per.shape == (2, 3)
     assert torch.allclose(per, 1 - (x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1)), atol=1e-6)
     assert torch.allclose(reconstruction(x, y, "cosine", "sum"), 4 * per)
+    assert torch.allclose(reconstruction(x, y, "mse", "sum"), (x - y).pow(2).sum(-1))           # (2, 3) too
+    assert torch.allclose(reconstruction(x, y, "mse", "mean"), (x - y).pow(2).mean(-1))
 
 
 def test_divergence_is_bounded():
@@ -176,3 +178,21 @@ def test_sizes_read_from_storage_are_bounded_exactly():
                           ([MAX_WIDTH, MAX_PARAMS // MAX_WIDTH + 1], 0), ([1, MAX_WIDTH, 1025], 1)):
         with pytest.raises(ValueError, match="^x: sizes"):
             bounded_sizes("x", sizes, max_layers=layers)
+
+
+def test_encode_over_leading_dims_and_a_stored_config_round_trip():
+    torch.manual_seed(0)
+    vae = PreferenceVAE(6, 2, (8, 4)).eval()
+    vae.norm.fit(torch.randn(50, 6))
+    e = torch.randn(2, 3, 6)
+    mu, logvar = vae.encode(e)                                      # (..., d) -> (..., k)
+    flat_mu, flat_lv = vae.encode(e.reshape(6, 6))
+    assert mu.shape == logvar.shape == (2, 3, 2)
+    assert torch.allclose(mu.reshape(6, 2), flat_mu) and torch.allclose(logvar.reshape(6, 2), flat_lv)
+    again = PreferenceVAE.from_config(vae.config())
+    assert again.config() == {"dim": 6, "latent_dim": 2, "hidden_dims": [8, 4]}
+    PreferenceVAE.from_config({"dim": 6, "latent_dim": 2, "hidden_dims": [4] * 10})        # 10 hidden layers
+    for bad in ({"dim": 6, "latent_dim": 2, "hidden_dims": [4] * 11}, {"dim": 6, "latent_dim": 2, "hidden_dims": [0]},
+                {"dim": 6, "latent_dim": 2, "hidden_dims": ["8"]}):
+        with pytest.raises(ValueError, match="^VAE config: sizes"):
+            PreferenceVAE.from_config(bad)

@@ -29,6 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -181,7 +182,6 @@ class _Coverage:
         self.fixtures: dict[str, set] = {}
         self.uses: dict[str, list[str]] = {}
         self.seconds: dict[str, float] = {}
-        self.failed = 0
         prefix = str(CORE) + os.sep
 
         def local(frame, event, arg):
@@ -221,9 +221,6 @@ class _Coverage:
             self.tests[item.nodeid] = self._pop()
             self.uses[item.nodeid] = list(item.fixturenames)
 
-    def pytest_runtest_logreport(self, report):
-        self.failed += report.failed
-
     def covered(self) -> dict[str, list]:
         return {t: sorted(lines.union(*(self.fixtures.get(f, set()) for f in self.uses[t])))
                 for t, lines in self.tests.items()}
@@ -234,23 +231,17 @@ def coverage(paths: list[str]) -> tuple[dict[str, set], dict[str, float]]:
     import tempfile
 
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        pid = os.fork()
-        if pid == 0:
-            try:
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, 1)
-                os.dup2(devnull, 2)
-                import threading
-                cov = _Coverage()
-                sys.settrace(cov.trace)
-                threading.settrace(cov.trace)
-                code = pytest.main(["-q", "-p", "no:cacheprovider", "-p", "no:randomly", *paths], plugins=[cov])
-                sys.settrace(None)
-                Path(out.name).write_text(json.dumps({"code": int(code), "failed": cov.failed,
-                                                      "covered": cov.covered(), "seconds": cov.seconds}))
-                os._exit(0)
-            except BaseException:
-                os._exit(99)
+        def work() -> int:
+            import threading
+            cov = _Coverage()
+            sys.settrace(cov.trace)
+            threading.settrace(cov.trace)
+            code = pytest.main(["-q", "-p", "no:cacheprovider", "-p", "no:randomly", *paths], plugins=[cov])
+            sys.settrace(None)
+            Path(out.name).write_text(json.dumps({"code": int(code), "covered": cov.covered(),
+                                                  "seconds": cov.seconds}))
+            return 0
+        pid = _fork_quiet(work)
         _, status = os.waitpid(pid, 0)
         data = json.loads(Path(out.name).read_text() or "{}")
     if os.waitstatus_to_exitcode(status) != 0 or data.get("code") != 0:
@@ -264,29 +255,35 @@ def chosen_tests(m: Mutant, covered: dict[str, set], seconds: dict[str, float]) 
     return sorted(hit, key=seconds.__getitem__)
 
 
-def _run(tests: list[str], mutant: Mutant | None) -> int:
-    """In a forked child: install the mutant (if any), run the tests; the child's exit status."""
+def _fork_quiet(work: Callable[[], int]) -> int:
+    """work() in a forked child with its output silenced -> the child's pid; its exit status is work's value
+    (99 if it raised)."""
     pid = os.fork()
     if pid == 0:
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
-            if mutant is not None:
-                import types
-
-                import lens_ray.core  # noqa: F401  (the package, so the module can join it)
-                name = f"lens_ray.core.{mutant.module}"
-                mod = types.ModuleType(name)
-                mod.__file__ = str(CORE / f"{mutant.module}.py")
-                sys.modules[name] = mod
-                exec(compile(mutant.source, mod.__file__, "exec"), mod.__dict__)
-            import pytest
-            code = pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *tests])
+            code = work()
         except BaseException:
             code = 99
         os._exit(int(code))
     return pid
+
+
+def _run(tests: list[str], mutant: Mutant) -> int:
+    """In a forked child: install the mutant, run the tests -> the child's pid."""
+    def work() -> int:
+        import types
+
+        import lens_ray.core  # noqa: F401  (the package, so the module can join it)
+        name = f"lens_ray.core.{mutant.module}"
+        mod = types.ModuleType(name)
+        mod.__file__ = str(CORE / f"{mutant.module}.py")
+        sys.modules[name] = mod
+        exec(compile(mutant.source, mod.__file__, "exec"), mod.__dict__)
+        return pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *tests])
+    return _fork_quiet(work)
 
 
 def _progress(results: dict[str, bool], total: int, t0: float, key: str) -> None:

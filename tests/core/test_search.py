@@ -86,6 +86,7 @@ def test_default_point_is_the_runs_own_lens_settings_and_can_be_enqueued():
     assert default_point(base, 1)["reward.heads"] == "linear"           # the run's own head, where searched
     base.reward.heads = ("paper",)
     assert default_point(base, 1)["reward.heads"] == "mlp"              # else the search's first
+    assert default_point(base, 2)["source"] == 0                        # of several sources, the run's own
 
 
 def test_tuned_overrides_reach_a_run_config():

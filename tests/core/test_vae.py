@@ -65,6 +65,14 @@ def test_w2_closed_form():
     assert torch.isfinite(mu.grad).all()
 
 
+def test_kl_sums_over_the_latent_dim_only():
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, 4, generator=g)
+    kl = kl_to_standard_normal(mu, logvar)
+    assert kl.shape == (2, 3)
+    assert torch.allclose(kl, 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(-1))
+
+
 def test_w2_of_shifted_means_and_of_a_batch_over_leading_dims():
     mu_a, mu_b, same = torch.tensor([[1.0, -1.0]]), torch.tensor([[4.0, 3.0]]), torch.zeros(1, 2)
     assert math.isclose(float(w2_diag_gaussians(mu_a, same, mu_b, same)), 5.0, rel_tol=1e-6)   # the difference

@@ -133,17 +133,15 @@ def _statements(tree: ast.Module) -> dict[int, range]:
             for child in value if isinstance(value, list) else [value]:
                 if not isinstance(child, ast.AST):
                     continue
-                body = in_body and not (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-                                        and name != "body")
-                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and name == "body":
-                    body = True
-                if isinstance(node, ast.ClassDef) and name == "body":
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    body = name == "body"                      # its header (defaults, decorators) runs at import
+                elif isinstance(node, ast.ClassDef):
                     body = False                               # a class body runs at import
+                else:
+                    body = in_body or (isinstance(node, ast.Lambda) and name == "body")
                 inner = child if isinstance(child, ast.stmt) else stmt
-                if body and stmt is not None and not isinstance(child, ast.stmt):
-                    out[id(child)] = range(stmt.lineno, stmt.end_lineno + 1)
-                if body and isinstance(child, ast.stmt):
-                    out[id(child)] = range(child.lineno, child.end_lineno + 1)
+                if body and inner is not None:
+                    out[id(child)] = range(inner.lineno, inner.end_lineno + 1)
                 walk(child, inner, body)
     walk(tree, None, False)
     return out
@@ -322,8 +320,9 @@ def main() -> None:
             if m.lines is None:                          # runs at import: the module's own test files
                 tests = paths if args.tests else tests_for(module)
                 key = " ".join(tests)
-                if key not in clean:
-                    clean[key] = sum(v for t, v in seconds.items() if t.split("::")[0] in key) + 5
+                if key not in clean:                     # the traced time of the tests in those files or folders
+                    clean[key] = sum(v for t, v in seconds.items() if any(
+                        (ROOT / t.split("::")[0]).is_relative_to(ROOT / p) for p in tests)) + 5
                 todo.append((m, tests, 3 * clean[key] + 10))
             elif tests := chosen_tests(m, covered, seconds):
                 todo.append((m, tests, 3 * sum(seconds[t] for t in tests) + 15))

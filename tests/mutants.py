@@ -308,6 +308,9 @@ def main() -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     modules = args.modules.split(",") if args.modules else sorted(p.stem for p in CORE.glob("*.py")
                                                                   if p.stem != "__init__")
+    unknown = [m for m in modules if not (CORE / f"{m}.py").exists()]
+    if unknown:
+        raise SystemExit(f"--modules: {', '.join(unknown)} not in lens_ray/core")
     os.chdir(ROOT)                                   # test ids are relative to the project's root
     equivalent = EQUIVALENT.read_text() if EQUIVALENT.exists() else ""
     t0 = time.time()

@@ -178,13 +178,15 @@ def choose(rows: list[dict], objective: str = "accuracy") -> dict:
 
 
 def paired_gain(a: dict, b: dict, objective: str = "accuracy") -> dict | None:
-    """Mean and standard error over folds of a's objective minus b's (the same folds: paired)."""
+    """Mean and standard error over folds of a's objective minus b's (the same folds: paired); both named, since
+    a lever's `candidate` need not be the pick (the head lever compares the best trained head with mean_diff)."""
     if a["status"] != "ok" or b["status"] != "ok":
         return None
     folds = OBJECTIVES[objective][0]
     d = np.array(a[folds]) - np.array(b[folds])
     se = standard_error(d)
-    return {"mean": float(d.mean()), "se": None if math.isnan(se) else se, "versus": b["candidate"]}
+    return {"mean": float(d.mean()), "se": None if math.isnan(se) else se, "candidate": a["candidate"],
+            "versus": b["candidate"]}
 
 
 def levers(rows: list[dict], pick: dict, run_layer: tuple[int, ...],

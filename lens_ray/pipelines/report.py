@@ -111,8 +111,8 @@ def selection_lines(report: dict) -> list[str]:
                                        for m, name in (("accuracy", "accuracy"), ("bon_gold", "gold")) if gain.get(m))
             lines.append(f"  beside {label}: held-out accuracy {cell(row['accuracy'])} over seeds"
                          + (f"; the pick's gain, paired by seed: {paired_by_seed}" if paired_by_seed else ""))
-    worth = [f"{k} {estimate(v['mean'], v['se'], sel['folds'], signed=True)} (vs {v['versus']})"
-             for k, v in sel["levers"].items() if v]
+    worth = [f"{k} {estimate(v['mean'], v['se'], sel['folds'], signed=True)} "
+             f"({v.get('candidate', 'the pick')} vs {v['versus']})" for k, v in sel["levers"].items() if v]
     if worth:
         lines.append("  what each lever is worth at the pick, k-fold, paired by fold: " + "; ".join(worth))
     lines += [f"  note: {sel['note']}", "", *markdown(*selection_rows(sel)), ""]

@@ -186,6 +186,7 @@ def test_paired_gain_and_levers():
     out = levers([a, b, md, aug], aug, (-1,))
     assert out["layer"]["mean"] == pytest.approx(g["mean"])
     assert out["head"]["mean"] == pytest.approx(0.15) and out["head"]["versus"] == "layer -10 mean_diff"
+    assert out["head"]["candidate"] == "layer -10 mlp"
     assert out["augmentation"]["mean"] == pytest.approx(0.04) and out["augmentation"]["versus"] == "layer -10 mlp"
     plain = levers([a, b, md], a, (-10,))
     assert plain["layer"] is None and plain["augmentation"] is None      # the run's layer, no augmentation

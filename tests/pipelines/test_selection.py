@@ -68,6 +68,9 @@ def test_the_picks_figures_are_what_its_folds_and_stored_head_give(local_run):
     text = out.read_bytes("report.md").decode()
     assert "the pick refitted on each of 2 seeds' splits: held-out accuracy" in text
     assert "the pick's gain, paired by seed: accuracy " in text
+    head_lever = sel["levers"]["head"]                        # both sides named: the pick may be neither of them
+    assert head_lever["versus"] == f"layer {sel['layer'][0]} mean_diff"
+    assert f"({head_lever['candidate']} vs {head_lever['versus']})" in text
 
 
 def test_the_pick_is_the_runs_reward_model_at_its_own_layer(local_run, tiny_llama):

@@ -84,6 +84,9 @@ class EmbedConfig:
     cache_layers: tuple[int, ...] = setting((), "more layers taken from the same forward pass into the cache, so "
                                             "a later run or search over them embeds nothing", le=-1, ge=-256)
     cache: bool = setting(True, "content-addressed embedding cache under <storage>/cache")
+    share_prefix: bool = setting(True, "causal LMs with last-token pooling: read a prompt once for all its "
+                                 "responses in a batch (packed, each response seeing only the prompt and itself); "
+                                 "the same vectors to float rounding, checked on each actor's first pack")
 
 
 @dataclass

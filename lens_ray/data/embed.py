@@ -9,6 +9,11 @@
   (counted as truncated); only a response longer than max_length itself loses its start (counted too).
 - Padding side and batch composition do not change a vector: pooling reads the attention mask and
   position ids are computed from it, not from the padded position (a test proves it).
+- Responses to one prompt share its tokens (a causal LM reads the prompt the same way whatever follows):
+  with last-token pooling, a batch's rows of one prompt are packed into one sequence, the prompt once and
+  then each response, each attending only the prompt and itself, with its own positions (`shared_packs`).
+  The vectors are the same up to float rounding; each actor checks that on its first pack and packs nothing
+  if its model fails the check (ALiBi, say, which ignores position ids).
 """
 from __future__ import annotations
 
@@ -81,6 +86,20 @@ def model_depth(spec: str) -> int:
         return int(AutoConfig.from_pretrained(src.folder).num_hidden_layers)
     except (OSError, ValueError, AttributeError) as e:
         raise ModelLoadError(f"model {spec!r}: cannot read its number of layers ({e})") from None
+
+
+@functools.lru_cache(maxsize=8)
+def model_kind(spec: str) -> str | None:
+    """causal | encoder from a model's config alone (GGUF files are causal LMs); None for a hub id, which is
+    not looked up before the model loads."""
+    src = resolve_model(spec)
+    if src.gguf_file:
+        return "causal"
+    cfg = Path(src.folder) / "config.json"
+    if not cfg.exists():
+        return None
+    archs = json.loads(cfg.read_text()).get("architectures") or []
+    return "causal" if any(a.endswith("ForCausalLM") for a in archs) else "encoder"
 
 
 @dataclass
@@ -275,6 +294,89 @@ def embed_layers(lm: LoadedModel, ids: list[list[int]], pooling: str, padding_si
     return torch.stack([pool(h, mask, how) for h in states], 1).float().cpu().numpy()
 
 
+MIN_SHARED = 8          # fewer shared tokens than this: a pack saves less than its bookkeeping
+
+
+@dataclass
+class Pack:
+    """One packed sequence: `prefix` once, then each row's own tokens. rows[i] owns suffixes[i]."""
+    rows: list[int]
+    prefix: list[int]
+    suffixes: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.prefix) + sum(len(x) for x in self.suffixes)
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    k, shortest = 0, min(len(x) for x in seqs)
+    while k < shortest and all(x[k] == seqs[0][k] for x in seqs):
+        k += 1
+    return k
+
+
+def shared_packs(ids: list[list[int]], groups: list[str], max_tokens: int) -> tuple[list[Pack], list[int]]:
+    """Rows (n token lists) of the same group (their prompt) that share >= MIN_SHARED leading tokens -> packs of
+    at most max_tokens tokens with at least two rows each; and the rows left to embed alone. Each row once.
+    Each row keeps at least its last token out of the prefix (its vector is read there)."""
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    packs, alone = [], []
+    for rows in members.values():
+        k = _common_prefix([ids[i] for i in rows]) if len(rows) > 1 else 0
+        k = min(k, min(len(ids[i]) for i in rows) - 1)
+        if k < MIN_SHARED:
+            alone += rows
+            continue
+        cur = Pack([], ids[rows[0]][:k], [])
+        for i in rows:
+            if cur.rows and len(cur) + len(ids[i]) - k > max_tokens:
+                packs.append(cur) if len(cur.rows) > 1 else alone.extend(cur.rows)
+                cur = Pack([], cur.prefix, [])
+            cur.rows.append(i)
+            cur.suffixes.append(ids[i][k:])
+        packs.append(cur) if len(cur.rows) > 1 else alone.extend(cur.rows)
+    return packs, sorted(alone)
+
+
+def pack_inputs(packs: list[Pack], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple]]:
+    """Packs -> input_ids (B, T), position_ids (B, T), a boolean attention mask (B, 1, T, T) and each packed
+    row's (pack, position of its last token). A token attends the prefix and its own segment causally; its
+    position continues the prefix, as if the row were alone. A pad attends itself only (no NaN, no reader)."""
+    t = max(len(p) for p in packs)
+    input_ids = torch.full((len(packs), t), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(packs), t), dtype=torch.long)
+    segment = torch.full((len(packs), t), -1, dtype=torch.long)        # -1 pad, 0 prefix, i + 1 row i
+    last = []
+    for b, p in enumerate(packs):
+        k, at = len(p.prefix), len(p.prefix)
+        input_ids[b, :k], position_ids[b, :k], segment[b, :k] = torch.tensor(p.prefix), torch.arange(k), 0
+        for j, (row, suffix) in enumerate(zip(p.rows, p.suffixes)):
+            n = len(suffix)
+            input_ids[b, at:at + n] = torch.tensor(suffix)
+            position_ids[b, at:at + n] = torch.arange(k, k + n)
+            segment[b, at:at + n] = j + 1
+            last.append((row, b, at + n - 1))
+            at += n
+    q, kv = segment[:, :, None], segment[:, None, :]
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    mask = causal & (q >= 0) & ((kv == 0) | (kv == q))
+    mask |= torch.eye(t, dtype=torch.bool)
+    return input_ids, position_ids, mask[:, None], last
+
+
+@torch.inference_mode()
+def embed_packs(lm: LoadedModel, packs: list[Pack], layers: tuple[int, ...] = (-1,)) -> dict[int, np.ndarray]:
+    """Packs -> each packed row's last-token hidden states of `layers` (L, H) float32, one forward pass."""
+    input_ids, position_ids, mask, last = pack_inputs(packs, lm.tokenizer.pad_token_id)
+    input_ids, position_ids, mask = (x.to(lm.device) for x in (input_ids, position_ids, mask))
+    inner = any(layer != -1 for layer in layers)
+    out = lm.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, output_hidden_states=inner)
+    states = torch.stack([out.last_hidden_state if layer == -1 else out.hidden_states[layer] for layer in layers], 1)
+    return {row: states[b, :, at].float().cpu().numpy() for row, b, at in last}
+
+
 def embed_ids(lm: LoadedModel, ids: list[list[int]], pooling: str, padding_side: str = "right") -> np.ndarray:
     """Token ids of one batch -> the last layer's pooled states (B, H) float32."""
     return embed_layers(lm, ids, pooling, padding_side)[:, 0]
@@ -312,19 +414,25 @@ def layer_settings(settings: dict, layers: tuple[int, ...], combine: str) -> dic
 
 
 class Embedder:
-    """Callable on a batch {"prompt_json", "response", "key"} -> adds "embedding" (B, L, H) and truncation flags.
+    """Callable on a batch {"prompt_json", "response", "key"} -> adds "embedding" (B, L, H), truncation flags and
+    token counts ("n_tokens" read, "n_shared" of them not recomputed: the prompt a packed row shares).
 
     Built once per Ray Data actor; loads the model in its constructor.
     """
 
     def __init__(self, model: str, pooling: str = "auto", max_length: int = 256, dtype: str = "auto",
-                 padding_side: str = "right", torch_threads: int = 0, layers: tuple[int, ...] = (-1,)):
+                 padding_side: str = "right", torch_threads: int = 0, layers: tuple[int, ...] = (-1,),
+                 share_prefix: bool = True):
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
         t0 = time.perf_counter()
         self.lm = load_model(model, dtype)
         self.load_s = time.perf_counter() - t0          # reported once, with the first batch
         self.pooling, self.max_length, self.padding_side, self.layers = pooling, max_length, padding_side, layers
+        # None: not yet checked on this model (the first pack is); False: off, or the check failed
+        self.share: bool | None = None if share_prefix and self.lm.kind == "causal" \
+            and resolve_pooling(pooling, self.lm.kind) == "last" else False
+        self.shared = np.zeros(0, dtype=np.int64)        # per row of the current batch: tokens it did not recompute
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """-> "embedding" (B, L, H): the pooled states of each of self.layers; and where the time went."""
@@ -333,12 +441,46 @@ class Embedder:
         responses = [str(r) for r in batch["response"]]
         tk = tokenize(self.lm, prompts, responses, self.max_length)
         t1 = time.perf_counter()
-        emb = embed_layers(self.lm, tk.ids, self.pooling, self.padding_side, self.layers)
+        self.shared = np.zeros(len(tk.ids), dtype=np.int64)
+        emb = self.embed(tk.ids, [str(p) for p in batch["prompt_json"]])
         t2 = time.perf_counter()
         n = len(tk.ids)
         timing = np.zeros((n, 3))
         timing[0] = (t1 - t0, t2 - t1, self.load_s)   # (tokenize, forward, model load) seconds, on the first row
         self.load_s = 0.0
         return {"key": np.asarray(batch["key"]), "embedding": emb,
-                "n_tokens": np.array([len(x) for x in tk.ids]), "truncated": tk.truncated,
+                "n_tokens": np.array([len(x) for x in tk.ids]), "n_shared": self.shared, "truncated": tk.truncated,
                 "response_truncated": tk.response_truncated, "seconds": timing}
+
+    def embed(self, ids: list[list[int]], groups: list[str]) -> np.ndarray:
+        """Token ids (n rows) and each row's group (its prompt) -> (n, L, H): rows of one prompt packed where
+        they share its tokens, the rest padded as usual."""
+        plain = lambda rows: embed_layers(self.lm, [ids[i] for i in rows], self.pooling,  # noqa: E731
+                                          self.padding_side, self.layers)
+        packs, alone = shared_packs(ids, groups, 2 * self.max_length) if self.share is not False else ([], [])
+        if not packs:
+            return plain(range(len(ids)))
+        if self.share is None:
+            self.share = self._packing_agrees(packs[0], plain(packs[0].rows))
+            if not self.share:
+                return plain(range(len(ids)))
+        out = np.empty((len(ids), len(self.layers), self.lm.dim), dtype=np.float32)
+        if alone:
+            out[alone] = plain(alone)
+        for row, vec in embed_packs(self.lm, packs, self.layers).items():
+            out[row] = vec
+        for p in packs:                                   # the prompt is read once: by the pack's first row
+            self.shared[p.rows[1:]] = len(p.prefix)
+        return out
+
+    def _packing_agrees(self, pack: Pack, plain: np.ndarray) -> bool:
+        """Whether this model gives a packed row the vector it gives the row alone (to float rounding):
+        a model whose attention ignores position ids would not, and then nothing is packed."""
+        packed = embed_packs(self.lm, [pack], self.layers)
+        tol = 1e-3 if self.lm.model.dtype == torch.float32 else 5e-2
+        worst = max(float(np.linalg.norm(packed[row] - plain[j]) / max(np.linalg.norm(plain[j]), 1e-12))
+                    for j, row in enumerate(pack.rows))
+        if worst > tol:
+            print(f"embedding: packing a prompt's responses changes this model's vectors (relative difference "
+                  f"{worst:.2g} > {tol:g}); each text is embedded alone")
+        return worst <= tol

@@ -19,7 +19,7 @@ from ray.data import ActorPoolStrategy
 
 from lens_ray.config import EmbedConfig, ResourcesConfig
 from lens_ray.core.progress import Log
-from lens_ray.data.embed import Embedder, resolve_dtype
+from lens_ray.data.embed import Embedder, model_kind, resolve_dtype, resolve_pooling
 
 # Ray 2.60 takes an actor's max_restarts only as a free remote argument (deprecated for a named one in 2.64)
 warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
@@ -35,7 +35,8 @@ class EmbedItem:
 @dataclass
 class EmbedStats:
     rows: int = 0
-    tokens: int = 0
+    tokens: int = 0                 # tokens of the texts
+    shared_tokens: int = 0          # of them, prompt tokens read once for several responses (not recomputed)
     truncated: int = 0
     response_truncated: int = 0
     seconds: float = 0.0            # wall, from the first batch submitted to the last received
@@ -48,6 +49,23 @@ def split_frame(df: pd.DataFrame, n_blocks: int) -> list[pd.DataFrame]:
     """Contiguous, non-empty row blocks (Ray Data blocks) of a frame, order kept."""
     bounds = np.linspace(0, len(df), max(1, n_blocks) + 1).astype(int)
     return [df.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def shares_prefix(cfg: EmbedConfig) -> bool:
+    """Whether the actors pack a prompt's responses (so its rows should arrive together): causal LMs (or a
+    model whose kind is not known before it loads) with last-token pooling."""
+    kind = model_kind(cfg.model)
+    return cfg.share_prefix and kind != "encoder" and resolve_pooling(cfg.pooling, kind or "causal") == "last"
+
+
+def batch_order(df: pd.DataFrame, grouped: bool) -> pd.DataFrame:
+    """Rows {"prompt_json", "response", ...} sorted by length, so a batch holds texts of similar length (little
+    padding); grouped (a prompt's responses are packed): a prompt's rows together, by their packed length."""
+    length = df.prompt_json.str.len() + df.response.str.len()
+    if grouped:
+        length = df.groupby("prompt_json").response.transform(lambda r: r.str.len().sum()) + df.prompt_json.str.len()
+    df = df.assign(_len=length).sort_values(["_len", "prompt_json"], kind="stable")
+    return df.drop(columns="_len").reset_index(drop=True)
 
 
 def gpus_per_actor(cfg_value: float | None) -> float:
@@ -88,9 +106,7 @@ def embed_items(items: list[EmbedItem], cfg: EmbedConfig, res: ResourcesConfig, 
     df = pd.DataFrame({"key": [i.key for i in items],
                        "prompt_json": [json.dumps(i.prompt, ensure_ascii=False) for i in items],
                        "response": [i.response for i in items]})
-    # length-sorted batching: consecutive rows have similar length, so little padding per batch
-    df = df.assign(_len=df.prompt_json.str.len() + df.response.str.len()).sort_values("_len", kind="stable")
-    df = df.drop(columns="_len").reset_index(drop=True)
+    df = batch_order(df, shares_prefix(cfg))
     gpus = gpus_per_actor(res.embed_gpus_per_actor)
     actors = embed_actor_count(res, gpus)
     n_blocks = max(2 * actors, min(64, len(df) // (res.embed_batch_size * 4) + 1))
@@ -101,7 +117,8 @@ def embed_items(items: list[EmbedItem], cfg: EmbedConfig, res: ResourcesConfig, 
         Embedder,
         fn_constructor_kwargs=dict(model=cfg.model, pooling=cfg.pooling, max_length=cfg.max_length,
                                    dtype=resolve_dtype(cfg.dtype, "cuda" if gpus else "cpu"),
-                                   padding_side=cfg.padding_side, torch_threads=threads, layers=layers),
+                                   padding_side=cfg.padding_side, torch_threads=threads, layers=layers,
+                                   share_prefix=cfg.share_prefix),
         batch_size=res.embed_batch_size, batch_format="numpy", num_cpus=res.embed_cpus_per_actor, num_gpus=gpus,
         **actor_pool(actors, res))
     found: dict[str, np.ndarray] = {}
@@ -115,6 +132,7 @@ def embed_items(items: list[EmbedItem], cfg: EmbedConfig, res: ResourcesConfig, 
             on_chunk(pending, np.stack([found[k] for k in pending]))
             pending = []
         stats.tokens += int(batch["n_tokens"].sum())
+        stats.shared_tokens += int(batch["n_shared"].sum())
         stats.truncated += int(batch["truncated"].sum())
         stats.response_truncated += int(batch["response_truncated"].sum())
         stats.tokenize_s, stats.forward_s, stats.load_s = (a + float(b) for a, b in zip(

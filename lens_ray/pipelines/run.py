@@ -201,7 +201,7 @@ def embed_texts(cfg: LensConfig, settings: dict, needed: list[str], texts: dict[
     from lens_ray.distributed.embedding import EmbedItem, embed_items
 
     stats = {"texts": len(needed), "cached": 0, "embedded": 0, "truncated": 0, "response_truncated": 0,
-             "tokens": 0, "tokens_per_s": None}
+             "tokens": 0, "shared_tokens": 0, "tokens_per_s": None}
     if not needed:
         return {}, stats
     root = Storage(cfg.cache_uri).child("embeddings")
@@ -225,7 +225,10 @@ def embed_texts(cfg: LensConfig, settings: dict, needed: list[str], texts: dict[
         fresh, st = embed_items(todo, e, cfg.resources, log, on_chunk=on_chunk, layers=layers)
         vectors.update({k: combine_layers(v[primary], e.layer_combine) for k, v in fresh.items()})
         stats.update(embedded=st.rows, truncated=st.truncated, response_truncated=st.response_truncated,
-                     tokens=st.tokens, tokens_per_s=round(st.tokens / max(st.seconds, 1e-9), 1))
+                     tokens=st.tokens, shared_tokens=st.shared_tokens,
+                     tokens_per_s=round(st.tokens / max(st.seconds, 1e-9), 1))
+        if st.shared_tokens:
+            log(f"  {st.shared_tokens} of {st.tokens} tokens were a prompt read once for several of its responses")
         if st.truncated:
             log(f"  {st.truncated} texts were longer than {cfg.embed.max_length} tokens and lost prompt tokens "
                 f"from the left ({st.response_truncated} of them lost response tokens too)")

@@ -153,3 +153,99 @@ def test_several_layers_come_from_one_pass_and_ignore_padding(tiny_llama):
     key = lambda s: settings_key(s, PROMPTS[0], "r")  # noqa: E731
     assert len({key(base), key(layer_settings(base, (-2,), "concat")),
                 key(layer_settings(base, (-1, -2), "concat")), key(layer_settings(base, (-1, -2), "mean"))}) == 4
+
+
+# ---------------------------------------------------------------- a prompt read once for its responses
+
+SHARED = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+          {"role": "user", "content": "Tell me a long story about a cat who can't sleep at night."}]
+ANSWERS = ["Once upon a time there was a cat.", "No.", "The cat counted sheep until dawn, then slept all day long."]
+
+
+def test_shared_packs_group_rows_by_prompt_and_keep_each_row_once():
+    from lens_ray.data.embed import MIN_SHARED, shared_packs
+    p = list(range(100, 100 + MIN_SHARED + 2))                     # a prompt of 10 tokens
+    ids = [p + [1, 2], [7] * 5, p + [3], p[:4] + [9] * 9, p + [4, 5, 6], p + [8]]
+    groups = ["a", "b", "a", "c", "a", "a"]
+    packs, alone = shared_packs(ids, groups, max_tokens=100)
+    assert [pk.rows for pk in packs] == [[0, 2, 4, 5]] and alone == [1, 3]    # "b", "c": one row each
+    assert packs[0].prefix == p and packs[0].suffixes == [[1, 2], [3], [4, 5, 6], [8]]
+    assert len(packs[0]) == len(p) + 7
+    # the cap splits a group into packs of two or more rows, and a row left over goes alone
+    packs, alone = shared_packs(ids, groups, max_tokens=len(p) + 3)
+    assert [pk.rows for pk in packs] == [[0, 2]] and alone == [1, 3, 4, 5]
+    # each row keeps its last token out of the prefix; fewer than MIN_SHARED shared tokens: no pack
+    packs, alone = shared_packs([p, p + [1]], ["a", "a"], 100)
+    assert packs[0].prefix == p[:-1] and packs[0].suffixes == [[p[-1]], [p[-1], 1]]
+    packs, alone = shared_packs([p[:MIN_SHARED - 1] + [1], p[:MIN_SHARED - 1] + [2]], ["a", "a"], 100)
+    assert packs == [] and alone == [0, 1]
+    # same prompt text but different tokens at the start (left truncation): nothing shared
+    packs, alone = shared_packs([[1] + p, [2] + p], ["a", "a"], 100)
+    assert packs == [] and alone == [0, 1]
+
+
+def test_pack_inputs_mask_and_positions():
+    from lens_ray.data.embed import Pack, pack_inputs
+    ids, pos, mask, last = pack_inputs([Pack([3, 5], [10, 11], [[20, 21], [30]]), Pack([0, 1], [40], [[50], [60]])],
+                                       pad_id=0)
+    assert ids.tolist() == [[10, 11, 20, 21, 30], [40, 50, 60, 0, 0]]
+    assert pos.tolist() == [[0, 1, 2, 3, 2], [0, 1, 1, 0, 0]]          # each row continues the prompt
+    assert last == [(3, 0, 3), (5, 0, 4), (0, 1, 1), (1, 1, 2)]
+    m = mask[0, 0].int().tolist()
+    assert m[4] == [1, 1, 0, 0, 1]                                      # row 5 sees the prompt and itself only
+    assert m[3] == [1, 1, 1, 1, 0] and m[1] == [1, 1, 0, 0, 0]          # causal within the prompt and a row
+    assert mask[1, 0].int().tolist()[3] == [0, 0, 0, 1, 0]              # a pad sees itself: finite, never read
+
+
+def test_packed_rows_get_the_vectors_they_get_alone(tiny_llama):
+    from lens_ray.data.embed import embed_layers, embed_packs, shared_packs
+    lm = load_model(tiny_llama, "float32")
+    prompts = [SHARED] * 3 + [PROMPTS[0]] * 2 + [PROMPTS[2]]
+    responses = ANSWERS + RESPONSES[:1] + ["Buy it."] + RESPONSES[2:]
+    ids = tokenize(lm, prompts, responses, 512).ids
+    packs, alone = shared_packs(ids, [str(p) for p in prompts], 1024)
+    assert [pk.rows for pk in packs] == [[0, 1, 2], [3, 4]] and alone == [5]
+    alone_vecs = np.stack([embed_layers(lm, [x], "auto", "right", (-1, -2))[0] for x in ids])
+    packed = embed_packs(lm, packs, (-1, -2))
+    assert sorted(packed) == [0, 1, 2, 3, 4]
+    for row, vec in packed.items():
+        assert vec.shape == (2, 32) and np.allclose(vec, alone_vecs[row], atol=1e-5)
+    assert not np.allclose(packed[0], packed[1], atol=1e-3)             # each row its own vector
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_embedder_share_prefix_changes_work_not_vectors(tiny_llama, share):
+    import json
+    emb = Embedder(tiny_llama, max_length=256, dtype="float32", layers=(-1, -2), share_prefix=share)
+    prompts = [SHARED] * 3 + PROMPTS[:1]
+    out = emb({"prompt_json": np.array([json.dumps(p) for p in prompts]),
+               "response": np.array(ANSWERS + RESPONSES[:1]), "key": np.array(list("abcd"))})
+    lm = load_model(tiny_llama, "float32")
+    from lens_ray.data.embed import embed_layers
+    for i, (p, r) in enumerate(zip(prompts, ANSWERS + RESPONSES[:1])):
+        ids = tokenize(lm, [p], [r], 256).ids
+        assert len(ids[0]) < 256 and np.allclose(out["embedding"][i],
+                                                 embed_layers(lm, ids, "auto", "right", (-1, -2))[0], atol=1e-5)
+    prompt_tokens = len(tokenize(lm, [SHARED], [""], 256).ids[0])
+    if share:                                     # rows 2 and 3 did not recompute the shared prompt
+        assert emb.share is True and out["n_shared"][0] == 0 and out["n_shared"][3] == 0
+        assert (out["n_shared"][1:3] >= prompt_tokens - 8).all() and out["n_shared"][1] == out["n_shared"][2]
+    else:
+        assert emb.share is False and not out["n_shared"].any()
+
+
+def test_a_model_that_packing_would_change_embeds_each_text_alone(tiny_llama, capsys):
+    """The first pack is checked against the rows alone; a model that fails it (here: position ids ignored, as
+    ALiBi models do) packs nothing, says so once, and its vectors stay right."""
+    import json
+    emb = Embedder(tiny_llama, max_length=256, dtype="float32")
+    forward = emb.lm.model.forward
+    emb.lm.model.forward = lambda **kw: forward(**{**kw, "position_ids": None})
+    batch = {"prompt_json": np.array([json.dumps(SHARED)] * 3), "response": np.array(ANSWERS),
+             "key": np.array(list("abc"))}
+    out = emb(batch)
+    assert emb.share is False and not out["n_shared"].any()
+    assert "each text is embedded alone" in capsys.readouterr().out
+    emb.lm.model.forward = forward
+    again = emb(batch)                                             # decided once per actor
+    assert not again["n_shared"].any() and np.allclose(again["embedding"], out["embedding"], atol=1e-5)

@@ -37,6 +37,32 @@ def test_embed_items_equals_direct_embedder(ray_cluster, tiny_llama):
     assert np.allclose(np.stack([found[f"k{i}"] for i in range(3)]), ref, atol=1e-5)
 
 
+def test_embed_items_packs_a_prompts_responses_without_changing_a_vector(ray_cluster, tiny_llama):
+    """embed.share_prefix: the actors read each prompt once for its responses (counted), same vectors."""
+    prompts = [[{"role": "user", "content": f"Question {i}: " + "why is the sky blue? " * (i % 3 + 1)}]
+               for i in range(6)]
+    items = [EmbedItem(f"k{i}-{j}", p, "answer " * (j + 1)) for i, p in enumerate(prompts) for j in range(3)]
+    res = ResourcesConfig(embed_batch_size=9, embed_actors=1, embed_cpus_per_actor=0.5)
+    out = {}
+    for share in (True, False):
+        cfg = EmbedConfig(model=tiny_llama, max_length=128, dtype="float32", share_prefix=share)
+        out[share] = embed_items(items, cfg, res, log=lambda m: None)
+    (packed, st), (alone, st_off) = out[True], out[False]
+    assert st.tokens == st_off.tokens and st_off.shared_tokens == 0
+    assert st.shared_tokens > 0.3 * st.tokens                  # 2 of each prompt's 3 rows reuse its tokens
+    assert all(np.allclose(packed[k], alone[k], atol=1e-5) for k in alone)
+
+
+def test_batch_order_keeps_a_prompts_rows_together_when_packing():
+    import pandas as pd
+
+    from lens_ray.distributed.embedding import batch_order
+    df = pd.DataFrame({"prompt_json": ["a", "bbbbbb", "a", "bbbbbb", "c"],
+                       "response": ["xxxxxxx", "y", "z", "yy", "w"], "key": list("01234")})
+    assert list(batch_order(df, grouped=False).key) == ["2", "4", "1", "0", "3"]        # by each text's length
+    assert list(batch_order(df, grouped=True).key) == ["4", "0", "2", "1", "3"]          # by each prompt's pack
+
+
 def test_synthesize_sets_equals_pure_augmenter(ray_cluster):
     torch.manual_seed(0)
     pos, neg = torch.randn(50, 8), torch.randn(50, 8)

@@ -413,6 +413,50 @@ def layer_settings(settings: dict, layers: tuple[int, ...], combine: str) -> dic
     return {**base, "layer": list(layers), **({"layer_combine": combine} if len(layers) > 1 else {})}
 
 
+class Packing:
+    """Embeds rows of token ids with a loaded model, packing rows of one prompt where they share its tokens
+    (see the module's docstring). `on` is None until the first pack is checked against its rows alone, then
+    True, or False (off, not a causal LM with last-token pooling, or the check failed: nothing is packed)."""
+
+    def __init__(self, lm: LoadedModel, pooling: str, enabled: bool = True):
+        self.lm = lm
+        packable = lm.kind == "causal" and resolve_pooling(pooling, lm.kind) == "last"
+        self.on: bool | None = None if enabled and packable else False
+
+    def embed(self, ids: list[list[int]], groups: list[str], plain, layers: tuple[int, ...], max_tokens: int,
+              pack_batch: tuple[int, int] = (64, 1 << 30)) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids (n rows) and each row's group (its prompt) -> vectors (n, L, H) of `layers` and the tokens
+        each row did not recompute (n,). plain(rows) -> (len(rows), L, H) embeds rows alone; packs hold at most
+        max_tokens tokens and go through the model pack_batch = (at most this many packs, padded tokens) at once."""
+        shared = np.zeros(len(ids), dtype=np.int64)
+        packs, alone = shared_packs(ids, groups, max_tokens) if self.on is not False else ([], [])
+        if packs and self.on is None:
+            self.on = self._agrees(packs[0], plain(packs[0].rows), layers)
+        if not packs or not self.on:
+            return plain(list(range(len(ids)))), shared
+        out = np.empty((len(ids), len(layers), self.lm.dim), dtype=np.float32)
+        if alone:
+            out[alone] = plain(alone)
+        for batch in length_batches([len(p) for p in packs], *pack_batch):
+            for row, vec in embed_packs(self.lm, [packs[j] for j in batch], layers).items():
+                out[row] = vec
+        for p in packs:                                   # the prompt is read once: by the pack's first row
+            shared[p.rows[1:]] = len(p.prefix)
+        return out, shared
+
+    def _agrees(self, pack: Pack, plain: np.ndarray, layers: tuple[int, ...]) -> bool:
+        """Whether this model gives a packed row the vector it gives the row alone (to float rounding):
+        a model whose attention ignores position ids would not."""
+        packed = embed_packs(self.lm, [pack], layers)
+        tol = 1e-3 if self.lm.model.dtype == torch.float32 else 5e-2
+        worst = max(float(np.linalg.norm(packed[row] - plain[j]) / max(np.linalg.norm(plain[j]), 1e-12))
+                    for j, row in enumerate(pack.rows))
+        if worst > tol:
+            print(f"embedding: packing a prompt's responses changes this model's vectors (relative difference "
+                  f"{worst:.2g} > {tol:g}); each text is embedded alone")
+        return worst <= tol
+
+
 class Embedder:
     """Callable on a batch {"prompt_json", "response", "key"} -> adds "embedding" (B, L, H), truncation flags and
     token counts ("n_tokens" read, "n_shared" of them not recomputed: the prompt a packed row shares).
@@ -429,10 +473,7 @@ class Embedder:
         self.lm = load_model(model, dtype)
         self.load_s = time.perf_counter() - t0          # reported once, with the first batch
         self.pooling, self.max_length, self.padding_side, self.layers = pooling, max_length, padding_side, layers
-        # None: not yet checked on this model (the first pack is); False: off, or the check failed
-        self.share: bool | None = None if share_prefix and self.lm.kind == "causal" \
-            and resolve_pooling(pooling, self.lm.kind) == "last" else False
-        self.shared = np.zeros(0, dtype=np.int64)        # per row of the current batch: tokens it did not recompute
+        self.packing = Packing(self.lm, pooling, share_prefix)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """-> "embedding" (B, L, H): the pooled states of each of self.layers; and where the time went."""
@@ -441,46 +482,15 @@ class Embedder:
         responses = [str(r) for r in batch["response"]]
         tk = tokenize(self.lm, prompts, responses, self.max_length)
         t1 = time.perf_counter()
-        self.shared = np.zeros(len(tk.ids), dtype=np.int64)
-        emb = self.embed(tk.ids, [str(p) for p in batch["prompt_json"]])
+        plain = lambda rows: embed_layers(self.lm, [tk.ids[i] for i in rows], self.pooling,  # noqa: E731
+                                          self.padding_side, self.layers)
+        emb, shared = self.packing.embed(tk.ids, [str(p) for p in batch["prompt_json"]], plain, self.layers,
+                                         2 * self.max_length)
         t2 = time.perf_counter()
         n = len(tk.ids)
         timing = np.zeros((n, 3))
         timing[0] = (t1 - t0, t2 - t1, self.load_s)   # (tokenize, forward, model load) seconds, on the first row
         self.load_s = 0.0
         return {"key": np.asarray(batch["key"]), "embedding": emb,
-                "n_tokens": np.array([len(x) for x in tk.ids]), "n_shared": self.shared, "truncated": tk.truncated,
+                "n_tokens": np.array([len(x) for x in tk.ids]), "n_shared": shared, "truncated": tk.truncated,
                 "response_truncated": tk.response_truncated, "seconds": timing}
-
-    def embed(self, ids: list[list[int]], groups: list[str]) -> np.ndarray:
-        """Token ids (n rows) and each row's group (its prompt) -> (n, L, H): rows of one prompt packed where
-        they share its tokens, the rest padded as usual."""
-        plain = lambda rows: embed_layers(self.lm, [ids[i] for i in rows], self.pooling,  # noqa: E731
-                                          self.padding_side, self.layers)
-        packs, alone = shared_packs(ids, groups, 2 * self.max_length) if self.share is not False else ([], [])
-        if not packs:
-            return plain(range(len(ids)))
-        if self.share is None:
-            self.share = self._packing_agrees(packs[0], plain(packs[0].rows))
-            if not self.share:
-                return plain(range(len(ids)))
-        out = np.empty((len(ids), len(self.layers), self.lm.dim), dtype=np.float32)
-        if alone:
-            out[alone] = plain(alone)
-        for row, vec in embed_packs(self.lm, packs, self.layers).items():
-            out[row] = vec
-        for p in packs:                                   # the prompt is read once: by the pack's first row
-            self.shared[p.rows[1:]] = len(p.prefix)
-        return out
-
-    def _packing_agrees(self, pack: Pack, plain: np.ndarray) -> bool:
-        """Whether this model gives a packed row the vector it gives the row alone (to float rounding):
-        a model whose attention ignores position ids would not, and then nothing is packed."""
-        packed = embed_packs(self.lm, [pack], self.layers)
-        tol = 1e-3 if self.lm.model.dtype == torch.float32 else 5e-2
-        worst = max(float(np.linalg.norm(packed[row] - plain[j]) / max(np.linalg.norm(plain[j]), 1e-12))
-                    for j, row in enumerate(pack.rows))
-        if worst > tol:
-            print(f"embedding: packing a prompt's responses changes this model's vectors (relative difference "
-                  f"{worst:.2g} > {tol:g}); each text is embedded alone")
-        return worst <= tol

@@ -45,9 +45,16 @@ class EmbedStats:
     load_s: float = 0.0
 
 
-def split_frame(df: pd.DataFrame, n_blocks: int) -> list[pd.DataFrame]:
-    """Contiguous, non-empty row blocks (Ray Data blocks) of a frame, order kept."""
+def split_frame(df: pd.DataFrame, n_blocks: int, keep_together: str | None = None) -> list[pd.DataFrame]:
+    """Contiguous, non-empty row blocks (Ray Data blocks) of a frame, order kept; with keep_together (a column),
+    a block never starts inside a run of rows with the same value there (a prompt's packed rows)."""
     bounds = np.linspace(0, len(df), max(1, n_blocks) + 1).astype(int)
+    if keep_together:
+        col = df[keep_together].to_numpy()
+        for j in range(1, len(bounds) - 1):
+            bounds[j] = max(bounds[j], bounds[j - 1])
+            while 0 < bounds[j] < len(df) and col[bounds[j]] == col[bounds[j] - 1]:
+                bounds[j] += 1
     return [df.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
@@ -106,11 +113,12 @@ def embed_items(items: list[EmbedItem], cfg: EmbedConfig, res: ResourcesConfig, 
     df = pd.DataFrame({"key": [i.key for i in items],
                        "prompt_json": [json.dumps(i.prompt, ensure_ascii=False) for i in items],
                        "response": [i.response for i in items]})
-    df = batch_order(df, shares_prefix(cfg))
+    grouped = shares_prefix(cfg)
+    df = batch_order(df, grouped)
     gpus = gpus_per_actor(res.embed_gpus_per_actor)
     actors = embed_actor_count(res, gpus)
     n_blocks = max(2 * actors, min(64, len(df) // (res.embed_batch_size * 4) + 1))
-    ds = ray.data.from_pandas(split_frame(df, n_blocks))
+    ds = ray.data.from_pandas(split_frame(df, n_blocks, "prompt_json" if grouped else None))
     # Ray caps OMP threads at an actor's CPU share (1 for 0.5); on CPU give each actor its share of cores
     threads = res.embed_threads or (1 if gpus else max(1, (os.cpu_count() or 1) // actors))
     out = ds.map_batches(

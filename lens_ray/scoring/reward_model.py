@@ -10,13 +10,22 @@ embedded them (its model, chat template, pooling, layers and left truncation at 
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from lens_ray.config import EmbedConfig
-from lens_ray.data.embed import LoadedModel, combine_layers, embed_layers, length_batches, load_model, tokenize
+from lens_ray.data.embed import (
+    LoadedModel,
+    Packing,
+    combine_layers,
+    embed_layers,
+    length_batches,
+    load_model,
+    tokenize,
+)
 from lens_ray.data.finished_run import FinishedRun
 from lens_ray.scoring.protocols import ChatTemplate, Prompt, messages
 from lens_ray.store.storage import StorageError
@@ -30,7 +39,12 @@ class RewardModel:
     head_name: str
     run_uri: str = ""
     reward_norm: dict | None = None  # mean and std of the head's rewards on its training responses
-    counts: dict = field(default_factory=lambda: {"texts": 0, "truncated": 0})
+    counts: dict = field(default_factory=lambda: {"texts": 0, "truncated": 0, "shared_tokens": 0})
+
+    @functools.cached_property
+    def packing(self) -> Packing:
+        """Responses to one prompt read it once (the run's `embed.share_prefix`), as the run embedded them."""
+        return Packing(self.lm, self.embed_cfg.pooling, self.embed_cfg.share_prefix)
 
     @classmethod
     def from_run(cls, run_uri: str, head: str | None = None, model: str | None = None) -> "RewardModel":
@@ -61,16 +75,20 @@ class RewardModel:
         if not prompts:
             return np.zeros((0, self.head.dim), np.float32)
         e = self.embed_cfg
-        tk = tokenize(self.lm, [messages(p) for p in prompts], responses, e.max_length)
+        chats = [messages(p) for p in prompts]
+        tk = tokenize(self.lm, chats, responses, e.max_length)
         self.counts["texts"] += len(tk.ids)
         self.counts["truncated"] += int(tk.truncated.sum())
-        out = None
-        for rows in length_batches([len(x) for x in tk.ids], batch_size, max_tokens):
-            vecs = embed_layers(self.lm, [tk.ids[i] for i in rows], e.pooling, layers=e.layer)
-            vecs = combine_layers(vecs, e.layer_combine)
-            out = np.empty((len(tk.ids), vecs.shape[1]), np.float32) if out is None else out
-            out[rows] = vecs
-        return out
+
+        def plain(rows: list[int]) -> np.ndarray:
+            out = np.empty((len(rows), len(e.layer), self.lm.dim), np.float32)
+            for batch in length_batches([len(tk.ids[i]) for i in rows], batch_size, max_tokens):
+                out[batch] = embed_layers(self.lm, [tk.ids[rows[j]] for j in batch], e.pooling, layers=e.layer)
+            return out
+        groups = [json.dumps(c, sort_keys=True) for c in chats]      # a prompt's responses: read it once
+        vecs, shared = self.packing.embed(tk.ids, groups, plain, e.layer, 2 * e.max_length, (batch_size, max_tokens))
+        self.counts["shared_tokens"] += int(shared.sum())
+        return combine_layers(vecs, e.layer_combine)
     @torch.no_grad()
     def score(self, prompts: list[Prompt], responses: list[str], batch_size: int = 8,
               normalize: bool = False) -> np.ndarray:

@@ -228,10 +228,10 @@ def test_embedder_share_prefix_changes_work_not_vectors(tiny_llama, share):
                                                  embed_layers(lm, ids, "auto", "right", (-1, -2))[0], atol=1e-5)
     prompt_tokens = len(tokenize(lm, [SHARED], [""], 256).ids[0])
     if share:                                     # rows 2 and 3 did not recompute the shared prompt
-        assert emb.share is True and out["n_shared"][0] == 0 and out["n_shared"][3] == 0
+        assert emb.packing.on is True and out["n_shared"][0] == 0 and out["n_shared"][3] == 0
         assert (out["n_shared"][1:3] >= prompt_tokens - 8).all() and out["n_shared"][1] == out["n_shared"][2]
     else:
-        assert emb.share is False and not out["n_shared"].any()
+        assert emb.packing.on is False and not out["n_shared"].any()
 
 
 def test_a_model_that_packing_would_change_embeds_each_text_alone(tiny_llama, capsys):
@@ -244,7 +244,7 @@ def test_a_model_that_packing_would_change_embeds_each_text_alone(tiny_llama, ca
     batch = {"prompt_json": np.array([json.dumps(SHARED)] * 3), "response": np.array(ANSWERS),
              "key": np.array(list("abc"))}
     out = emb(batch)
-    assert emb.share is False and not out["n_shared"].any()
+    assert emb.packing.on is False and not out["n_shared"].any()
     assert "each text is embedded alone" in capsys.readouterr().out
     emb.lm.model.forward = forward
     again = emb(batch)                                             # decided once per actor

@@ -63,6 +63,17 @@ def test_batch_order_keeps_a_prompts_rows_together_when_packing():
     assert list(batch_order(df, grouped=True).key) == ["4", "0", "2", "1", "3"]          # by each prompt's pack
 
 
+def test_split_frame_keeps_a_prompts_rows_in_one_block():
+    import pandas as pd
+
+    from lens_ray.distributed.embedding import split_frame
+    df = pd.DataFrame({"prompt_json": list("aabbbcccd"), "key": range(9)})
+    assert [len(b) for b in split_frame(df, 3)] == [3, 3, 3]                     # even blocks cut prompts
+    blocks = split_frame(df, 3, keep_together="prompt_json")
+    assert [list(b.prompt_json) for b in blocks] == [list("aabbb"), list("ccc"), ["d"]]
+    assert [len(b) for b in split_frame(df.iloc[:3], 3, keep_together="prompt_json")] == [2, 1]   # none empty
+
+
 def test_synthesize_sets_equals_pure_augmenter(ray_cluster):
     torch.manual_seed(0)
     pos, neg = torch.randn(50, 8), torch.randn(50, 8)

@@ -90,6 +90,18 @@ def test_scoring_api_matches_stored_embeddings(local_run, tiny_llama):
     assert np.allclose(rewards, expected, atol=1e-4)
 
 
+def test_scoring_reads_a_prompt_once_for_its_responses_with_the_same_rewards(local_run):
+    _, _, out = local_run
+    rm = RewardModel.from_run(out.uri, head="original-f1-s0")
+    prompt = [{"role": "user", "content": "How do I bake bread at home?"}]
+    responses = ["Mix flour, water and yeast.", "No.", "Knead it, let it rise, bake at 220 C for 30 minutes."]
+    alone = [rm.score([prompt], [r])[0] for r in responses]            # one text per call: nothing to share
+    assert rm.counts["shared_tokens"] == 0
+    together = rm.score([prompt] * 3 + ["Another question?"], responses + ["Yes."])
+    assert rm.packing.on is True and rm.counts["shared_tokens"] > 0
+    assert np.allclose(together[:3], alone, atol=1e-5) and len(set(np.round(alone, 6))) == 3
+
+
 def test_rerun_reuses_embeddings_and_refuses_other_settings(local_run):
     argv, report, out = local_run
     again = run_main(argv)

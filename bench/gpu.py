@@ -10,7 +10,9 @@ and this machine's own limit.
 1. Embedding: random-initialized Llama-style models (the cost of trained weights, no download) in bf16 with SDPA,
    through the code the Ray actors run (`data.embed.embed_layers`: length-sorted token-budget batches from
    `length_batches`, last-token pooling, three layers from one pass), over real tokenized HH texts: tokens/s
-   and peak memory for several batch shapes, the best one named.
+   and peak memory for several batch shapes, the best one named; then the same texts with each pair's prompt
+   read once (`data.embed.Packing`, as the actors pack them: explicit attention masks, which SDPA may run
+   without its fastest kernel) at the best shape, and its gain over that shape.
 2. The math at the paper's width (d = 4,096, 1,000 seed pairs, 8x): the VAE fit, LENS synthesis, the MLP head
    and the linear head, seconds each, on synthetic embeddings.
 3. --cpu-limit: fp32 and bf16 matrix products at the model's shapes (the ceiling), and the plain embedding loop's
@@ -81,9 +83,14 @@ def texts(smoke: bool, n: int) -> tuple[list[list[int]], int]:
     if os.path.exists(TOKENS) and not smoke:
         doc = json.load(open(TOKENS))
         return doc["ids"][:n], doc["pad"]
-    rng = np.random.default_rng(0)
-    lengths = np.clip(rng.lognormal(5.0, 0.6, n).astype(int), 8, 256 if smoke else 512)
-    return [rng.integers(1, VOCAB if not smoke else 500, size=length).tolist() for length in lengths], 0
+    rng = np.random.default_rng(0)                   # pairs: texts 2i and 2i + 1 share a prompt
+    lengths = np.clip(rng.lognormal(5.0, 0.6, n).astype(int), 16, 256 if smoke else 512)
+    vocab = VOCAB if not smoke else 500
+    ids = [rng.integers(1, vocab, size=length).tolist() for length in lengths]
+    for i in range(1, n, 2):
+        prompt = ids[i - 1][:len(ids[i - 1]) // 2]
+        ids[i] = prompt + ids[i][:max(1, len(ids[i]) - len(prompt))]
+    return ids, 0
 
 
 # ---------------------------------------------------------------- 1. embedding
@@ -133,6 +140,7 @@ def embed_bench(size: str, ids: list[list[int]], device: str, budgets: list[tupl
                      "tokens_per_s": round(sum(lengths) / secs, 1), "seconds": round(secs, 2),
                      "peak_gib": round(peak, 2) if peak else None})
     best = max(rows, key=lambda r: r["tokens_per_s"])
+    packed = packed_bench(lm, ids, picks, (best["max_items"], best["max_tokens"]), device)
     # what a reward server's batching is worth here: 32 requests one by one against one batch of 32
     middle = sorted(range(len(ids)), key=lambda i: lengths[i])[len(ids) // 2 - 16:][:32]
     timed = {}
@@ -146,10 +154,37 @@ def embed_bench(size: str, ids: list[list[int]], device: str, budgets: list[tupl
     emit({"stage": "embed", "model": f"random Llama {size}", "params_b": round(params / 1e9, 3),
           "dtype": str(dtype).removeprefix("torch."), "texts": len(ids), "tokens": sum(lengths),
           "layers_pooled": list(picks), "init_s": round(init_s, 1), "rows": rows, "best": best,
-          "texts_per_s": timed, "batching_gain": round(timed["batch_of_32"] / timed["one_by_one"], 2)}, out)
+          "texts_per_s": timed, "batching_gain": round(timed["batch_of_32"] / timed["one_by_one"], 2),
+          "packed": {**packed, "gain": round(packed["tokens_per_s"] / best["tokens_per_s"], 2)}}, out)
     del lm
     if device == "cuda":
         torch.cuda.empty_cache()
+
+
+def packed_bench(lm: LoadedModel, ids: list[list[int]], picks: tuple[int, ...], budget: tuple[int, int],
+                 device: str) -> dict:
+    """The texts again with a prompt read once for its responses (`embed.share_prefix`): texts 2i and 2i + 1 are
+    one pair's chosen and rejected (one prompt), packed as the Ray actors pack them; tokens read per second."""
+    from lens_ray.data.embed import Packing
+    lengths = [len(x) for x in ids]
+
+    def plain(rows: list[int]) -> np.ndarray:
+        out = np.empty((len(rows), len(picks), lm.dim), np.float32)
+        for batch in length_batches([lengths[i] for i in rows], *budget):
+            out[batch] = embed_layers(lm, [ids[rows[j]] for j in batch], "last", layers=picks)
+        return out
+    order = sorted(range(len(ids) // 2), key=lambda g: lengths[2 * g] + lengths[2 * g + 1])
+    rows = [i for g in order for i in (2 * g, 2 * g + 1)] + ([len(ids) - 1] if len(ids) % 2 else [])
+    sorted_ids = [ids[i] for i in rows]
+    packing = Packing(lm, "last")
+    start = time.time()
+    _, shared = packing.embed(sorted_ids, [str(i // 2) for i in rows], plain=lambda r: plain([rows[j] for j in r]),
+                              layers=picks, max_tokens=1024, pack_batch=budget)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    secs = time.time() - start
+    return {"tokens_per_s": round(sum(lengths) / secs, 1), "seconds": round(secs, 2),
+            "shared_tokens": int(shared.sum()), "agrees": packing.on}
 
 
 # ---------------------------------------------------------------- 2. the math at d = 4,096

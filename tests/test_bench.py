@@ -17,5 +17,7 @@ def test_gpu_bench_smoke_runs_every_stage(tmp_path):
     assert embed["machine"] and embed["tokens"] > 0 and len(embed["rows"]) == 2
     assert embed["best"]["tokens_per_s"] == max(r["tokens_per_s"] for r in embed["rows"]) > 0
     assert embed["layers_pooled"] == [-1, -2, -3]
+    assert embed["packed"]["agrees"] is True and embed["packed"]["shared_tokens"] > 0    # pairs read their prompt once
+    assert embed["packed"]["tokens_per_s"] > 0 and embed["packed"]["gain"] > 0
     assert set(maths["seconds"]) == {"vae_fit", "lens_synthesis", "mlp_head", "linear_head"}
     assert maths["train_pairs"] == 100 * 8

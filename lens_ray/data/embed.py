@@ -329,14 +329,17 @@ def shared_packs(ids: list[list[int]], groups: list[str], max_tokens: int) -> tu
         if k < MIN_SHARED:
             alone += rows
             continue
-        cur = Pack([], ids[rows[0]][:k], [])
+        filled = [Pack([], ids[rows[0]][:k], [])]
         for i in rows:
-            if cur.rows and len(cur) + len(ids[i]) - k > max_tokens:
-                packs.append(cur) if len(cur.rows) > 1 else alone.extend(cur.rows)
-                cur = Pack([], cur.prefix, [])
-            cur.rows.append(i)
-            cur.suffixes.append(ids[i][k:])
-        packs.append(cur) if len(cur.rows) > 1 else alone.extend(cur.rows)
+            if filled[-1].rows and len(filled[-1]) + len(ids[i]) - k > max_tokens:
+                filled.append(Pack([], filled[-1].prefix, []))
+            filled[-1].rows.append(i)
+            filled[-1].suffixes.append(ids[i][k:])
+        for pack in filled:                       # a row left alone by the cap shares with nobody
+            if len(pack.rows) > 1:
+                packs.append(pack)
+            else:
+                alone += pack.rows
     return packs, sorted(alone)
 
 

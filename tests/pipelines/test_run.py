@@ -94,9 +94,9 @@ def test_scoring_reads_a_prompt_once_for_its_responses_with_the_same_rewards(loc
     _, _, out = local_run
     rm = RewardModel.from_run(out.uri, head="original-f1-s0")
     prompt = [{"role": "user", "content": "How do I bake bread at home?"}]
-    responses = ["Mix flour, water and yeast.", "No.", "Knead it, let it rise, bake at 220 C for 30 minutes."]
+    responses = ["Mix flour, water and yeast.", "No.", "Knead it, then bake it."]   # under the run's 64 tokens
     alone = [rm.score([prompt], [r])[0] for r in responses]            # one text per call: nothing to share
-    assert rm.counts["shared_tokens"] == 0
+    assert rm.counts["shared_tokens"] == 0 and rm.counts["truncated"] == 0
     together = rm.score([prompt] * 3 + ["Another question?"], responses + ["Yes."])
     assert rm.packing.on is True and rm.counts["shared_tokens"] > 0
     assert np.allclose(together[:3], alone, atol=1e-5) and len(set(np.round(alone, 6))) == 3

@@ -67,6 +67,16 @@ def seed_gold(ds: Datasets) -> tuple[np.ndarray, np.ndarray]:
             np.array([p.rejected_gold for p in ds.seed_pairs], np.float64))
 
 
+def selection_key(cfg: LensConfig, layers: list[tuple[int, ...]], base_key: str) -> str:
+    """What a stored pick was made from. The augmenting methods, factors, VAE and synthesis settings count only
+    where augmented candidates are tried (selection.finalists > 0): otherwise a re-run with other synthesis
+    settings reuses the pick."""
+    augmentation = (tuple(m for m in cfg.methods if m in AUGMENTING), cfg.factors, cfg.vae, cfg.synth) \
+        if cfg.selection.finalists else ()
+    return fingerprint(base_key, cfg.selection, [list(x) for x in layers], *augmentation, cfg.reward,
+                       cfg.data.val_fraction, cfg.data.split_seed, cfg.seeds)
+
+
 def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
                  embedded_at: Callable[[tuple[int, ...]], Embedded], splits: list[Split], base_key: str,
                  out: Storage, log: Log) -> dict:
@@ -78,8 +88,7 @@ def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
 
     sc, store = cfg.selection, out.child("heads")
     methods = tuple(m for m in cfg.methods if m in AUGMENTING)
-    key = fingerprint(base_key, sc, [list(x) for x in layers], methods, cfg.factors, cfg.vae, cfg.synth, cfg.reward,
-                      cfg.data.val_fraction, cfg.data.split_seed, cfg.seeds)
+    key = selection_key(cfg, layers, base_key)
     stored = reuse_model(store, NAME, key, build_head)
     if stored and "selected" in stored[1]:
         log(f"  reused the stored pick: {stored[1]['selected']['candidate']}")

@@ -128,3 +128,19 @@ def test_a_head_at_another_layer_is_scored_at_it_by_every_entry_point(local_run,
     logits = exported_logits(model, AutoTokenizer.from_pretrained(folder), [p.prompt for p in pairs],
                              [p.chosen for p in pairs]).numpy()
     assert np.allclose(logits, want, atol=1e-4)
+
+
+def test_a_stored_pick_is_reused_across_synthesis_settings_unless_augmentation_is_a_candidate():
+    from lens_ray.config import LensConfig
+    from lens_ray.pipelines.selection import selection_key
+    layers = [(-1,), (-2,)]
+
+    def key(finalists: int, **changes) -> str:
+        cfg = LensConfig()
+        cfg.selection.finalists = finalists
+        for section, (field, value) in changes.items():
+            setattr(getattr(cfg, section), field, value)
+        return selection_key(cfg, layers, "data")
+    assert key(0, synth=("noise_var", 0.5)) == key(0) and key(0, vae=("beta", 0.5)) == key(0)
+    assert key(1, synth=("noise_var", 0.5)) != key(1) != key(0)
+    assert key(0, reward=("hidden_dim", 8)) != key(0) and selection_key(LensConfig(), layers[:1], "data") != key(0)

@@ -186,7 +186,8 @@ def load_model(spec: str, dtype: str = "auto", device: str | None = None) -> Loa
         config = AutoConfig.from_pretrained(folder, **kw)
         causal = src.gguf_file is not None or any(a.endswith("ForCausalLM") for a in (config.architectures or []))
         cls = AutoModelForCausalLM if causal else AutoModel
-        model = cls.from_pretrained(folder, dtype=torch_dtype, attn_implementation="sdpa", **kw)
+        # the config read above, not read again: each read of a GGUF parses its whole vocabulary (~5 s)
+        model = cls.from_pretrained(folder, config=config, dtype=torch_dtype, attn_implementation="sdpa", **kw)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load model {spec!r} from {folder}: {exc}") from exc
     if copy and kw:

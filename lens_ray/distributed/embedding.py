@@ -66,12 +66,14 @@ def shares_prefix(cfg: EmbedConfig) -> bool:
 
 
 def batch_order(df: pd.DataFrame, grouped: bool) -> pd.DataFrame:
-    """Rows {"prompt_json", "response", ...} sorted by length, so a batch holds texts of similar length (little
-    padding); grouped (a prompt's responses are packed): a prompt's rows together, by their packed length."""
+    """Rows {"prompt_json", "response", ...} sorted by length, longest first, so a batch holds texts of similar
+    length (little padding) and the blocks left when actors run out of work one by one are the shortest (the
+    longest last kept one actor busy up to a minute while the other idled); grouped (a prompt's responses are
+    packed): a prompt's rows together, by their packed length."""
     length = df.prompt_json.str.len() + df.response.str.len()
     if grouped:
         length = df.groupby("prompt_json").response.transform(lambda r: r.str.len().sum()) + df.prompt_json.str.len()
-    df = df.assign(_len=length).sort_values(["_len", "prompt_json"], kind="stable")
+    df = df.assign(_len=length).sort_values(["_len", "prompt_json"], ascending=[False, True], kind="stable")
     return df.drop(columns="_len").reset_index(drop=True)
 
 

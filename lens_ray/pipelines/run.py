@@ -201,7 +201,7 @@ def embed_texts(cfg: LensConfig, settings: dict, needed: list[str], texts: dict[
     from lens_ray.distributed.embedding import EmbedItem, embed_items
 
     stats = {"texts": len(needed), "cached": 0, "embedded": 0, "truncated": 0, "response_truncated": 0,
-             "tokens": 0, "shared_tokens": 0, "tokens_per_s": None}
+             "tokens": 0, "shared_tokens": 0, "tokens_per_s": None, "actor_load_s": 0.0, "actor_forward_s": 0.0}
     if not needed:
         return {}, stats
     root = Storage(cfg.cache_uri).child("embeddings")
@@ -226,7 +226,10 @@ def embed_texts(cfg: LensConfig, settings: dict, needed: list[str], texts: dict[
         vectors.update({k: combine_layers(v[primary], e.layer_combine) for k, v in fresh.items()})
         stats.update(embedded=st.rows, truncated=st.truncated, response_truncated=st.response_truncated,
                      tokens=st.tokens, shared_tokens=st.shared_tokens,
-                     tokens_per_s=round(st.tokens / max(st.seconds, 1e-9), 1))
+                     tokens_per_s=round(st.tokens / max(st.seconds, 1e-9), 1),
+                     actor_load_s=round(st.load_s, 1), actor_forward_s=round(st.forward_s, 1))
+        log(f"  actors' time, summed: model load {st.load_s:.0f} s, forward passes {st.forward_s:.0f} s "
+            f"(stage wall {st.seconds:.0f} s)")
         if st.shared_tokens:
             log(f"  {st.shared_tokens} of {st.tokens} tokens were a prompt read once for several of its responses")
         if st.truncated:

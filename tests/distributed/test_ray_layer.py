@@ -59,8 +59,9 @@ def test_batch_order_keeps_a_prompts_rows_together_when_packing():
     from lens_ray.distributed.embedding import batch_order
     df = pd.DataFrame({"prompt_json": ["a", "bbbbbb", "a", "bbbbbb", "c"],
                        "response": ["xxxxxxx", "y", "z", "yy", "w"], "key": list("01234")})
-    assert list(batch_order(df, grouped=False).key) == ["2", "4", "1", "0", "3"]        # by each text's length
-    assert list(batch_order(df, grouped=True).key) == ["4", "0", "2", "1", "3"]          # by each prompt's pack
+    # longest first: the blocks left when actors run out of work are the shortest
+    assert list(batch_order(df, grouped=False).key) == ["0", "3", "1", "2", "4"]        # by each text's length
+    assert list(batch_order(df, grouped=True).key) == ["0", "2", "1", "3", "4"]          # by each prompt's pack
 
 
 def test_split_frame_keeps_a_prompts_rows_in_one_block():

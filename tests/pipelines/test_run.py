@@ -28,6 +28,8 @@ def test_report_schema_and_contents(local_run):
     assert [r["accuracy"] for r in report["results"]] == [m["accuracy"] for m in again]
     assert set(report["timings_s"]) >= {"ingest", "embed", "fit_vae", "synthesize", "train_reward", "evaluate"}
     assert report["embedding"]["truncated"] > 0          # max_length 64 truncates real HH dialogues
+    emb = report["embedding"]
+    assert 0 < emb["shared_tokens"] < emb["tokens"] and emb["actor_forward_s"] > 0   # pairs read their prompt once
     # the real HH sample holds 9 bad rows: all counted, with their reasons
     assert report["quarantined"] == {"rejected: its dialogue differs from chosen before the last Assistant turn": 5,
                                      "chosen: empty response": 4}

@@ -165,20 +165,15 @@ def packed_bench(lm: LoadedModel, ids: list[list[int]], picks: tuple[int, ...], 
                  device: str) -> dict:
     """The texts again with a prompt read once for its responses (`embed.share_prefix`): texts 2i and 2i + 1 are
     one pair's chosen and rejected (one prompt), packed as the Ray actors pack them; tokens read per second."""
-    from lens_ray.data.embed import Packing
+    from lens_ray.data.embed import Packing, embed_rows
     lengths = [len(x) for x in ids]
-
-    def plain(rows: list[int]) -> np.ndarray:
-        out = np.empty((len(rows), len(picks), lm.dim), np.float32)
-        for batch in length_batches([lengths[i] for i in rows], *budget):
-            out[batch] = embed_layers(lm, [ids[rows[j]] for j in batch], "last", layers=picks)
-        return out
     order = sorted(range(len(ids) // 2), key=lambda g: lengths[2 * g] + lengths[2 * g + 1])
     rows = [i for g in order for i in (2 * g, 2 * g + 1)] + ([len(ids) - 1] if len(ids) % 2 else [])
     sorted_ids = [ids[i] for i in rows]
     packing = Packing(lm, "last")
     start = time.time()
-    _, shared = packing.embed(sorted_ids, [str(i // 2) for i in rows], plain=lambda r: plain([rows[j] for j in r]),
+    _, shared = packing.embed(sorted_ids, [str(i // 2) for i in rows],
+                              lambda r: embed_rows(lm, sorted_ids, r, "last", picks, budget),
                               layers=picks, max_tokens=1024, pack_batch=budget)
     if device == "cuda":
         torch.cuda.synchronize()

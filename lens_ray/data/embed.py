@@ -295,6 +295,16 @@ def embed_layers(lm: LoadedModel, ids: list[list[int]], pooling: str, padding_si
     return torch.stack([pool(h, mask, how) for h in states], 1).float().cpu().numpy()
 
 
+def embed_rows(lm: LoadedModel, ids: list[list[int]], rows: list[int], pooling: str, layers: tuple[int, ...],
+               budget: tuple[int, int]) -> np.ndarray:
+    """The rows `rows` of ids, in length-sorted batches of budget = (at most this many rows, padded tokens)
+    -> their pooled states of `layers` (len(rows), L, H) float32, in the order of `rows`."""
+    out = np.empty((len(rows), len(layers), lm.dim), np.float32)
+    for batch in length_batches([len(ids[i]) for i in rows], *budget):
+        out[batch] = embed_layers(lm, [ids[rows[j]] for j in batch], pooling, layers=layers)
+    return out
+
+
 MIN_SHARED = 8          # fewer shared tokens than this: a pack saves less than its bookkeeping
 
 

@@ -17,15 +17,7 @@ import numpy as np
 import torch
 
 from lens_ray.config import EmbedConfig
-from lens_ray.data.embed import (
-    LoadedModel,
-    Packing,
-    combine_layers,
-    embed_layers,
-    length_batches,
-    load_model,
-    tokenize,
-)
+from lens_ray.data.embed import LoadedModel, Packing, combine_layers, embed_rows, load_model, tokenize
 from lens_ray.data.finished_run import FinishedRun
 from lens_ray.scoring.protocols import ChatTemplate, Prompt, messages
 from lens_ray.store.storage import StorageError
@@ -79,12 +71,8 @@ class RewardModel:
         tk = tokenize(self.lm, chats, responses, e.max_length)
         self.counts["texts"] += len(tk.ids)
         self.counts["truncated"] += int(tk.truncated.sum())
-
         def plain(rows: list[int]) -> np.ndarray:
-            out = np.empty((len(rows), len(e.layer), self.lm.dim), np.float32)
-            for batch in length_batches([len(tk.ids[i]) for i in rows], batch_size, max_tokens):
-                out[batch] = embed_layers(self.lm, [tk.ids[rows[j]] for j in batch], e.pooling, layers=e.layer)
-            return out
+            return embed_rows(self.lm, tk.ids, rows, e.pooling, e.layer, (batch_size, max_tokens))
         groups = [json.dumps(c, sort_keys=True) for c in chats]      # a prompt's responses: read it once
         vecs, shared = self.packing.embed(tk.ids, groups, plain, e.layer, 2 * e.max_length, (batch_size, max_tokens))
         self.counts["shared_tokens"] += int(shared.sum())

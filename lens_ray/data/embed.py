@@ -96,10 +96,12 @@ def model_kind(spec: str) -> str | None:
     if src.gguf_file:
         return "causal"
     cfg = Path(src.folder) / "config.json"
-    if not cfg.exists():
-        return None
-    archs = json.loads(cfg.read_text()).get("architectures") or []
-    return "causal" if any(a.endswith("ForCausalLM") for a in archs) else "encoder"
+    return architecture_kind(json.loads(cfg.read_text()).get("architectures")) if cfg.exists() else None
+
+
+def architecture_kind(architectures: list[str] | None) -> str:
+    """causal | encoder from a config's `architectures`."""
+    return "causal" if any(a.endswith("ForCausalLM") for a in architectures or []) else "encoder"
 
 
 @dataclass
@@ -184,7 +186,7 @@ def load_model(spec: str, dtype: str = "auto", device: str | None = None) -> Loa
     try:
         tok = AutoTokenizer.from_pretrained(folder, **kw)
         config = AutoConfig.from_pretrained(folder, **kw)
-        causal = src.gguf_file is not None or any(a.endswith("ForCausalLM") for a in (config.architectures or []))
+        causal = src.gguf_file is not None or architecture_kind(config.architectures) == "causal"
         cls = AutoModelForCausalLM if causal else AutoModel
         # the config read above, not read again: each read of a GGUF parses its whole vocabulary (~5 s)
         model = cls.from_pretrained(folder, config=config, dtype=torch_dtype, attn_implementation="sdpa", **kw)

@@ -64,6 +64,17 @@ def test_batch_order_keeps_a_prompts_rows_together_when_packing():
     assert list(batch_order(df, grouped=True).key) == ["0", "2", "1", "3", "4"]          # by each prompt's pack
 
 
+def test_rows_are_grouped_by_prompt_only_where_the_actors_pack(tiny_llama):
+    from lens_ray.config import EmbedConfig
+    from lens_ray.data.embed import model_kind
+    from lens_ray.distributed.embedding import shares_prefix
+    assert (model_kind("smollm2"), model_kind("minilm"), model_kind(tiny_llama)) == ("causal", "encoder", "causal")
+    assert shares_prefix(EmbedConfig(model=tiny_llama)) and shares_prefix(EmbedConfig(model="smollm2"))
+    assert not shares_prefix(EmbedConfig(model="minilm"))                       # an encoder reads texts whole
+    assert not shares_prefix(EmbedConfig(model=tiny_llama, pooling="mean"))     # a mean reads the prompt too
+    assert not shares_prefix(EmbedConfig(model=tiny_llama, share_prefix=False))
+
+
 def test_split_frame_keeps_a_prompts_rows_in_one_block():
     import pandas as pd
 

@@ -40,6 +40,15 @@ def test_fit_weights_reaches_the_optimum():
     loss = torch.nn.functional.softplus(-(x @ w)).mean() + 0.05 * w.pow(2).sum()
     loss.backward()
     assert w.grad.abs().max() < 1e-6                             # a stationary point of a convex objective
+    warm = fit_weights(x, torch.ones(200, dtype=torch.float64), l2=0.1, start=w.detach(), tolerance=1e-9)
+    assert torch.allclose(warm, w.detach(), atol=1e-8)              # started at the optimum: stays there
+
+
+def test_fit_weights_on_non_finite_differences_is_non_finite():
+    x = torch.randn(50, 4, dtype=torch.float64)
+    x[7, 2] = float("nan")
+    w = fit_weights(x, torch.ones(50, dtype=torch.float64), l2=0.1)
+    assert w.shape == (4,) and bool(torch.isnan(w).all())          # the head's fit is then recorded as failed
 
 
 def test_whitening_makes_the_covariance_identity():

@@ -1,7 +1,9 @@
 """Shared fixtures: one local Ray per session, one moto S3 server on loopback, tiny real models."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,7 +16,9 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("LENS_RAY_MODEL_CACHE", tempfile.mkdtemp(prefix="lens-ray-models-"))   # dequantized GGUF copies
+if "LENS_RAY_MODEL_CACHE" not in os.environ:      # dequantized GGUF copies: the session's own, removed at its end
+    os.environ["LENS_RAY_MODEL_CACHE"] = _MODEL_CACHE = tempfile.mkdtemp(prefix="lens-ray-models-")
+    atexit.register(shutil.rmtree, _MODEL_CACHE, ignore_errors=True)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HH = SHARED_DATA / "hh_harmless_dev.jsonl.gz"

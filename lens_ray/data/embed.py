@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -172,6 +173,24 @@ def _save_copy(model, tok, folder: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _converting(copy: str):
+    """Held while a process makes or looks for the dequantized copy: of the actors starting at once on a node,
+    one converts the GGUF and the others wait for its copy and read that (a cold run's two actors each took
+    35 s converting side by side on 2 cores, where one conversion takes 19 s). Where no lock can be taken
+    (a read-only cache), each converts, as before."""
+    import fcntl
+    try:
+        os.makedirs(os.path.dirname(copy), exist_ok=True)
+        fh = open(f"{copy}.lock", "a")
+    except OSError:
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)      # released when the file closes, and by the OS if the process dies
+        yield
+
+
 def load_model(spec: str, dtype: str = "auto", device: str | None = None) -> LoadedModel:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -179,21 +198,30 @@ def load_model(spec: str, dtype: str = "auto", device: str | None = None) -> Loa
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = resolve_dtype(dtype, dev.type)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+    def load(folder: str, kw: dict):
+        try:
+            tok = AutoTokenizer.from_pretrained(folder, **kw)
+            config = AutoConfig.from_pretrained(folder, **kw)
+            causal = src.gguf_file is not None or architecture_kind(config.architectures) == "causal"
+            cls = AutoModelForCausalLM if causal else AutoModel
+            # the config read above, not read again: each read of a GGUF parses its whole vocabulary (~5 s)
+            model = cls.from_pretrained(folder, config=config, dtype=torch_dtype, attn_implementation="sdpa", **kw)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot load model {spec!r} from {folder}: {exc}") from exc
+        return tok, config, model, causal
+
     folder, kw = src.folder, {"gguf_file": src.gguf_file} if src.gguf_file else {}
-    copy = dequantized_copy(src, name) if src.gguf_file else None
-    if copy and os.path.exists(os.path.join(copy, "config.json")):
-        folder, kw = copy, {}
-    try:
-        tok = AutoTokenizer.from_pretrained(folder, **kw)
-        config = AutoConfig.from_pretrained(folder, **kw)
-        causal = src.gguf_file is not None or architecture_kind(config.architectures) == "causal"
-        cls = AutoModelForCausalLM if causal else AutoModel
-        # the config read above, not read again: each read of a GGUF parses its whole vocabulary (~5 s)
-        model = cls.from_pretrained(folder, config=config, dtype=torch_dtype, attn_implementation="sdpa", **kw)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load model {spec!r} from {folder}: {exc}") from exc
-    if copy and kw:
-        _save_copy(model, tok, copy)
+    loaded = None
+    if src.gguf_file:
+        copy = dequantized_copy(src, name)
+        with _converting(copy):
+            if not os.path.exists(os.path.join(copy, "config.json")):
+                loaded = load(folder, kw)
+                _save_copy(loaded[2], loaded[0], copy)
+        if loaded is None:
+            folder, kw = copy, {}
+    tok, config, model, causal = loaded or load(folder, kw)
     base = model.base_model if causal else model
     base.to(dev).eval()
     if tok.pad_token_id is None:

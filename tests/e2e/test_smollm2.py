@@ -30,6 +30,25 @@ def test_gguf_dequantized_copy_is_read_again_and_embeds_identically():
     assert np.array_equal(a, b) and a.shape == (2, 576)
 
 
+def test_actors_starting_together_convert_the_gguf_once(tmp_path):
+    """Two processes loading the GGUF at once, as a cold run's embedding actors do: one de-quantizes it and
+    writes the copy, the other waits for that copy and reads it (without the lock both de-quantize)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    code = ("import json; from lens_ray.data.embed import load_model; "
+            "print(json.dumps(load_model('smollm2', 'float32').loaded_from))")
+    env = {**os.environ, "LENS_RAY_MODEL_CACHE": str(tmp_path / "models")}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    sources = sorted(json.loads(o.strip().splitlines()[-1]) for o in outs)
+    assert [s.endswith(".gguf") for s in sources] == [False, True], sources
+    assert sources[0].startswith(str(tmp_path / "models"))              # the other read the plain copy
+
+
 def test_smollm2_on_real_hh(ray_cluster, hh_path, tmp_path):
     report = run_main(["--data", str(hh_path), "--model", "smollm2", "--seed-pairs", "24", "--eval-pairs", "12",
                        "--seeds", "1", "--factors", "4", "--methods", "original,mean_diff,lens",

@@ -253,9 +253,13 @@ class ResourcesConfig:
                                                  "GPUs, else 0", ge=0)
     embed_batch_size: int = setting(16, "texts per embedding batch", ge=1)
     embed_threads: int = setting(0, "torch threads per embedding actor; 0: cores / actors", ge=0)
-    vae_workers: int = setting(2, "Ray Train (DDP) workers for the VAEs", ge=1)
+    vae_workers: int = setting(1, "Ray Train workers for the VAEs; more than one fits each with DDP. 1: a VAE is "
+                               "small (one 64-wide layer, ~1,000 pairs) and one worker on the node's cores fitted "
+                               "`make run`'s five 1.5x faster than DDP over two on 2 cores (docs/RESULTS.md)", ge=1)
     vae_cpus_per_worker: float = setting(1.0, "CPUs per VAE worker", gt=0)
-    reward_workers: int = setting(2, "Ray Train (DDP) workers for the reward heads", ge=1)
+    reward_workers: int = setting(1, "Ray Train workers for the MLP heads; more than one trains each with DDP. 1: "
+                                  "one worker trained `make run`'s 35 heads 2x faster than DDP over two on 2 cores "
+                                  "(docs/RESULTS.md); DDP pays where a head streams millions of pairs", ge=1)
     reward_cpus_per_worker: float = setting(1.0, "CPUs per reward-head worker", gt=0)
     synth_actors: int = setting(1, "synthesis actors", ge=1)
     synth_cpus_per_actor: float = setting(0.5, "CPUs per synthesis actor", gt=0)

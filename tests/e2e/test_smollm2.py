@@ -7,7 +7,7 @@ from lens_ray.store.artifacts import read_pair_embeddings
 from lens_ray.store.storage import Manifest, Storage
 
 
-def test_gguf_dequantized_copy_is_read_again_and_embeds_identically():
+def test_gguf_dequantized_copy_is_read_again_and_embeds_identically(capfd):
     """The first load of a GGUF model keeps a plain safetensors copy per dtype; later loads read it, and the
     vectors are the same, bit for bit. It writes the session's own copy (LENS_RAY_MODEL_CACHE, set before Ray
     starts), so the whole-job test below, which runs after it, loads in seconds instead of de-quantizing again."""
@@ -23,6 +23,7 @@ def test_gguf_dequantized_copy_is_read_again_and_embeds_identically():
     first = load_model("smollm2", dtype)
     assert os.path.exists(os.path.join(copy, "model.safetensors"))
     assert first.loaded_from.endswith(".gguf")                     # the first load de-quantized the GGUF file
+    assert "with its weights packed" not in capfd.readouterr().err  # transformers' float32 advice: not for us
     again = load_model("smollm2", dtype)
     assert again.loaded_from == copy                               # the second read the plain copy
     a = embed_ids(first, tokenize(first, prompts, responses, 128).ids, "auto")

@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import atexit
 import copy
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,6 +309,11 @@ def main() -> None:
     import pytest  # noqa: F401
     import torch  # noqa: F401
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # one model cache for every forked test run: conftest would make one per child, and a forked child ends
+    # without running atexit, so none of those would be removed
+    if "LENS_RAY_MODEL_CACHE" not in os.environ:
+        os.environ["LENS_RAY_MODEL_CACHE"] = cache = tempfile.mkdtemp(prefix="lens-ray-models-")
+        atexit.register(shutil.rmtree, cache, ignore_errors=True)
     modules = args.modules.split(",") if args.modules else sorted(p.stem for p in CORE.glob("*.py")
                                                                   if p.stem != "__init__")
     unknown = [m for m in modules if not (CORE / f"{m}.py").exists()]

@@ -230,8 +230,8 @@ def load_model(spec: str, dtype: str = "auto", device: str | None = None) -> Loa
         copy = dequantized_copy(src, name)
         with _converting(copy):
             if not os.path.exists(os.path.join(copy, "config.json")):
-                loaded = load(folder, kw)
-                _save_copy(loaded[2], loaded[0], copy)
+                tok, _, model, _ = loaded = load(folder, kw)          # from the GGUF, kept as a plain copy
+                _save_copy(model, tok, copy)
         if loaded is None:
             folder, kw = copy, {}
     tok, config, model, causal = loaded or load(folder, kw)

@@ -45,7 +45,8 @@ def test_actors_starting_together_convert_the_gguf_once(tmp_path):
              for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
-    sources = sorted(json.loads(o.strip().splitlines()[-1]) for o in outs)
+    # ordered by kind, not by path: where the package lives (/check/..., /work/...) must not decide the order
+    sources = sorted((json.loads(o.strip().splitlines()[-1]) for o in outs), key=lambda s: s.endswith(".gguf"))
     assert [s.endswith(".gguf") for s in sources] == [False, True], sources
     assert sources[0].startswith(str(tmp_path / "models"))              # the other read the plain copy
 

@@ -128,7 +128,7 @@ def _workers() -> Workers:
 def _vae_loop(config: dict) -> None:
     cfg = VAEConfig(**config["vae"])
     states, meta = _resume()
-    torch.set_num_threads(max(1, int(config["threads"])))
+    threads = _set_threads()
     for sd in config["seeds"]:
         name = f"seed-{sd.seed}"
         if name in meta:
@@ -141,6 +141,7 @@ def _vae_loop(config: dict) -> None:
             states[name], meta[name] = {}, {"failed": f"VAE seed {sd.seed}: {exc}"}
             _report({"model": name}, states, meta, f"  VAE seed {sd.seed} failed: {exc} {done}")
             continue
+        metrics["threads"] = threads
         metrics["rel_recon_val"] = relative_reconstruction_error(
             vae, torch.tensor(np.concatenate([sd.val_pos, sd.val_neg])))
         states[name], meta[name] = vae.state_dict(), {"config": vae.config(), "metrics": metrics}
@@ -152,7 +153,7 @@ def train_vaes(cfg: VAEConfig, seeds: list[SeedData], run_name: str, storage: St
              res: ResourcesConfig) -> tuple[dict, dict]:
     """One VAE per seed -> states, meta by 'seed-<s>' (meta holds "failed" instead of a model for a fit
     that diverged)."""
-    config = {"vae": asdict(cfg), "seeds": seeds, "threads": _threads(res.vae_workers)}
+    config = {"vae": asdict(cfg), "seeds": seeds}
     return _fit(_vae_loop, config, res.vae_workers, res.vae_cpus_per_worker, run_name, storage,
                 res.train_max_failures)
 
@@ -190,12 +191,13 @@ def _head_loop(config: dict) -> None:
     states, meta = _resume()
     run = Storage(config["run_uri"])
     seeds: dict[int, SeedData] = {sd.seed: sd for sd in config["seeds"]}
-    torch.set_num_threads(max(1, int(config["threads"])))
+    threads = _set_threads()
     for cell in config["cells"]:
         if cell.name in meta:
             continue
         states[cell.name], meta[cell.name] = _fit_one(cfg, cell, seeds[cell.seed], run, _workers())
         m = meta[cell.name]
+        m["metrics"]["threads"] = threads
         line = f"  head {cell.name}: " + (f"failed ({m['failed']})" if m["failed"] else
                                           f"validation accuracy {m['metrics']['val_acc']:.3f}")
         _report({"model": cell.name, "val_acc": m["metrics"]["val_acc"]}, states, meta,
@@ -225,8 +227,7 @@ def train_linear_heads(cfg: RewardConfig, cells: list[Cell], seeds: list[SeedDat
 def train_mlp_heads(cfg: RewardConfig, cells: list[Cell], seeds: list[SeedData], run_uri: str, run_name: str,
               storage: Storage, res: ResourcesConfig) -> tuple[dict, dict]:
     """Every head in one trainer run; an augmenting cell reads its synthetic set from <run_uri>/synthetic."""
-    config = {"reward": asdict(cfg), "cells": cells, "seeds": seeds, "run_uri": run_uri,
-              "threads": _threads(res.reward_workers)}
+    config = {"reward": asdict(cfg), "cells": cells, "seeds": seeds, "run_uri": run_uri}
     return _fit(_head_loop, config, res.reward_workers, res.reward_cpus_per_worker, run_name, storage,
                 res.train_max_failures)
 
@@ -274,8 +275,15 @@ class LoopbackTorchConfig(TorchConfig):
         return _LoopbackBackend
 
 
-def _threads(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+def _set_threads() -> int:
+    """In a Train worker: torch threads = the CPUs of the node it runs on / this run's workers on that node.
+    The node's count is Ray's (it honours a container's CPU limit); the driver's cores say nothing of a
+    worker node on a cluster whose head is smaller or larger."""
+    node = ray.get_runtime_context().get_node_id()
+    cpus = next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == node), 0) or os.cpu_count() or 1
+    threads = max(1, int(cpus) // max(1, ray.train.get_context().get_local_world_size()))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _fit(loop, config: dict, workers: int, cpus: float, run_name: str, storage: Storage, max_failures: int,
@@ -307,7 +315,7 @@ def _stream_loop(config: dict) -> None:
     """One head over a streamed dataset; a checkpoint (head + optimizer) after every epoch, resumed on restart."""
     import time
     cfg = RewardConfig(**config["reward"])
-    torch.set_num_threads(max(1, int(config["threads"])))
+    _set_threads()
     torch.manual_seed(config["seed"])
     head = RewardHead(config["dim"], cfg.hidden_dim, cfg.depth, cfg.dropout)
     head.norm.mean.copy_(torch.tensor(config["norm_mean"]))
@@ -365,7 +373,7 @@ def train_head_streaming(cfg: RewardConfig, train_ds, dim: int, norm_mean: np.nd
     """Train one head by streaming a Ray Dataset of {pos, neg} (n, d) batches; returns (head, metrics).
     A checkpoint after every epoch: a lost worker (FailureConfig) or a re-run with the same name resumes."""
     config = {"reward": asdict(cfg), "dim": dim, "norm_mean": norm_mean.tolist(), "norm_std": norm_std.tolist(),
-              "epochs": epochs, "seed": seed, "threads": _threads(res.reward_workers)}
+              "epochs": epochs, "seed": seed}
     states, _, metrics = _fit(_stream_loop, config, res.reward_workers, res.reward_cpus_per_worker, run_name, storage,
                               res.train_max_failures, datasets={"train": train_ds}, with_metrics=True)
     head = RewardHead(dim, cfg.hidden_dim, cfg.depth, cfg.dropout)

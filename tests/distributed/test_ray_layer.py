@@ -1,9 +1,11 @@
 """The Ray layer adds distribution only: its results equal the pure functions', and trainers resume."""
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
 import pytest
+import ray
 import torch
 
 from lens_ray.config import EmbedConfig, ResourcesConfig, RewardConfig, SynthConfig, VAEConfig
@@ -110,6 +112,12 @@ def _seeds() -> list[SeedData]:
             SeedData(1, pos[20:], neg[20:], pos[:20], neg[:20])]
 
 
+def _node_cpus() -> int:
+    """The CPUs Ray counts on the one node of the test cluster (what a Train worker's threads are cut from)."""
+    [node] = [n for n in ray.nodes() if n["Alive"]]
+    return int(node["Resources"]["CPU"])
+
+
 def test_vae_trainer_fits_with_ddp_and_resumes(ray_cluster, tmp_path):
     store = Storage(str(tmp_path / "train"))
     cfg, res = VAEConfig(latent_dim=2, hidden_dims=(8,), epochs=3), ResourcesConfig(vae_workers=2)
@@ -117,6 +125,7 @@ def test_vae_trainer_fits_with_ddp_and_resumes(ray_cluster, tmp_path):
     assert set(states) == {"seed-0", "seed-1"} and "rel_recon_val" in meta["seed-0"]["metrics"]
     m = meta["seed-0"]["metrics"]
     assert m["workers"] == 2 and m["module"] == "DistributedDataParallel"   # two workers shared each batch
+    assert m["threads"] == max(1, _node_cpus() // 2)                      # the node's cores, shared by its two
     other = [SeedData(sd.seed, sd.train_pos + 5, sd.train_neg - 5, sd.val_pos, sd.val_neg) for sd in _seeds()]
     again, _ = train_vaes(cfg, other, "vae-test", store, res)             # same run name: resumes, refits nothing
     assert all(torch.equal(states["seed-0"][k], again["seed-0"][k]) for k in states["seed-0"])   # other data,
@@ -124,13 +133,15 @@ def test_vae_trainer_fits_with_ddp_and_resumes(ray_cluster, tmp_path):
     assert not all(torch.equal(states["seed-0"][k], fresh["seed-0"][k]) for k in states["seed-0"])
 
 
-def test_head_trainer_fits_with_ddp(ray_cluster, tmp_path):
+def test_head_trainer_fits_with_ddp(ray_cluster, tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)    # a driver on a bigger machine than the workers' node
     store = Storage(str(tmp_path / "train"))
     rcfg = RewardConfig(hidden_dim=8, max_steps=40, eval_every=10)
     _, meta = train_mlp_heads(rcfg, [Cell("original", 1, 0)], _seeds()[:1], store.uri, "heads-test", store,
                         ResourcesConfig(reward_workers=2))
     m = meta["original-f1-s0"]
     assert m["metrics"]["val_acc"] > 0.8 and not m["failed"] and m["metrics"]["workers"] == 2
+    assert m["metrics"]["threads"] == max(1, _node_cpus() // 2)         # not the driver's 64 / 2
 
 
 @pytest.fixture(scope="module")

@@ -252,7 +252,8 @@ class ResourcesConfig:
     embed_gpus_per_actor: float | None = setting(None, "GPUs per embedding actor; unset: 1 when the cluster has "
                                                  "GPUs, else 0", ge=0)
     embed_batch_size: int = setting(16, "texts per embedding batch", ge=1)
-    embed_threads: int = setting(0, "torch threads per embedding actor; 0: cores / actors", ge=0)
+    embed_threads: int = setting(0, "torch threads per embedding actor; 0: 1 on a GPU, else the cluster's "
+                                "CPUs / actors", ge=0)
     vae_workers: int = setting(1, "Ray Train workers for the VAEs; more than one fits each with DDP. 1: a VAE is "
                                "small (one 64-wide layer, ~1,000 pairs) and one worker on the node's cores fitted "
                                "`make run`'s five 1.5x faster than DDP over two on 2 cores (docs/RESULTS.md)", ge=1)

@@ -6,7 +6,6 @@ texts of similar length (little padding); results stream back and are committed 
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -94,6 +93,16 @@ def embed_actor_count(res: ResourcesConfig, gpus: float) -> int:
     return max(1, min(8, int(have.get("CPU", 1))))
 
 
+def embed_thread_count(res: ResourcesConfig, actors: int, gpus: float) -> int:
+    """resources.embed_threads, or (0) one on a GPU, else the cluster's CPUs (Ray's count, not the driver's
+    cores: on a cluster the driver's node is not the actors') shared among the actors."""
+    if res.embed_threads:
+        return res.embed_threads
+    if gpus:
+        return 1
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, actors))
+
+
 def actor_pool(size: int, res: ResourcesConfig) -> dict:
     """map_batches arguments of an actor pool whose dead actors are restarted at most res.actor_max_restarts
     times (then the dataset fails, naming the actor's error)."""
@@ -122,7 +131,7 @@ def embed_items(items: list[EmbedItem], cfg: EmbedConfig, res: ResourcesConfig, 
     n_blocks = max(2 * actors, min(64, len(df) // (res.embed_batch_size * 4) + 1))
     ds = ray.data.from_pandas(split_frame(df, n_blocks, "prompt_json" if grouped else None))
     # Ray caps OMP threads at an actor's CPU share (1 for 0.5); on CPU give each actor its share of cores
-    threads = res.embed_threads or (1 if gpus else max(1, (os.cpu_count() or 1) // actors))
+    threads = embed_thread_count(res, actors, gpus)
     out = ds.map_batches(
         Embedder,
         fn_constructor_kwargs=dict(model=cfg.model, pooling=cfg.pooling, max_length=cfg.max_length,

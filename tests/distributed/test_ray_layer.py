@@ -16,7 +16,7 @@ from lens_ray.core.records import Cell, SeedData
 from lens_ray.core.synth_stream import decode_seeded, materialize
 from lens_ray.core.vae import PreferenceVAE
 from lens_ray.data.embed import Embedder
-from lens_ray.distributed.embedding import EmbedItem, embed_items
+from lens_ray.distributed.embedding import EmbedItem, embed_items, embed_thread_count
 from lens_ray.distributed.synthesis import pairs_dataset, synthesize_at_scale, synthesize_sets
 from lens_ray.distributed.training import train_head_streaming, train_mlp_heads, train_vaes
 from lens_ray.store.storage import Storage, StorageError
@@ -110,6 +110,14 @@ def _seeds() -> list[SeedData]:
     neg = rng.standard_normal((120, 8)).astype(np.float32) - w
     return [SeedData(0, pos[:100], neg[:100], pos[100:], neg[100:]),
             SeedData(1, pos[20:], neg[20:], pos[:20], neg[:20])]
+
+
+def test_embedding_threads_are_the_clusters_cpus_shared_by_the_actors(ray_cluster, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)    # the driver's own cores decide nothing
+    cpus = int(ray.cluster_resources()["CPU"])
+    assert [embed_thread_count(ResourcesConfig(), n, 0) for n in (1, 2)] == [cpus, max(1, cpus // 2)]
+    assert embed_thread_count(ResourcesConfig(), 1, 1.0) == 1                          # a GPU actor: one
+    assert embed_thread_count(ResourcesConfig(embed_threads=3), 2, 0) == 3            # the setting wins
 
 
 def _node_cpus() -> int:

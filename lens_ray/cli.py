@@ -39,9 +39,9 @@ FLAGS: dict[str, dict[str, str]] = {
     "serve": {"--head": "serve.head", "--host": "serve.host", "--port": "serve.port", "--replicas": "serve.replicas",
               "--max-batch-size": "serve.max_batch_size", "--batch-wait-ms": "serve.batch_wait_ms",
               "--normalize": "serve.normalize", "--token-env": "serve.token_env", **RAY},
-    "batch-score": {"--head": "serve.head", **RAY},
-    "export": {"--head": "serve.head"},
-    "score": {"--head": "serve.head"},
+    "batch-score": {"--head": "serve.head", "--normalize": "serve.normalize", **RAY},
+    "export": {"--head": "serve.head", "--normalize": "serve.normalize"},
+    "score": {"--head": "serve.head", "--normalize": "serve.normalize"},
 }
 
 # options that are not settings, declared once
@@ -224,9 +224,14 @@ def export_main(argv: list[str] | None = None, prog: str = "lens-ray export") ->
     from lens_ray.scoring.export import check_target, export
     from lens_ray.scoring.reward_model import RewardModel
     check_target(args.out, args.overwrite)
-    folder = export(RewardModel.from_run(args.run, cfg.serve.head), args.out)
-    _print(f"exported to {folder}: AutoModelForSequenceClassification.from_pretrained({folder!r}, "
-           "trust_remote_code=True)")
+    folder, form = export(RewardModel.from_run(args.run, cfg.serve.head), args.out, cfg.serve.normalize)
+    if form == "standard":
+        _print(f"exported to {folder} as a standard sequence classifier: "
+               f"AutoModelForSequenceClassification.from_pretrained({folder!r}) (no custom code; vLLM, TRL, "
+               "RewardBench, OpenRLHF and verl load it as it is)")
+    else:
+        _print(f"exported to {folder} as model type lens_reward (this head has no standard architecture): "
+               f"AutoModelForSequenceClassification.from_pretrained({folder!r}, trust_remote_code=True)")
     return folder
 
 
@@ -246,7 +251,7 @@ def score_main(argv: list[str] | None = None, prog: str = "lens-ray score") -> N
     print(f"scoring {len(rows)} row(s) with head {rm.head_name} of {rm.run_uri}", file=sys.stderr, flush=True)
     if not rows:
         return
-    rewards = rm.score([r["prompt"] for r in rows], [r["response"] for r in rows])
+    rewards = rm.score([r["prompt"] for r in rows], [r["response"] for r in rows], normalize=cfg.serve.normalize)
     if args.input is None:
         print(f"{float(rewards[0]):.4f}")
         return

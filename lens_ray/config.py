@@ -217,7 +217,9 @@ class ServeConfig:
     cpus_per_replica: float = setting(1.0, "CPUs per replica", gt=0)
     max_batch_size: int = setting(32, "requests batched into one forward pass", ge=1, le=4096)
     batch_wait_ms: float = setting(10.0, "how long a batch waits to fill", ge=0, le=10000)
-    normalize: bool = setting(False, "standardize rewards with the head's training-reward mean and std")
+    normalize: bool = setting(True, "standardized rewards: mean 0 and std 1 over the head's training responses "
+                              "(statistics stored with the head); false: the head's raw rewards (a mean_diff "
+                              "direction's are in the hundreds)")
     token_env: str | None = setting(None, "name of an environment variable holding a bearer token clients must "
                                     "send (Authorization: Bearer ...); unset: no token")
     max_body_bytes: int = setting(8 << 20, "largest request body accepted", ge=1024)

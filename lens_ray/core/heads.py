@@ -65,6 +65,18 @@ def rewards(head: nn.Module, e: torch.Tensor, batch: int = 4096) -> np.ndarray:
     return torch.cat([head(e[i:i + batch]) for i in range(0, len(e), batch)]).numpy() if len(e) else np.zeros(0)
 
 
+def reward_scale(r: np.ndarray) -> dict:
+    """The statistics a head's rewards are standardized with: mean and std of its rewards (n,) on its training
+    responses (chosen and rejected alike), stored with the head."""
+    return {"mean": float(np.mean(r)), "std": float(np.std(r))}
+
+
+def standardize(r: np.ndarray, scale: dict) -> np.ndarray:
+    """Rewards (n,) on one scale for every head: (r - mean) / std with `reward_scale`'s statistics, so the
+    training responses' rewards have mean 0 and std 1 (a constant head's std is floored, not divided by)."""
+    return (r - scale["mean"]) / max(scale["std"], 1e-12)
+
+
 def bradley_terry_loss(r_pos: torch.Tensor, r_neg: torch.Tensor,
                        weight: torch.Tensor | None = None) -> torch.Tensor:
     """-E[w * log sigmoid(r+ - r-)] / E[w]: (B,) x2 [+ (B,)] -> scalar."""

@@ -153,7 +153,8 @@ def dequantized_copy(src: ModelSource, dtype: str) -> str:
     it takes seconds, where de-quantizing the GGUF takes ~20 (each embedding actor, every run)."""
     root = os.environ.get("LENS_RAY_MODEL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lens-ray",
                                                                   "models")
-    return os.path.join(root, hashlib.sha256(f"{src.model_id}|{dtype}".encode()).hexdigest()[:16])
+    # "|2": copies written before the embedding was stored under its own name are not read again
+    return os.path.join(root, hashlib.sha256(f"{src.model_id}|{dtype}|2".encode()).hexdigest()[:16])
 
 
 def plain_config(config):
@@ -169,13 +170,13 @@ def plain_config(config):
 
 def _save_copy(model, tok, folder: str) -> None:
     """Write beside the target, then rename: a reader sees no copy or a whole one (of racing writers, one wins)."""
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
     tmp = f"{folder}.tmp-{os.getpid()}-{time.time_ns()}"
     try:
         os.makedirs(tmp)
         # transformers refuses save_pretrained on a GGUF-loaded model, though its weights are plain tensors by now
         plain_config(model.config).save_pretrained(tmp)
-        save_model(model, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        save_file(untied_state(model), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         tok.save_pretrained(tmp)
         if not os.path.exists(folder):
             os.replace(tmp, folder)
@@ -184,6 +185,17 @@ def _save_copy(model, tok, folder: str) -> None:
     finally:
         import shutil
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def untied_state(model) -> dict[str, torch.Tensor]:
+    """A causal LM's weights with a tied output layer stored once, under the input embedding's name: every
+    loader (a causal LM ties it back; a sequence classifier has no lm_head) then finds the embedding. Saving
+    the shared tensor under whichever name safetensors keeps (lm_head.weight) left a classifier loaded from
+    the folder with random embeddings."""
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    return state
 
 
 @contextlib.contextmanager
@@ -245,10 +257,16 @@ def load_model(spec: str, dtype: str = "auto", device: str | None = None) -> Loa
 
 
 def format_input(lm: LoadedModel, prompt: list[dict[str, str]], response: str) -> str:
-    """The text the LM reads: its own chat template where it has one, else role-prefixed lines."""
+    """The text the LM reads (`format_text` with the LM's tokenizer)."""
+    return format_text(lm.tokenizer, lm.kind == "causal", prompt, response)
+
+
+def format_text(tokenizer, causal: bool, prompt: list[dict[str, str]], response: str) -> str:
+    """The text a (prompt messages, response) is read as: a causal LM's own chat template where it has one,
+    else role-prefixed lines."""
     messages = prompt + [{"role": "assistant", "content": response}]
-    if lm.kind == "causal" and getattr(lm.tokenizer, "chat_template", None):
-        return lm.tokenizer.apply_chat_template(messages, tokenize=False)
+    if causal and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False)
     return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 

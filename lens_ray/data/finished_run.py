@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,6 +97,10 @@ class FinishedRun:
                                 f"have dimension {dim}: not this run's head")
         return head, name, meta
 
+    def reward_scale(self, name: str, meta: dict) -> dict:
+        """A head's stored reward statistics (its meta), checked: what standardized rewards divide by."""
+        return checked_scale(name, meta.get("reward_norm"))
+
     def embed_config(self, meta: dict) -> EmbedConfig:
         """The embedding settings a head (its stored meta) scores with: the run's, at the head's own layer when
         it has one (the selection's pick may be another layer of the same forward pass)."""
@@ -141,3 +146,15 @@ class FinishedRun:
 
 def load_run_inputs(uri: str) -> RunInputs:
     return FinishedRun.open(uri).inputs()
+
+
+def checked_scale(head: str, norm: dict | None) -> dict:
+    """A head's reward statistics {mean, std} as finite numbers (std >= 0), or a StorageError saying why not."""
+    if not norm:
+        raise StorageError(f"head {head}: no stored reward statistics to standardize with (a head trained by an "
+                           "older lens-ray); re-run the pipeline, or ask for raw rewards (--normalize false)")
+    ok = isinstance(norm, dict) and all(isinstance(norm.get(k), (int, float)) and not isinstance(norm[k], bool)
+                                        and math.isfinite(norm[k]) for k in ("mean", "std"))
+    if not ok or norm["std"] < 0:
+        raise StorageError(f"head {head}: stored reward statistics {str(norm)[:200]} are not a finite mean and std")
+    return {"mean": float(norm["mean"]), "std": float(norm["std"])}

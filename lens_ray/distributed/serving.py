@@ -1,8 +1,8 @@
 """A run's reward model as a server on Ray Serve: OpenRLHF's POST /get_reward, POST /score, GET /healthz and
 GET /info. The Ray layer for serving: routing, batching, replicas, auth and isolation around `RewardModel`.
 
-    lens-ray serve --run runs/hh_harmless_dev-smollm2 [--head NAME] [--port 8000] [--replicas 2] [--normalize]
-    serve run lens_ray.distributed.serving:app_builder run=runs/hh_harmless_dev-smollm2 normalize=true
+    lens-ray serve --run runs/hh_harmless_dev-smollm2 [--head NAME] [--port 8000] [--replicas 2] [--normalize false]
+    serve run lens_ray.distributed.serving:app_builder run=runs/hh_harmless_dev-smollm2 normalize=false
 
 One client cannot fail another's request:
 - every request is validated in full (`scoring/protocols.py`: types, sizes, nesting depth, text encodable)
@@ -45,6 +45,7 @@ from lens_ray.scoring.protocols import (
     score_items,
 )
 from lens_ray.scoring.reward_model import RewardModel
+from lens_ray.store.storage import StorageError
 
 APP = "lens-ray-reward"
 
@@ -87,7 +88,7 @@ class RewardServer:
         try:
             rm = RewardModel.from_run(self.run, self.sc.head)
             if self.sc.normalize:
-                rm.normalized(np.zeros(0, np.float32))             # a head without statistics fails here
+                rm.scale                                            # a head without statistics fails here
             self.template = rm.chat_template
             self.rm = rm
         except Exception as exc:                                   # shown by /healthz, /info and every request
@@ -212,10 +213,13 @@ def build(run: str, sc: ServeConfig):
 def check(run: str, sc: ServeConfig) -> None:
     """What a server can check before Ray starts: the run and its head (present, verified, of the run's
     dimension), and the head's reward statistics when normalize is asked for."""
-    _, name, meta = FinishedRun.open(run).head(sc.head)
-    if sc.normalize and not meta.get("reward_norm"):
-        raise ConfigError(f"serve.normalize: head {name} of {run} has no stored reward statistics (trained by an "
-                          "older lens-ray); re-run the pipeline, or serve without --normalize")
+    finished = FinishedRun.open(run)
+    _, name, meta = finished.head(sc.head)
+    if sc.normalize:
+        try:
+            finished.reward_scale(name, meta)
+        except StorageError as exc:
+            raise ConfigError(f"serve.normalize: {exc}") from exc
 
 
 def app_builder(args: dict[str, str]):

@@ -19,7 +19,7 @@ import pyarrow as pa
 import torch
 
 from lens_ray.config import LensConfig
-from lens_ray.core.heads import rewards
+from lens_ray.core.heads import rewards, standardize
 from lens_ray.core.pairs import Quarantine
 from lens_ray.core.progress import Log
 from lens_ray.data.embed import layer_settings, settings_key
@@ -56,7 +56,9 @@ def batch_score(cfg: LensConfig, run: FinishedRun, data_uri: str, out_uri: str, 
     e = run.embed_config(meta)                  # the head's own layer (the selection's pick may be another)
     settings = layer_settings(run.embeddings.meta, e.layer, e.layer_combine)
     out = Storage(out_uri)
-    manifest = Manifest.open(out, {"run": run.uri, "head": head_name, "data": data_uri, "best_of": best_of})
+    normalize = cfg.serve.normalize
+    manifest = Manifest.open(out, {"run": run.uri, "head": head_name, "data": data_uri, "best_of": best_of,
+                                   "normalize": normalize})
     if "summary.json" in manifest.files and manifest.read_parquet("rewards.parquet") is not None:
         log(f"{out.uri}: already scored with these inputs")
         return out.read_json("summary.json")
@@ -65,8 +67,11 @@ def batch_score(cfg: LensConfig, run: FinishedRun, data_uri: str, out_uri: str, 
     kind, texts, layout = _texts(rows, where, q, best_of)
     log(f"scoring {len(texts)} texts ({kind}) of {data_uri} with {run.uri}/heads/{head_name}")
     scores = rewards(head, torch.from_numpy(_vectors(dataclasses.replace(run.config, embed=e), settings, texts, log)))
+    if normalize:
+        scores = standardize(scores, run.reward_scale(head_name, meta))
     table, summary = (_pairs_result if kind == "pairs" else _bon_result)(scores, layout)
     summary.update({"run": run.uri, "head": head_name, "data": data_uri, "kind": kind, "texts": len(texts),
+                    "rewards": "standardized" if normalize else "raw",
                     "quarantined": dict(q.counts), "seconds": round(time.time() - t0, 1)})
     manifest.commit("rewards.parquet", out.write_parquet("rewards.parquet", table))
     out.write_json("summary.json", summary)

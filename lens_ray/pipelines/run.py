@@ -18,7 +18,7 @@ import torch
 
 from lens_ray.config import LensConfig, fingerprint
 from lens_ray.core.augment import Augmenter
-from lens_ray.core.heads import build_head, mean_diff_head, rewards
+from lens_ray.core.heads import build_head, mean_diff_head, reward_scale, rewards
 from lens_ray.core.metrics import bon_oracle, bon_random, head_metrics
 from lens_ray.core.pairs import Datasets, Split, seed_splits
 from lens_ray.core.progress import Log, Stages
@@ -358,9 +358,8 @@ def _store(store: Storage, keys: StageKeys, th: TrainedHead, sd: SeedData) -> Tr
     """Save a head with what made it and the mean and std of its rewards on its seed's real training
     responses (what a server's --normalize standardizes with)."""
     r = rewards(th.head, torch.from_numpy(np.concatenate([sd.train_pos, sd.train_neg])))
-    norm = {"mean": float(r.mean()), "std": float(r.std())}
     save_model(store, th.cell.name, th.head.state_dict(), th.head.config(),
-               {"fingerprint": keys.head(th.cell), "metrics": th.metrics, "reward_norm": norm})
+               {"fingerprint": keys.head(th.cell), "metrics": th.metrics, "reward_norm": reward_scale(r)})
     return th
 
 

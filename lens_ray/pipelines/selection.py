@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from lens_ray.config import AUGMENTING, ConfigError, LensConfig, fingerprint
-from lens_ray.core.heads import build_head, rewards
+from lens_ray.core.heads import build_head, reward_scale, rewards
 from lens_ray.core.metrics import head_metrics
 from lens_ray.core.pairs import Datasets, Split
 from lens_ray.core.progress import Log
@@ -135,7 +135,7 @@ def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
     r = rewards(head, torch.from_numpy(np.concatenate([emb.seed_pos, emb.seed_neg])))
     save_model(store, NAME, head.state_dict(), head.config(),
                {"fingerprint": key, "metrics": held, "embed_layer": list(cand.layer), "selected": record,
-                "reward_norm": {"mean": float(r.mean()), "std": float(r.std())}})
+                "reward_norm": reward_scale(r)})
     return record
 
 

@@ -1,18 +1,31 @@
-"""modeling_lens_reward.py of an exported lens-ray reward model (`lens-ray export`): copied as-is into the
-export folder, so it imports only torch and transformers.
+"""modeling_lens_reward.py of an exported lens-ray reward model (`lens-ray export`) whose head has no standard
+architecture (an MLP head, mean pooling, several layers, an inner layer): copied as-is into the export folder,
+so it imports only torch and transformers.
 
-`AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)` builds LensRewardModel:
-the base LM (its own config), the pooling lens-ray embedded with (last non-pad token or mean, chosen
-layers) and the trained head. logits[:, 0] is the reward, equal to `RewardModel.score` for the same tokens:
-the chat-templated (prompt, response) tokenized without special tokens (causal LMs), left-truncated to
-lens_reward["max_length"] tokens.
+The folder's model type is `lens_reward`, which transformers does not know: a load without
+`trust_remote_code=True` fails with transformers' own error asking for it, never a random head.
+`AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)` builds LensRewardModel: the
+base LM (`config.base_config`), the pooling lens-ray embedded with (last non-pad token or mean, chosen layers)
+and the trained head. logits[:, 0] is the reward, equal to `RewardModel.score` for the same tokens (standardized
+unless exported raw): the chat-templated (prompt, response) tokenized without special tokens (causal LMs),
+left-truncated to lens_reward["max_length"] tokens.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AutoModel, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
+
+
+class LensRewardConfig(PretrainedConfig):
+    """The base LM's config (a dict with its model_type) and lens-ray's `lens_reward` section."""
+    model_type = "lens_reward"
+
+    def __init__(self, base_config: dict | None = None, lens_reward: dict | None = None, **kwargs):
+        self.base_config = base_config or {}
+        self.lens_reward = lens_reward or {}
+        super().__init__(**kwargs)
 
 
 def _mlp(dims: list[int], dropout: float) -> nn.Sequential:
@@ -53,7 +66,7 @@ class _LinearHead(nn.Module):
 
 
 class LensRewardModel(PreTrainedModel):
-    config_class = PretrainedConfig
+    config_class = LensRewardConfig
     base_model_prefix = "model"
     _keep_in_fp32_modules = ["head"]
     # the base LM picks its attention kernel as lens-ray did (SDPA): in bf16, eager attention moves rewards by ~1%
@@ -64,7 +77,8 @@ class LensRewardModel(PreTrainedModel):
     def __init__(self, config: PretrainedConfig):
         super().__init__(config)
         spec = config.lens_reward
-        self.model = AutoModel.from_config(config)
+        base = AutoConfig.for_model(**config.base_config)
+        self.model = AutoModel.from_config(base)
         self.head = (_LinearHead if spec["head"]["kind"] == "linear" else _MLPHead)(spec["head"])
         self.post_init()
 
@@ -92,7 +106,11 @@ class LensRewardModel(PreTrainedModel):
         states = [out.last_hidden_state if layer == -1 else out.hidden_states[layer] for layer in layers]
         pooled = torch.stack([self._pool(h, mask) for h in states], 1).float()       # (B, L, H)
         emb = pooled.mean(1) if spec["layer_combine"] == "mean" else pooled.flatten(1)
-        return SequenceClassifierOutput(logits=self.head.float()(emb)[:, None])
+        reward = self.head.float()(emb)
+        scale = spec.get("scale")                      # standardized: the head's training-reward mean and std
+        if scale:
+            reward = (reward - scale["mean"]) / max(scale["std"], 1e-12)
+        return SequenceClassifierOutput(logits=reward[:, None])
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.config.lens_reward["pooling"] == "last":

@@ -6,8 +6,10 @@ dependency: each function takes exactly what that trainer passes.
 - verl (custom_reward_function): `compute_score(data_source, solution_str, ground_truth, extra_info)` and
   `compute_score_batch(...)` ask a running `lens-ray serve` (LENS_RAY_REWARD_URL, optional bearer token in
   LENS_RAY_REWARD_TOKEN); the prompt comes in extra_info["prompt"].
-- OpenRLHF (`--remote_rm_url /path/to/lens_ray/scoring/openrlhf_reward.py`): `reward_func(queries, prompts, labels)`
-  in process, the run from LENS_RAY_RUN (and LENS_RAY_HEAD).
+- OpenRLHF (`--reward.remote_url /path/to/lens_ray/scoring/openrlhf_reward.py`): `reward_func(queries, prompts,
+  labels)` in process, the run from LENS_RAY_RUN (and LENS_RAY_HEAD; LENS_RAY_NORMALIZE=0 for raw rewards).
+
+Every one gives standardized rewards (mean 0, std 1 over the head's training responses) unless asked for raw.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import os
 import urllib.request
 from typing import Any, Callable
 
-from lens_ray.scoring.protocols import Limits, openrlhf_items, openrlhf_reply
+from lens_ray.scoring.protocols import Limits, conversation, openrlhf_items, openrlhf_reply
 from lens_ray.scoring.reward_model import RewardModel
 
 
@@ -29,15 +31,20 @@ def _text(item: Any) -> str:
     raise TypeError(f"a completion must be a string or a list of messages, got {type(item).__name__}")
 
 
-def trl_reward(run: str, head: str | None = None, normalize: bool = False,
+def trl_reward(run: str, head: str | None = None, normalize: bool = True,
                model: RewardModel | None = None) -> Callable[..., list[float]]:
-    """f(prompts, completions, **kwargs) -> one float per completion, for TRL's `reward_funcs`."""
+    """f(prompts, completions, **kwargs) -> one float per completion, for TRL's `reward_funcs`; standardized
+    rewards unless normalize=False. A prompt string rendered with the reward model's chat template (a plain-text
+    dataset templated by hand) or in HH-RLHF's form is read back to its messages (`protocols.conversation`), so
+    every form TRL passes scores as the messages form does."""
     rm = model or RewardModel.from_run(run, head)
 
     def lens_ray_reward(prompts: list, completions: list, **kwargs) -> list[float]:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        return [float(r) for r in rm.score(list(prompts), [_text(c) for c in completions], normalize=normalize)]
+        pairs = [conversation(p, _text(c), rm.chat_template) if isinstance(p, str) else (p, _text(c))
+                 for p, c in zip(prompts, completions)]
+        return [float(r) for r in rm.score([p for p, _ in pairs], [c for _, c in pairs], normalize=normalize)]
     lens_ray_reward.__name__ = f"lens_ray_{rm.head_name}"      # TRL logs each reward function by its name
     return lens_ray_reward
 
@@ -86,6 +93,6 @@ def openrlhf_reward_func(queries: list[str], prompts: list[str], labels: list[st
         _MODEL = RewardModel.from_run(os.environ["LENS_RAY_RUN"], os.environ.get("LENS_RAY_HEAD") or None)
     body = {"query": list(queries), "prompts": list(prompts)} | ({"labels": list(labels)} if labels else {})
     items = openrlhf_items(body, Limits(max_items=1 << 30), _MODEL.chat_template)
-    rewards = _MODEL.score(items.prompts, items.responses, normalize=os.environ.get("LENS_RAY_NORMALIZE") == "1")
+    rewards = _MODEL.score(items.prompts, items.responses, normalize=os.environ.get("LENS_RAY_NORMALIZE") != "0")
     reply = openrlhf_reply([float(r) for r in rewards])
     return {**reply, "rewards": torch.tensor(reply["rewards"]), "scores": torch.tensor(reply["scores"])}

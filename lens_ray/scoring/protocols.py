@@ -3,11 +3,13 @@
 (`integrations.py`) and their tests share these.
 
 - OpenRLHF (`--reward.remote_url`): {"query": [str], "prompts": [str], "labels": [str]} -> {"rewards": [float],
-  "scores": [float], "extra_logs": {...}}. Each query is its prompt followed by the response; the response is
-  the query after its prompt. OpenRLHF sends the prompt already rendered with the policy's chat template:
-  where it is rendered with the reward model's own template, `ChatTemplate.recover` reads the messages back,
-  so the text is templated once, as `lens-ray score` templates it; an HH-RLHF-style prompt ("\\n\\nHuman: ...
-  \\n\\nAssistant:") becomes the messages ingest makes of it; any other string is one user turn.
+  "scores": [float], "extra_logs": {...}} (OpenRLHF takes "rewards" for the advantage, "scores" for dynamic
+  filtering and logs; both are the reward here, as OpenRLHF's own reward server answers). Each query is the
+  decoded prompt tokens (their start cut when the prompt was too long) followed by the decoded response, its
+  end-of-turn token included; lists may be empty (the share of a later reward URL). A prompt rendered with
+  the reward model's chat template is read back to its messages (`ChatTemplate.recover`), so the text is
+  templated once, as `lens-ray score` templates it; an HH-RLHF-style prompt ("\\n\\nHuman: ...\\n\\nAssistant:")
+  becomes the messages ingest makes of it; any other string is one user turn (`conversation`).
 - /score: {"prompts": [str | chat messages], "responses": [str]} -> {"rewards": [float], "head", "model"}.
 
 Every request is validated completely before any of it reaches the model: a JSON object no deeper than
@@ -93,21 +95,22 @@ def _text(value: Any, where: str, limits: Limits) -> str:
     return value
 
 
-def _list(obj: dict, name: str, limits: Limits, required: bool = True) -> list | None:
+def _list(obj: dict, name: str, limits: Limits, required: bool = True, allow_empty: bool = False) -> list | None:
     value = obj.get(name)
     if value is None and not required:
         return None
     if not isinstance(value, list):
         raise BadRequest(422, name, "missing or not a list")
-    if not value:
+    if not value and not allow_empty:
         raise BadRequest(422, name, "empty list")
     if len(value) > limits.max_items:
         raise BadRequest(422, name, f"{len(value)} items, more than the limit of {limits.max_items}")
     return value
 
 
-def _strings(obj: dict, name: str, limits: Limits, required: bool = True) -> list[str] | None:
-    value = _list(obj, name, limits, required)
+def _strings(obj: dict, name: str, limits: Limits, required: bool = True,
+             allow_empty: bool = False) -> list[str] | None:
+    value = _list(obj, name, limits, required, allow_empty)
     return None if value is None else [_text(v, f"{name}[{i}]", limits) for i, v in enumerate(value)]
 
 
@@ -121,25 +124,56 @@ def _prompt(value: Any, where: str, limits: Limits) -> Prompt:
 
 
 def openrlhf_items(obj: dict, limits: Limits, template: "ChatTemplate | None" = None) -> Items:
-    """OpenRLHF's request -> (prompt, response) per query; a query that does not start with its prompt is
-    refused naming the item. Prompts rendered with the reward model's chat template become messages again."""
-    queries = _strings(obj, "query", limits)
-    prompts = _strings(obj, "prompts", limits)
-    labels = _list(obj, "labels", limits, required=False)
+    """OpenRLHF's request -> (prompt, response) per query. Its client decodes the (possibly left-truncated) prompt
+    tokens and the response tokens back to one text, so a query need not start with its prompt: the response is
+    what follows the longest end of the prompt that the query starts with (`prompt_overlap`), and the full prompt
+    is scored with it. Empty lists (the shard a second reward URL gets of a one-sample batch) are valid."""
+    queries = _strings(obj, "query", limits, allow_empty=True)
+    prompts = _strings(obj, "prompts", limits, allow_empty=True)
+    labels = _list(obj, "labels", limits, required=False, allow_empty=True)
     for name, other in (("prompts", prompts), ("labels", labels)):
         if other is not None and len(other) != len(queries):
             raise BadRequest(422, name, f"{len(other)} items but query has {len(queries)}")
     out = Items([], [])
     for i, (q, p) in enumerate(zip(queries, prompts)):
-        if not q.startswith(p):
-            raise BadRequest(422, f"query[{i}]", f"does not start with prompts[{i}]")
-        recovered = (template.recover(p) if template else None) or hh_prompt(p)
-        response = q[len(p):]
-        if recovered and template:
-            response = template.response(response)
-        out.prompts.append(recovered or p)
-        out.responses.append(response.strip() if recovered and p.endswith(HH_ASSISTANT) else response)
+        shared = prompt_overlap(p, q)
+        if shared == 0 and p:
+            raise BadRequest(422, f"query[{i}]", f"shares no text with the end of prompts[{i}]: the response "
+                             "cannot be told from the prompt")
+        prompt, response = conversation(p, q[shared:], template)
+        out.prompts.append(prompt)
+        out.responses.append(response)
     return out
+
+
+def prompt_overlap(prompt: str, query: str) -> int:
+    """Length of the longest end of `prompt` that `query` starts with: the whole prompt when the query starts
+    with it, less when the client cut the prompt's start to fit its context. Linear time (the KMP prefix
+    function of query + sentinel + prompt), so a long prompt cannot make it quadratic."""
+    s = query[:len(prompt)] + "\x00" + prompt            # \x00: a character no text carries (checked below)
+    if "\x00" in prompt or "\x00" in query[:len(prompt)]:
+        return len(prompt) if query.startswith(prompt) else 0
+    fail = [0] * len(s)
+    for i in range(1, len(s)):
+        k = fail[i - 1]
+        while k and s[i] != s[k]:
+            k = fail[k - 1]
+        fail[i] = k + (s[i] == s[k])
+    return fail[-1]
+
+
+def conversation(prompt: str, response: str, template: "ChatTemplate | None") -> tuple[Prompt, str]:
+    """A prompt string as a consumer sends it -> (the messages lens-ray embeds, the response). A prompt rendered
+    with the reward model's chat template (as OpenRLHF and TRL's plain-text datasets send it) becomes its messages
+    again and the response loses the template's turn end; an HH-RLHF-style prompt ("\\n\\nHuman: ...
+    \\n\\nAssistant:") becomes the messages ingest makes of it; any other string is one user turn."""
+    if template:                                         # a response decoded with its end-of-turn token
+        response = template.response(response)
+    recovered = template.recover(prompt) if template else None
+    if recovered:
+        return recovered, response
+    hh = hh_prompt(prompt)
+    return (hh, response.strip()) if hh else (prompt, response)
 
 
 HH_ASSISTANT = "\n\nAssistant:"

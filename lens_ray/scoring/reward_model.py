@@ -1,7 +1,7 @@
 """The reward-model API: (prompt, response) texts -> rewards, end to end. No Ray.
 
     rm = RewardModel.from_run("runs/hh_harmless_dev-smollm2")            # the run's default head
-    rm.score(["How do I bake bread?"], ["Mix flour, water, yeast ..."])   # -> np.ndarray (n,)
+    rm.score(["How do I bake bread?"], ["Mix flour, water, yeast ..."])   # -> np.ndarray (n,), standardized
 
 A prompt is a string (one user turn) or a list of chat messages. Texts are embedded exactly as the run
 embedded them (its model, chat template, pooling, layers and left truncation at max_length: the run's typed
@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from lens_ray.config import EmbedConfig
+from lens_ray.core.heads import standardize
 from lens_ray.data.embed import LoadedModel, Packing, combine_layers, embed_rows, load_model, tokenize
-from lens_ray.data.finished_run import FinishedRun
+from lens_ray.data.finished_run import FinishedRun, checked_scale
 from lens_ray.scoring.protocols import ChatTemplate, Prompt, messages
-from lens_ray.store.storage import StorageError
 
 
 @dataclass
@@ -79,14 +79,17 @@ class RewardModel:
         return combine_layers(vecs, e.layer_combine)
     @torch.no_grad()
     def score(self, prompts: list[Prompt], responses: list[str], batch_size: int = 8,
-              normalize: bool = False) -> np.ndarray:
-        """(n,) rewards; normalize: standardized with the head's training-reward mean and std."""
+              normalize: bool = True) -> np.ndarray:
+        """(n,) rewards, standardized (`core.heads.standardize`: mean 0, std 1 over the head's training
+        responses); normalize=False: the head's raw rewards."""
         emb = self.embed(prompts, responses, batch_size)
         rewards = self.head(torch.from_numpy(emb)).numpy() if len(emb) else np.zeros(0, np.float32)
         return self.normalized(rewards) if normalize else rewards
 
+    @property
+    def scale(self) -> dict:
+        """The head's reward statistics (mean, std), checked; a head without them cannot standardize."""
+        return checked_scale(self.head_name, self.reward_norm)
+
     def normalized(self, rewards: np.ndarray) -> np.ndarray:
-        if not self.reward_norm:
-            raise StorageError(f"head {self.head_name}: no stored reward statistics to normalize with (a head "
-                               "trained by an older lens-ray); re-run the pipeline")
-        return (rewards - self.reward_norm["mean"]) / max(self.reward_norm["std"], 1e-12)
+        return standardize(rewards, self.scale)

@@ -1,7 +1,7 @@
 """The reward server with real HTTP on 127.0.0.1. On the test session's local Ray, built by `app_builder` (the
 Ray-native path): OpenRLHF-shaped requests, /score equal to RewardModel.score, batching, every bad-request
 class, one client's bad items mixed with others' good ones, slow clients, the token, and the trainers'
-callables. Then `lens-ray serve` itself in a process of its own, with --normalize, --token-env, --replicas 2,
+callables. Then `lens-ray serve` itself in a process of its own, with --normalize false, --token-env, --replicas 2,
 --max-batch-size, --batch-wait-ms and --head: what it answers, and that it listens on loopback only."""
 import json
 import os
@@ -109,6 +109,27 @@ def test_openrlhf_requests_batch_together(server):
     assert after["batches"] - before["batches"] < 24                        # concurrent requests shared passes
 
 
+def test_openrlhf_traffic_as_its_client_sends_it(server):
+    """OpenRLHF's client (openrlhf/utils/agent.py) shards a sample's one query over its reward URLs, so a later
+    URL gets empty lists: 200 with empty lists. It decodes the prompt's tokens (their start cut when the prompt
+    is too long) and the response's, its end-of-turn token included: the reward is that of the full prompt."""
+    url, rm, _, _ = server
+    status, body = _call(url, "/get_reward", {"query": [], "prompts": [], "labels": []})
+    assert status == 200 and body == {"rewards": [], "scores": [], "extra_logs": {}}
+    tok = rm.lm.tokenizer
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Tell me a joke about cats, please. " * 3}],
+                                     tokenize=False, add_generation_prompt=True)
+    response = "A cat walks into a bar."
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    action = tok(response + tok.eos_token, add_special_tokens=False)["input_ids"]
+    want = float(rm.score([[{"role": "user", "content": "Tell me a joke about cats, please. " * 3}]], [response])[0])
+    for keep in (len(ids), len(ids) - 7, 5):                 # whole, cut by 7 tokens, only the last 5 kept
+        query = tok.decode(ids[-keep:] + action, skip_special_tokens=False)
+        status, body = _call(url, "/get_reward", {"query": [query], "prompts": [prompt], "labels": [None]})
+        assert status == 200 and body["rewards"][0] == pytest.approx(want, abs=1e-4), (keep, body)
+        assert body["scores"] == body["rewards"]
+
+
 def test_every_entry_point_gives_one_pair_the_same_reward(server, tmp_path, capsys):
     """The same (prompt, response) through `lens-ray score`, /score, /get_reward with a plain, an HH-style and a
     chat-templated prompt (as OpenRLHF renders it), the TRL callable and the export: one reward."""
@@ -149,7 +170,6 @@ def test_every_entry_point_gives_one_pair_the_same_reward(server, tmp_path, caps
     ({"prompts": ["a"]}, None, 422, "query"),
     ({"query": ["a", 3], "prompts": ["a", "b"]}, None, 422, "query[1]"),
     ({"query": ["ab", "cd"], "prompts": ["a"]}, None, 422, "prompts"),
-    ({"query": [], "prompts": []}, None, 422, "query"),
     ({"query": ["xy"], "prompts": ["a"]}, None, 422, "query[0]"),
     ({"query": ["a"] * 9, "prompts": ["a"] * 9}, None, 422, "query"),
     (None, b'{"query": ["' + b"a" * 5000 + b'"]}', 413, "body"),
@@ -233,7 +253,7 @@ def test_token_routes_and_survival(server):
     status, body = _call(url, "/score", {"prompts": [long], "responses": ["fine"]})
     info = _call(url, "/info", None, method="GET")[1]
     assert status == 200 and np.isfinite(body["rewards"][0]) and info["truncated"] >= 1
-    assert info["head"] == "lens-f4-s0" and info["embedding_dim"] == 32 and info["normalize"] is False
+    assert info["head"] == "lens-f4-s0" and info["embedding_dim"] == 32 and info["normalize"] is True
     assert info["chat_template_recovery"] is True
 
 
@@ -246,6 +266,15 @@ def test_trl_callable_takes_strings_and_conversations(server):
              completions=[[{"role": "assistant", "content": r}] for r in RESPONSES])
     assert np.allclose(plain, rm.score(PROMPTS, RESPONSES), atol=1e-5) and np.allclose(chat, plain, atol=1e-5)
     assert f.__name__ == "lens_ray_lens-f4-s0"
+    # a plain-text dataset templated by hand, and HH-RLHF's form: read back to the same conversation
+    rendered = [rm.lm.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                    add_generation_prompt=True) for p in PROMPTS]
+    assert np.allclose(f(prompts=rendered, completions=RESPONSES), plain, atol=1e-5)
+    hh = [f"\n\nHuman: {p}\n\nAssistant:" for p in PROMPTS]
+    assert np.allclose(f(prompts=hh, completions=[" " + r for r in RESPONSES]), plain, atol=1e-5)
+    raw = trl_reward(run.uri, head="lens-f4-s0", normalize=False)(prompts=PROMPTS, completions=RESPONSES)
+    assert np.allclose(raw, rm.score(PROMPTS, RESPONSES, normalize=False), atol=1e-5)
+    assert np.std(plain) != pytest.approx(np.std(raw), rel=1e-3)
 
 
 def test_verl_compute_score_asks_the_server(server, monkeypatch):
@@ -306,7 +335,7 @@ def test_lens_ray_serve_with_every_flag(local_run, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     env["SERVE_TEST_TOKEN"] = TOKEN
     cmd = [sys.executable, "-m", "lens_ray.cli", "serve", "--run", run.uri, "--head", head, "--port", str(port),
-           "--normalize", "--token-env", "SERVE_TEST_TOKEN", "--replicas", "2", "--max-batch-size", "8",
+           "--normalize", "false", "--token-env", "SERVE_TEST_TOKEN", "--replicas", "2", "--max-batch-size", "8",
            "--batch-wait-ms", "20", "--set", "serve.cpus_per_replica=0.25"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -331,9 +360,10 @@ def test_lens_ray_serve_with_every_flag(local_run, tmp_path):
     assert replicas == 2, listening                  # each replica's own gRPC port, on loopback
     stored = info["reward_norm"]
     assert stored["mean"] == pytest.approx(mean, abs=1e-4) and stored["std"] == pytest.approx(std, rel=1e-4)
-    raw = RewardModel.from_run(run.uri, head).score(PROMPTS, RESPONSES)
-    assert status == 200 and np.allclose(body["rewards"], (raw - mean) / std, atol=1e-4)
-    assert info["normalize"] is True and info["head"] == head
+    raw = RewardModel.from_run(run.uri, head).score(PROMPTS, RESPONSES, normalize=False)
+    assert status == 200 and np.allclose(body["rewards"], raw, atol=1e-4)          # --normalize false: raw
+    assert not np.allclose(raw, (raw - mean) / std, atol=1e-2)                     # which differs from standardized
+    assert info["normalize"] is False and info["head"] == head
 
 
 @pytest.mark.parametrize("case", ["missing run", "missing head", "port in use"])

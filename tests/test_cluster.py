@@ -16,7 +16,7 @@ def test_aws_yaml_passes_rays_schema():
     assert types["gpu_worker"]["min_workers"] == 0 and types["gpu_worker"]["max_workers"] >= 1
     assert types["gpu_worker"]["node_config"]["InstanceType"].startswith(("g", "p"))
     assert types["cpu_worker"]["min_workers"] == 0
-    assert any("pip install -q -e" in c for c in cfg["setup_commands"])
+    assert any("pip install -q -c /home/ubuntu/lens-ray/requirements-lock.txt -e" in c for c in cfg["setup_commands"])
 
 
 def test_schema_check_is_real():

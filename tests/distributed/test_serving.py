@@ -141,6 +141,10 @@ def test_every_entry_point_gives_one_pair_the_same_reward(server, tmp_path, caps
     want = float(rm.score([prompt], [response])[0])
     score_main(["--run", run.uri, "--head", "lens-f4-s0", "--prompt", prompt, "--response", response])
     cli = float(capsys.readouterr().out.strip())
+    score_main(["--run", run.uri, "--head", "lens-f4-s0", "--prompt", prompt, "--response", response,
+                "--normalize", "false"])
+    assert float(capsys.readouterr().out.strip()) == pytest.approx(float(rm.score([prompt], [response],
+                                                                                  normalize=False)[0]), abs=1e-4)
     rendered = rm.lm.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                    add_generation_prompt=True)
     via = {
@@ -153,7 +157,7 @@ def test_every_entry_point_gives_one_pair_the_same_reward(server, tmp_path, caps
         "trl": trl_reward(run.uri, head="lens-f4-s0", model=rm)([prompt], [response])[0],
     }
     via = {k: v["rewards"][0] if isinstance(v, dict) else v for k, v in via.items()}
-    folder = export(rm, str(tmp_path / "export"))
+    folder, _ = export(rm, str(tmp_path / "export"))
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32)
     via["export"] = float(exported_logits(model, AutoTokenizer.from_pretrained(folder), [prompt], [response])[0])

@@ -29,6 +29,10 @@ def test_gguf_dequantized_copy_is_read_again_and_embeds_identically(capfd):
     a = embed_ids(first, tokenize(first, prompts, responses, 128).ids, "auto")
     b = embed_ids(again, tokenize(again, prompts, responses, 128).ids, "auto")
     assert np.array_equal(a, b) and a.shape == (2, 576)
+    # the copy holds the tied embedding under its own name: a sequence classifier finds every weight but score
+    from transformers import AutoModelForSequenceClassification
+    _, info = AutoModelForSequenceClassification.from_pretrained(copy, output_loading_info=True)
+    assert info["missing_keys"] and set(info["missing_keys"]) == {"score.weight"}, info
 
 
 def test_actors_starting_together_convert_the_gguf_once(tmp_path):
@@ -73,9 +77,24 @@ def test_smollm2_on_real_hh(ray_cluster, hh_path, tmp_path):
     from lens_ray.scoring.export import export, exported_logits
     from lens_ray.scoring.reward_model import RewardModel
     rm = RewardModel.from_run(str(tmp_path / "smol"), "lens-f4-s0")
-    folder = export(rm, str(tmp_path / "hf"))
+    folder, form = export(rm, str(tmp_path / "hf"))
     dtype = next(rm.lm.model.parameters()).dtype            # as the run embedded: bf16 where the CPU has it
     model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True, dtype=dtype)
     prompts, responses = ["How do I bake bread?", "Say something rude."], ["Mix flour and water.", "No."]
     got = exported_logits(model.eval(), AutoTokenizer.from_pretrained(folder), prompts, responses).numpy()
-    assert np.allclose(got, rm.score(prompts, responses), atol=1e-3)
+    assert form == "lens" and np.allclose(got, rm.score(prompts, responses), atol=1e-3)
+    # its mean_diff head (the last layer, last token) is SmolLM2's own LlamaForSequenceClassification, loaded
+    # with no custom code: the same order and a correlation >= 0.999 with RewardModel.score over 16 texts
+    md = RewardModel.from_run(str(tmp_path / "smol"), "mean_diff-f1-s0")
+    folder, form = export(md, str(tmp_path / "std"))
+    model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype).eval()
+    assert form == "standard" and type(model).__name__ == "LlamaForSequenceClassification"
+    texts = [("How do I bake bread?", r) for r in ("Mix flour and water.", "No.", "Bake it at 220C for 30 minutes.",
+                                                  "I won't help.", "Flour, yeast, salt, water; knead, rise, bake.",
+                                                  "Buy some.", "Ask a baker.", "Sourdough takes days.")]
+    texts += [("Say something rude.", r) for r in ("No.", "You smell.", "I'd rather be kind.", "Go away.",
+                                                   "Rudeness helps no one.", "Fine: meh.", "Whatever.", "Hi.")]
+    p, r = [t[0] for t in texts], [t[1] for t in texts]
+    got = exported_logits(model, AutoTokenizer.from_pretrained(folder), p, r).numpy()
+    want = md.score(p, r) + model.config.lens_reward["offset"]
+    assert np.corrcoef(got, want)[0, 1] >= 0.999 and np.abs(got - want).max() < 0.05 * np.std(want), (got, want)

@@ -34,6 +34,13 @@ def test_best_of_n_on_scored_completions(local_run, bon_path, tmp_path):
     again = batch_score_main(["--run", run.uri, "--data", str(data), "--out", str(tmp_path / "scored"),
                               "--best-of", "4", "--head", "original-f1-s0"])
     assert again == summary                                            # committed: returned, not recomputed
+    raw = batch_score_main(["--run", run.uri, "--data", str(data), "--out", str(tmp_path / "raw"),
+                            "--best-of", "4", "--head", "original-f1-s0", "--normalize", "false"])
+    raw_rows = [r for r in pq.read_table(tmp_path / "raw" / "rewards.parquet").to_pylist() if r["row"] == 0]
+    assert raw["rewards"] == "raw" and summary["rewards"] == "standardized"
+    assert np.allclose([r["reward"] for r in raw_rows], rm.score([first["instruction"]] * 4, outputs,
+                                                                 normalize=False), atol=1e-4)
+    assert raw["bon_gold"] == summary["bon_gold"]                      # one order, two scales
 
 
 def test_pairs_give_rewards_and_accuracy(local_run, hh_path, tmp_path):

@@ -56,6 +56,12 @@ def test_a_last_layer_linear_head_is_a_standard_classifier(tiny_llama, tmp_path)
     with torch.no_grad():
         trl = model(**enc).logits[:, 0].numpy() - offset
     assert np.allclose(trl, rm.score(PROMPTS, RESPONSES), atol=1e-4)
+    # as RewardBench scores a sequence classifier: a text-classification pipeline, raw logits, padded batches
+    from transformers import pipeline
+    pipe = pipeline("text-classification", model=model, tokenizer=tok, device="cpu")
+    bench = pipe(texts, batch_size=3, truncation=True, padding=True, max_length=64, function_to_apply="none",
+                 return_token_type_ids=False)
+    assert np.allclose([b["score"] - offset for b in bench], rm.score(PROMPTS, RESPONSES), atol=1e-4)
     # a raw export: the head's own reward, no offset
     raw, _ = export(rm, str(tmp_path / "raw"), normalize=False)
     model, tok = _load(raw)

@@ -48,9 +48,9 @@ def main() -> None:
     ap.add_argument("--head", default=None)
     ap.add_argument("--pairs", type=int, default=8)
     args = ap.parse_args()
+    from embed_throughput import machine
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from embed_throughput import machine
     from lens_ray.data.finished_run import FinishedRun
     from lens_ray.scoring import integrations
     from lens_ray.scoring.export import export, exported_logits
@@ -109,10 +109,12 @@ def main() -> None:
     print(f"reward scale of the head: raw mean {raw.mean():.3g}, std {raw.std():.3g}, range "
           f"[{raw.min():.3g}, {raw.max():.3g}]; standardized mean {want.mean():.3f}, std {want.std():.3f}, "
           f"range [{want.min():.2f}, {want.max():.2f}]")
-    print("\n| path | largest difference from RewardModel.score (standardized) |\n|---|---|")
     diffs = {k: float(np.abs(v - want).max()) for k, v in rows.items()}
+    order = {k: (float(np.corrcoef(v, want)[0, 1]), _kendall(v, want)) for k, v in rows.items()}
+    print("\n| path | largest difference from RewardModel.score (standardized) | correlation | pair order agreement |"
+          "\n|---|---|---|---|")
     for k, d in diffs.items():
-        print(f"| {k} | {d:.2e} |")
+        print(f"| {k} | {d:.2e} | {order[k][0]:.5f} | {order[k][1]:.3f} |")
     print(f"\nexport without trust_remote_code: {plain}")
     if standard:
         print(f"standard export of {standard['head']}: {standard['class']} with no custom code; correlation "
@@ -125,7 +127,8 @@ def main() -> None:
                              "raw": {"mean": float(raw.mean()), "std": float(raw.std()), "min": float(raw.min()),
                                      "max": float(raw.max())},
                              "standardized": {"mean": float(want.mean()), "std": float(want.std())},
-                             "max_abs_diff": diffs, "plain_load": plain, "standard": standard}) + "\n")
+                             "max_abs_diff": diffs, "correlation_and_order": order, "plain_load": plain,
+                             "standard": standard}) + "\n")
 
 
 if __name__ == "__main__":

@@ -150,4 +150,4 @@ def exported_logits(model: torch.nn.Module, tokenizer, prompts: list, responses:
     enc = tokenizer(texts, add_special_tokens=spec["add_special_tokens"], truncation=True,
                     max_length=spec["max_length"], padding=True, return_tensors="pt")
     with torch.no_grad():
-        return model(**enc).logits[:, 0]
+        return model(**enc).logits[:, 0].float()

@@ -102,9 +102,12 @@ def main() -> None:
                 std_model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype).eval()
                 got = exported_logits(std_model, AutoTokenizer.from_pretrained(folder), prompts, responses).numpy()
                 ref = md.score(prompts, responses) + std_model.config.lens_reward["offset"]
+                md_raw = md.score(prompts, responses, normalize=False)
                 standard = {"head": md.head_name, "form": form_md, "class": type(std_model).__name__,
                             "corr": float(np.corrcoef(got, ref)[0, 1]), "pair_order_agreement": _kendall(got, ref),
-                            "max_abs_diff": float(np.abs(got - ref).max()), "std": float(np.std(ref))}
+                            "max_abs_diff": float(np.abs(got - ref).max()), "std": float(np.std(ref)),
+                            "raw": [float(md_raw.min()), float(md_raw.max())],
+                            "standardized": [float(md.normalized(md_raw).min()), float(md.normalized(md_raw).max())]}
     print(f"run {args.run}, head {rm.head_name} ({machine()}), {len(prompts)} texts, compute dtype {dtype}")
     print(f"reward scale of the head: raw mean {raw.mean():.3g}, std {raw.std():.3g}, range "
           f"[{raw.min():.3g}, {raw.max():.3g}]; standardized mean {want.mean():.3f}, std {want.std():.3f}, "
@@ -120,7 +123,8 @@ def main() -> None:
         print(f"standard export of {standard['head']}: {standard['class']} with no custom code; correlation "
               f"{standard['corr']:.5f}, pair order agreement {standard['pair_order_agreement']:.3f}, largest "
               f"difference {standard['max_abs_diff']:.2e} (std of its rewards 1 by construction: "
-              f"{standard['std']:.3f})")
+              f"{standard['std']:.3f}); its rewards raw in [{standard['raw'][0]:.3g}, {standard['raw'][1]:.3g}], "
+              f"standardized in [{standard['standardized'][0]:.2f}, {standard['standardized'][1]:.2f}]")
     with open(ROOT / "bench" / "results.jsonl", "a") as fh:
         fh.write(json.dumps({"bench": "consumers", "machine": machine(), "time": time.strftime("%Y-%m-%d %H:%M"),
                              "run": args.run, "head": rm.head_name, "texts": len(prompts), "dtype": str(dtype),

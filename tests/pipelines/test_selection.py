@@ -81,7 +81,7 @@ def test_the_pick_is_the_runs_reward_model_at_its_own_layer(local_run, tiny_llam
     run = FinishedRun.open(out.uri)
     pairs = run.inputs().seed_pairs[:3]
     seed_pos = _tables(run, sel["layer"])[0]
-    got = rm.score([p.prompt for p in pairs], [p.chosen for p in pairs])
+    got = rm.score([p.prompt for p in pairs], [p.chosen for p in pairs], normalize=False)
     assert np.allclose(got, rewards(rm.head, torch.from_numpy(seed_pos[:3])), atol=1e-4)
     text = out.read_bytes("report.md").decode()
     assert text.index("reward model (heads/selected)") < text.index("every method, measured on the held-out")
@@ -115,6 +115,7 @@ def test_a_head_at_another_layer_is_scored_at_it_by_every_entry_point(local_run,
     want = rewards(rm.head, torch.from_numpy(_tables(run, [-2])[0][:3]))
     other = rewards(rm.head, torch.from_numpy(_tables(run, [-1])[0][:3]))
     assert not np.allclose(want, other, atol=1e-3)                        # the layers do differ
+    want = rm.normalized(want)                                            # every entry point: standardized
     assert np.allclose(rm.score([p.prompt for p in pairs], [p.chosen for p in pairs]), want, atol=1e-4)
     data = tmp_path / "pairs.jsonl"
     data.write_text("\n".join(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected})
@@ -122,7 +123,8 @@ def test_a_head_at_another_layer_is_scored_at_it_by_every_entry_point(local_run,
     batch_score_main(["--run", str(copy), "--data", str(data), "--out", str(tmp_path / "scored")])
     got = pq.read_table(tmp_path / "scored" / "rewards.parquet").column("chosen_reward").to_numpy()
     assert np.allclose(got, want, atol=1e-4)
-    folder = export(rm, str(tmp_path / "hf"))
+    folder, form = export(rm, str(tmp_path / "hf"))
+    assert form == "lens"                                                 # an inner layer: no standard class
     model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True,
                                                                dtype=torch.float32).eval()
     logits = exported_logits(model, AutoTokenizer.from_pretrained(folder), [p.prompt for p in pairs],

@@ -202,3 +202,54 @@ def test_a_linear_head_with_non_finite_weights_is_failed(monkeypatch):
     broken = fit_reward_head(RewardConfig(), "linear", PairSet(pos, neg), PairSet(pos, neg), 0,
                              [str(i) for i in range(20)], pos, neg)
     assert broken.failure == "non-finite weights" and (broken.best_step, broken.steps) == (0, 0)
+
+
+def test_fit_head_steps_are_the_replayed_adamw_steps():
+    """Three steps of fit_head against the same steps written out here: the head built and standardized
+    alike, each batch of the keyed order, gradients zeroed before each backward, AdamW. A loop that never zeroes
+    its gradients (or skips a step, or standardizes otherwise) ends elsewhere."""
+    from lens_ray.core.heads import RewardHead, bradley_terry_loss
+    pos, neg = _pairs(40, d=6)
+    cfg = RewardConfig(hidden_dim=5, dropout=0.0, max_steps=3, eval_every=100, batch_size=16, lr=0.05,
+                       weight_decay=0.01)
+    fit = fit_head(cfg, PairSet(pos, neg), PairSet(pos[:8], neg[:8]), 4, pos, neg, keep="last")
+    torch.manual_seed(4)
+    head = RewardHead(6, 5, 1, 0.0)
+    mean, std = torch.cat([pos, neg]).mean(0), torch.cat([pos, neg]).std(0)
+    head.norm.mean.copy_(mean)
+    head.norm.std.copy_(std)
+    opt = torch.optim.AdamW(head.parameters(), lr=0.05, weight_decay=0.01)
+    order = keyed_rng(4, BATCHES).permutation(40)
+    for step in range(3):                                       # 40 pairs, batches of 16: 16, 16, 8
+        idx = order[step * 16:(step + 1) * 16]
+        opt.zero_grad()
+        bradley_terry_loss(head(pos[idx]), head(neg[idx])).backward()
+        opt.step()
+    # the output bias cancels in r+ - r-: its gradient is 0 up to rounding, which Adam's step normalizes into
+    # noise, so it is left out; every weight that the loss reaches is compared
+    got = fit.head.state_dict()
+    for k, v in head.state_dict().items():
+        if k != "net.2.bias":
+            assert torch.allclose(got[k], v, atol=1e-5), k
+    assert fit.steps == 3 and not torch.allclose(got["net.0.weight"], RewardHead(6, 5, 1, 0.0).net[0].weight)
+
+
+def test_the_returned_head_has_its_reported_best_accuracy():
+    """Noisy labels and a large step make validation accuracy rise and fall: the head returned is the one
+    that scored the reported best, not the last."""
+    pos, neg = _pairs(200, d=8, signal=0.3)
+    vpos, vneg = _pairs(60, d=8, seed=1, signal=0.3)
+    cfg = RewardConfig(hidden_dim=32, dropout=0.0, max_steps=200, eval_every=5, patience=40, lr=0.05,
+                       batch_size=8)
+    fit = fit_head(cfg, PairSet(pos, neg), PairSet(vpos, vneg), 0, pos, neg)
+    accs = [h["val_acc"] for h in fit.history]
+    assert accs[-1] < max(accs)                                 # the last check was not the best: a real test
+    assert head_accuracy(fit.head, vpos, vneg) == fit.best_val_acc == max(accs)
+
+
+def test_fit_vae_standardizes_with_its_training_embeddings():
+    pos, neg = _pairs(64, d=6)
+    pos = pos * 3 + 5                                           # far from the standardizer's defaults (0, 1)
+    vae, _ = fit_vae(VAEConfig(latent_dim=2, hidden_dims=(8,), epochs=1), pos, neg, seed=0)
+    both = torch.cat([pos, neg])
+    assert torch.allclose(vae.norm.mean, both.mean(0)) and torch.allclose(vae.norm.std, both.std(0))

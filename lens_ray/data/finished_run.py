@@ -23,7 +23,7 @@ from lens_ray.core.heads import build_head
 from lens_ray.core.pairs import Pair
 from lens_ray.core.records import Cell, Embedded, bon_draws, table_texts
 from lens_ray.core.vae import PreferenceVAE
-from lens_ray.data.embed import settings_key
+from lens_ray.data.embed import INNER, model_kind, settings_key
 from lens_ray.data.ingest import load_datasets
 from lens_ray.store.artifacts import load_model, read_model_doc, read_pair_embeddings
 from lens_ray.store.storage import ChecksumError, Manifest, Storage, StorageError
@@ -91,11 +91,22 @@ class FinishedRun:
             known = sorted(n[:-len(".json")] for n in heads.listdir() if n.endswith(".json"))
             raise StorageError(f"{self.uri}: no head {name!r}; heads: {', '.join(known) or 'none'}")
         head, meta = load_model(heads, name, build_head)
+        self._check_inner(name, meta)
         dim = self.report.get("embedding_dim")
         if dim is not None and head.dim != dim:
             raise ChecksumError(f"{heads.uri_of(name)}.json: a head of dimension {head.dim}, but the run's embeddings "
                                 f"have dimension {dim}: not this run's head")
         return head, name, meta
+
+    def _check_inner(self, name: str, meta: dict) -> None:
+        """A head at an inner layer of a causal LM fitted before inner layers were read through the model's
+        final norm (`layer_states`) would be scored on other features than its own: refused, never rescored."""
+        layers = self.embed_config(meta).layer
+        if meta.get("inner") == INNER or tuple(layers) == (-1,) or model_kind(self.config.embed.model) == "encoder":
+            return
+        raise StorageError(f"{self.uri}/heads/{name}: fitted on layer {list(layers)}'s raw states by an older "
+                           "lens-ray; inner layers are now read through the model's final norm: re-run the "
+                           "pipeline (only those layers are embedded again)")
 
     def reward_scale(self, name: str, meta: dict) -> dict:
         """A head's stored reward statistics (its meta), checked: what standardized rewards divide by."""

@@ -24,7 +24,7 @@ from lens_ray.core.pairs import Datasets, Split, seed_splits
 from lens_ray.core.progress import Log, Stages
 from lens_ray.core.records import Cell, Embedded, SeedData, bon_draws, plan_cells, table_texts
 from lens_ray.core.vae import PreferenceVAE
-from lens_ray.data.embed import combine_layers, layer_settings, resolve_dtype, resolve_model, settings_key
+from lens_ray.data.embed import INNER, combine_layers, layer_settings, resolve_dtype, resolve_model, settings_key
 from lens_ray.data.ingest import load_datasets
 from lens_ray.pipelines import report as reporting
 from lens_ray.pipelines import report_html
@@ -359,7 +359,8 @@ def _store(store: Storage, keys: StageKeys, th: TrainedHead, sd: SeedData) -> Tr
     responses (what a server's --normalize standardizes with)."""
     r = rewards(th.head, torch.from_numpy(np.concatenate([sd.train_pos, sd.train_neg])))
     save_model(store, th.cell.name, th.head.state_dict(), th.head.config(),
-               {"fingerprint": keys.head(th.cell), "metrics": th.metrics, "reward_norm": reward_scale(r)})
+               {"fingerprint": keys.head(th.cell), "metrics": th.metrics, "reward_norm": reward_scale(r),
+                "inner": INNER})
     return th
 
 

@@ -33,7 +33,7 @@ from lens_ray.core.selection import (
     summarize,
 )
 from lens_ray.core.stats import mean_std, paired, standard_error
-from lens_ray.data.embed import model_depth
+from lens_ray.data.embed import INNER, model_depth
 from lens_ray.store.artifacts import reuse_model, save_model
 from lens_ray.store.storage import Storage
 
@@ -135,7 +135,7 @@ def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
     r = rewards(head, torch.from_numpy(np.concatenate([emb.seed_pos, emb.seed_neg])))
     save_model(store, NAME, head.state_dict(), head.config(),
                {"fingerprint": key, "metrics": held, "embed_layer": list(cand.layer), "selected": record,
-                "reward_norm": reward_scale(r)})
+                "reward_norm": reward_scale(r), "inner": INNER})
     return record
 
 

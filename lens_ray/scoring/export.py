@@ -2,14 +2,15 @@
 `AutoModelForSequenceClassification.from_pretrained(folder)` loads as its consumers load it. No Ray.
 
 Two forms, chosen by the head (`standard_class`):
-- **standard**: a linear or mean_diff head on a causal LM's last layer, pooled at the last non-pad token, is
-  exactly the LM's own `*ForSequenceClassification` (Llama, Qwen2, Mistral, ...) with `score.weight` = the head:
-  that class applies the LM's final norm and reads the last non-pad token, which is the embedding lens-ray takes
-  (its last layer is the normed `last_hidden_state`). TRL, RewardBench, vLLM (`--runner pooling`), SGLang, TGI,
+- **standard**: a linear or mean_diff head on one layer of a causal LM, pooled at the last non-pad token, is
+  exactly the LM's own `*ForSequenceClassification` (Llama, Qwen2, Mistral, ...), cut after that layer, with
+  `score.weight` = the head: that class applies the LM's final norm and reads the last non-pad token, which is
+  the embedding lens-ray takes (the last layer's normed `last_hidden_state`; an inner layer's state read
+  through the same norm, `data/embed.py: layer_states`). TRL, RewardBench, vLLM (`--runner pooling`), SGLang, TGI,
   OpenRLHF and verl load it with no custom code. Its classifier has no bias, so the standardized reward's
   centre cannot be folded in: its logits are `RewardModel.score`'s standardized reward plus
   `lens_reward["offset"]` (mean / std; 0 for a raw export), the same order and scale.
-- **lens**: any other head (MLP, mean pooling, several or inner layers, encoders) as model type `lens_reward`
+- **lens**: any other head (MLP, mean pooling, several layers, encoders) as model type `lens_reward`
   with modeling_lens_reward.py (hf_modeling.py): a load without `trust_remote_code=True` fails with
   transformers' error asking for it, never a randomly initialised head. Its logits equal `RewardModel.score`.
 
@@ -27,7 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 from lens_ray.config import ConfigError
-from lens_ray.data.embed import format_text, plain_config, resolve_pooling
+from lens_ray.data.embed import final_norm, format_text, plain_config, resolve_pooling
 from lens_ray.scoring.protocols import messages
 from lens_ray.scoring.reward_model import RewardModel
 
@@ -54,15 +55,28 @@ def _is_export(out_dir: str) -> bool:
 
 
 def standard_class(rm: RewardModel) -> str | None:
-    """The transformers class the head is exactly, or None: a linear head (fitted or mean_diff) on a causal LM's
-    last layer alone, last-token pooled, whose model type has a sequence classifier."""
+    """The transformers class the head is exactly, or None: a linear head (fitted or mean_diff) on one layer of
+    a causal LM, last-token pooled, whose model type has a sequence classifier. An inner layer's state is read
+    through the final norm (`layer_states`), so the head is that classifier on the LM cut after that layer."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as CLASSES
     e, lm = rm.embed_cfg, rm.lm
-    if lm.kind != "causal" or tuple(e.layer) != (-1,) or resolve_pooling(e.pooling, lm.kind) != "last":
+    if lm.kind != "causal" or len(e.layer) != 1 or resolve_pooling(e.pooling, lm.kind) != "last":
         return None
-    if rm.head.config()["kind"] != "linear":
+    if rm.head.config()["kind"] != "linear" or _kept_layers(rm) is None:
         return None
     return CLASSES.get(lm.model.config.model_type)
+
+
+def _kept_layers(rm: RewardModel) -> int | None:
+    """How many decoder layers the classifier keeps: hidden state k (negative) is the output of layer n + k,
+    0-based, of n; None where that cannot be a standard model (no final norm, or no layer left)."""
+    n = getattr(rm.lm.model.config, "num_hidden_layers", None)
+    layer = rm.embed_cfg.layer[0]
+    if layer == -1:
+        return n
+    if n is None or final_norm(rm.lm.model) is None or not 1 <= n + 1 + layer < n:
+        return None
+    return n + 1 + layer
 
 
 def export(rm: RewardModel, out_dir: str, normalize: bool = True) -> tuple[str, str]:
@@ -103,8 +117,15 @@ def _standard(rm: RewardModel, cls: str, spec: dict, scale: dict | None, tok, dt
     config.architectures, config.num_labels = [cls], 1
     config.pad_token_id = _pad_id(rm, tok)
     setattr(config, MARK, spec)
+    n, keep = config.num_hidden_layers, _kept_layers(rm)
+    if keep < n:                                      # an inner layer: the LM cut after it
+        for attr, value in list(vars(config).items()):
+            if isinstance(value, list) and len(value) == n:       # per-layer settings (layer_types, ...)
+                setattr(config, attr, value[:keep])
+        config.num_hidden_layers = keep
     w = rm.head.w.detach().double() / (max(scale["std"], 1e-12) if scale else 1.0)
-    weights = {f"model.{k}": v.detach().to(dtype).contiguous() for k, v in rm.lm.model.state_dict().items()}
+    weights = {f"model.{k}": v.detach().to(dtype).contiguous() for k, v in rm.lm.model.state_dict().items()
+               if not (k.startswith("layers.") and int(k.split(".")[1]) >= keep)}
     # the score layer in the LM's dtype, as the class builds it: its product is what every loader computes
     weights["score.weight"] = w.to(dtype)[None, :].contiguous()
     save_file(weights, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})

@@ -1,5 +1,5 @@
 """modeling_lens_reward.py of an exported lens-ray reward model (`lens-ray export`) whose head has no standard
-architecture (an MLP head, mean pooling, several layers, an inner layer): copied as-is into the export folder,
+architecture (an MLP head, mean pooling, several layers, an encoder): copied as-is into the export folder,
 so it imports only torch and transformers.
 
 The folder's model type is `lens_reward`, which transformers does not know: a load without
@@ -103,7 +103,11 @@ class LensRewardModel(PreTrainedModel):
         layers = spec["layers"]
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
                          output_hidden_states=any(layer != -1 for layer in layers))
-        states = [out.last_hidden_state if layer == -1 else out.hidden_states[layer] for layer in layers]
+        norm = next((getattr(self.model, n) for n in ("norm", "final_layernorm", "ln_f", "final_layer_norm")
+                     if isinstance(getattr(self.model, n, None), nn.Module)), None)
+        # an inner layer read through the final norm, as lens-ray embeds it (data/embed.py: layer_states)
+        states = [out.last_hidden_state if layer == -1 else norm(out.hidden_states[layer]) if norm is not None
+                  else out.hidden_states[layer] for layer in layers]
         pooled = torch.stack([self._pool(h, mask) for h in states], 1).float()       # (B, L, H)
         emb = pooled.mean(1) if spec["layer_combine"] == "mean" else pooled.flatten(1)
         reward = self.head.float()(emb)

@@ -146,3 +146,24 @@ def test_a_stored_pick_is_reused_across_synthesis_settings_unless_augmentation_i
     assert key(0, synth=("noise_var", 0.5)) == key(0) and key(0, vae=("beta", 0.5)) == key(0)
     assert key(1, synth=("noise_var", 0.5)) != key(1) != key(0)
     assert key(0, reward=("hidden_dim", 8)) != key(0) and selection_key(LensConfig(), layers[:1], "data") != key(0)
+
+
+def test_a_head_fitted_on_raw_inner_states_is_refused(local_run, tmp_path):
+    """A pick at an inner layer stored by a lens-ray that read inner layers raw (no `inner` mark in its meta):
+    every reader refuses it in one line, rather than scoring it on the final-normed states it was not fitted on."""
+    import json
+    import shutil
+
+    from lens_ray.store.storage import StorageError
+    _, _, out = local_run
+    copy = tmp_path / "run"
+    shutil.copytree(out.path(), copy)
+    doc = json.loads((copy / "heads" / "selected.json").read_text())
+    doc["meta"]["embed_layer"] = [-2]
+    doc["meta"].pop("inner", None)
+    (copy / "heads" / "selected.json").write_text(json.dumps(doc))
+    with pytest.raises(StorageError, match="raw states by an older lens-ray"):
+        FinishedRun.open(str(copy)).head()
+    doc["meta"]["embed_layer"] = [-1]                        # the last layer was always read after the norm
+    (copy / "heads" / "selected.json").write_text(json.dumps(doc))
+    assert FinishedRun.open(str(copy)).head()[1] == "selected"

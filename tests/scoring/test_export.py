@@ -70,11 +70,40 @@ def test_a_last_layer_linear_head_is_a_standard_classifier(tiny_llama, tmp_path)
                        rm.score(PROMPTS, RESPONSES, normalize=False), atol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["mlp head", "inner layer"])
+def test_an_inner_layer_linear_head_is_the_classifier_of_the_cut_lm(tiny_llama, tmp_path):
+    """Layer -2 of the 2-layer tiny Llama, read through the final norm: a 1-layer LlamaForSequenceClassification."""
+    torch.manual_seed(0)
+    rm = _built(tiny_llama, LinearScorer(torch.randn(32)), layer=(-2,))
+    folder, form = export(rm, str(tmp_path / "hf"))
+    model, tok = _load(folder)
+    assert form == "standard" and model.config.num_hidden_layers == 1 and len(model.model.layers) == 1
+    got = exported_logits(model, tok, MANY_P, MANY_R).numpy() - model.config.lens_reward["offset"]
+    assert np.allclose(got, rm.score(MANY_P, MANY_R), atol=1e-4)
+    top = _built(tiny_llama, LinearScorer(rm.head.w), layer=(-1,))    # the same head on the last layer differs
+    assert not np.allclose(top.score(MANY_P, MANY_R), rm.score(MANY_P, MANY_R), atol=1e-2)
+
+
+def test_inner_layers_are_read_through_the_final_norm(tiny_llama):
+    """What lens-ray embeds at layer -2 is the final norm of the first layer's output, at the last token."""
+    from transformers import AutoModel
+
+    from lens_ray.data.embed import embed_layers, load_model
+    lm = load_model(tiny_llama, "float32")
+    ids = [[5, 6, 7, 8, 9], [10, 11, 12]]
+    got = embed_layers(lm, ids, "auto", layers=(-2, -1))
+    base = AutoModel.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for row, seq in enumerate(ids):
+            out = base(input_ids=torch.tensor([seq]), output_hidden_states=True)
+            assert np.allclose(got[row, 0], base.norm(out.hidden_states[1])[0, -1].numpy(), atol=1e-5)
+            assert np.allclose(got[row, 1], out.last_hidden_state[0, -1].numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["mlp head", "two layers"])
 def test_other_heads_refuse_a_load_without_custom_code(tiny_llama, tmp_path, case):
     torch.manual_seed(0)
-    rm = _built(tiny_llama, RewardHead(32, 8) if case == "mlp head" else LinearScorer(torch.randn(32)),
-                layer=(-1,) if case == "mlp head" else (-2,))
+    rm = _built(tiny_llama, RewardHead(32, 8) if case == "mlp head" else LinearScorer(torch.randn(64)),
+                layer=(-1,) if case == "mlp head" else (-2, -1))
     folder, form = export(rm, str(tmp_path / "hf"))
     assert form == "lens"
     with pytest.raises(ValueError, match="trust_remote_code=True"):

@@ -130,13 +130,19 @@ def test_openrlhf_traffic_as_its_client_sends_it(server):
         assert body["scores"] == body["rewards"]
 
 
-def test_every_entry_point_gives_one_pair_the_same_reward(server, tmp_path, capsys):
+def test_every_entry_point_gives_one_pair_the_same_reward(server, tmp_path, capsys, monkeypatch):
     """The same (prompt, response) through `lens-ray score`, /score, /get_reward with a plain, an HH-style and a
-    chat-templated prompt (as OpenRLHF renders it), the TRL callable and the export: one reward."""
+    chat-templated prompt (as OpenRLHF renders it), OpenRLHF's reward_func in process, verl's compute_score, the
+    TRL callable with strings, messages and a hand-templated prompt, and the export: one standardized reward."""
     from lens_ray.cli import score_main
+    from lens_ray.scoring import integrations
     from lens_ray.scoring.export import export, exported_logits
-    from lens_ray.scoring.integrations import trl_reward
+    from lens_ray.scoring.integrations import compute_score, trl_reward
     url, rm, run, _ = server
+    monkeypatch.setenv("LENS_RAY_REWARD_URL", url)
+    monkeypatch.setenv("LENS_RAY_REWARD_TOKEN", TOKEN)
+    monkeypatch.setenv("LENS_RAY_RUN", run.uri)
+    monkeypatch.setattr(integrations, "_MODEL", rm)
     prompt, response = "How do I bake bread?", "Mix flour, water and yeast."
     want = float(rm.score([prompt], [response])[0])
     score_main(["--run", run.uri, "--head", "lens-f4-s0", "--prompt", prompt, "--response", response])
@@ -155,6 +161,12 @@ def test_every_entry_point_gives_one_pair_the_same_reward(server, tmp_path, caps
         "get_reward templated": _call(url, "/get_reward", {"query": [rendered + response + "<|im_end|>"],
                                                            "prompts": [rendered]})[1],
         "trl": trl_reward(run.uri, head="lens-f4-s0", model=rm)([prompt], [response])[0],
+        "trl messages": trl_reward(run.uri, model=rm)([[{"role": "user", "content": prompt}]],
+                                                      [[{"role": "assistant", "content": response}]])[0],
+        "trl templated": trl_reward(run.uri, model=rm)([rendered], [response])[0],
+        "openrlhf in process": float(integrations.openrlhf_reward_func([rendered + response + "<|im_end|>"],
+                                                                       [rendered], [None])["rewards"][0]),
+        "verl": compute_score("hh", response, None, {"prompt": prompt}),
     }
     via = {k: v["rewards"][0] if isinstance(v, dict) else v for k, v in via.items()}
     folder, _ = export(rm, str(tmp_path / "export"))

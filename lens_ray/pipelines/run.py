@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 from dataclasses import dataclass
 from typing import Callable
 
@@ -39,7 +40,7 @@ from lens_ray.store.artifacts import (
 )
 from lens_ray.store.embedding_cache import EmbeddingCache
 from lens_ray.store.search_results import read_trials
-from lens_ray.store.storage import Manifest, Storage
+from lens_ray.store.storage import Manifest, Storage, differences
 
 
 @dataclass
@@ -98,6 +99,7 @@ def run(cfg: LensConfig, log: Log = print, ds: Datasets | None = None,
             at = copy.deepcopy(cfg)     # a layer missing from the cache brings every candidate in the same pass
             at.embed.layer = layer
             folder = f"embeddings-layer{','.join(map(str, layer))}"
+            stale_layer_tables(out, folder, embedding_settings(at), log)
             return embed_stage(with_cached_layers(at, layers), ds, out, log, folder=folder)
         with t.stage("select", log):
             selected = select_stage(cfg, ds, layers, embedded_at, splits, keys.base, out, log)
@@ -152,6 +154,18 @@ def embedding_settings(cfg: LensConfig) -> dict:
     if dtype != "float32":       # fp32 runs keep the settings (and cache) they always had
         settings["dtype"] = dtype
     return layer_settings(settings, e.layer, e.layer_combine)
+
+
+def stale_layer_tables(out: Storage, folder: str, settings: dict, log: Log) -> None:
+    """A candidate layer's tables are the run's copy of cached vectors: made under other settings (an older
+    lens-ray read inner layers raw) they are removed, said, and made again, where the run's own `embeddings`
+    refuses other settings outright."""
+    if not out.exists(f"{folder}/{Manifest.NAME}"):
+        return
+    stored = Manifest.load(out.child(folder)).meta
+    if json.loads(json.dumps(stored)) != json.loads(json.dumps(settings)):
+        log(f"  {folder}: made with other settings ({differences(stored, settings)}): made again")
+        out.delete(folder)
 
 
 def with_cached_layers(cfg: LensConfig, layers: list[tuple[int, ...]]) -> LensConfig:

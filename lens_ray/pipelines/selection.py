@@ -73,8 +73,9 @@ def selection_key(cfg: LensConfig, layers: list[tuple[int, ...]], base_key: str)
     settings reuses the pick."""
     augmentation = (tuple(m for m in cfg.methods if m in AUGMENTING), cfg.factors, cfg.vae, cfg.synth) \
         if cfg.selection.finalists else ()
+    inner = [INNER] if any(x != (-1,) for x in layers) else []      # how inner layers were read
     return fingerprint(base_key, cfg.selection, [list(x) for x in layers], *augmentation, cfg.reward,
-                       cfg.data.val_fraction, cfg.data.split_seed, cfg.seeds)
+                       cfg.data.val_fraction, cfg.data.split_seed, cfg.seeds, *inner)
 
 
 def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],

@@ -251,3 +251,25 @@ def test_a_run_with_every_data_flag_a_yaml_config_and_the_open_choices(ray_clust
     last_layer = cached[settings_key(extra.settings, first.prompt, first.chosen)]
     assert last_layer.shape == inputs.emb.seed_pos[0].shape
     assert not np.allclose(last_layer, inputs.emb.seed_pos[0])       # the same text, another layer: other vector
+
+
+def test_a_candidate_layers_tables_made_under_other_settings_are_made_again(tmp_path):
+    """An older run's raw inner-layer tables: removed and said (they are the run's copy of cached vectors),
+    where the same settings keep them."""
+    from lens_ray.pipelines.run import stale_layer_tables
+    out = Storage(str(tmp_path / "run"))
+    old = {"model": "m", "layer": [-2]}
+    man = Manifest.open(out.child("embeddings-layer-2"), old)
+    man.commit("seed.parquet", out.child("embeddings-layer-2").write_parquet("seed.parquet", _table()))
+    said = []
+    stale_layer_tables(out, "embeddings-layer-2", old, said.append)
+    assert said == [] and out.exists("embeddings-layer-2/seed.parquet")
+    stale_layer_tables(out, "embeddings-layer-2", {**old, "inner": "final_norm"}, said.append)
+    assert not out.exists("embeddings-layer-2") and "inner" in said[0] and "made again" in said[0]
+    stale_layer_tables(out, "embeddings-layer-2", old, said.append)           # nothing there: nothing to do
+    assert len(said) == 1
+
+
+def _table():
+    import pyarrow as pa
+    return pa.table({"x": [1, 2]})

@@ -273,3 +273,86 @@ def test_a_candidate_layers_tables_made_under_other_settings_are_made_again(tmp_
 def _table():
     import pyarrow as pa
     return pa.table({"x": [1, 2]})
+
+
+def _keys(cfg) -> dict[str, str]:
+    """Every address a stored result is found by, for one config: the embedding cache's, the stage keys of a
+    VAE, of LENS's and direct perturbation's synthetic sets, of an original, a mean_diff and a LENS head, and
+    the stored pick's."""
+    from lens_ray.config import fingerprint
+    from lens_ray.core.pairs import Split
+    from lens_ray.core.records import Cell
+    from lens_ray.pipelines.run import StageKeys, embedding_settings
+    from lens_ray.pipelines.selection import selection_key
+    splits = [Split(0, np.arange(8), np.arange(8, 10))]
+    k = StageKeys(cfg, splits, 16)
+    lens, dp = Cell("lens", 4, 0), Cell("direct_perturbation", 4, 0)
+    out = {"embedding": fingerprint(embedding_settings(cfg)), "base": k.base, "vae": k.vae(0),
+           "synthetic lens": k.synthetic(lens), "synthetic dp": k.synthetic(dp),
+           "head original": k.head(Cell("original", 1, 0)), "head mean_diff": k.head(Cell("mean_diff", 1, 0)),
+           "head lens": k.head(lens), "head dp": k.head(dp), "pick": selection_key(cfg, [(-1,), (-2,)], k.base)}
+    assert len(set(out.values())) == len(out)                         # ten different things, ten addresses
+    return out
+
+
+EVERYTHING = {"embedding", "base", "vae", "synthetic lens", "synthetic dp", "head original", "head mean_diff",
+              "head lens", "head dp", "pick"}
+BELOW_EMBEDDING = EVERYTHING - {"embedding"}
+
+
+@pytest.mark.parametrize("setting,value,changed", [
+    ("embed.max_length", 128, EVERYTHING),
+    ("embed.pooling", "mean", EVERYTHING),
+    ("embed.storage_dtype", "float16", {"embedding"}),                 # stored rounding: its own cache entries
+    ("data.split_seed", 7, BELOW_EMBEDDING),
+    ("vae.beta", 0.5, {"vae", "synthetic lens", "head lens"}),         # direct perturbation uses no VAE
+    ("vae.latent_dim", 8, {"vae", "synthetic lens", "head lens"}),
+    ("synth.noise_var", 0.05, {"synthetic lens", "synthetic dp", "head lens", "head dp"}),
+    ("synth.dp_noise_var", 0.05, {"synthetic lens", "synthetic dp", "head lens", "head dp"}),
+    ("reward.lr", 0.01, {"head original", "head lens", "head dp", "pick"}),   # mean_diff is closed-form
+    ("reward.max_steps", 10, {"head original", "head lens", "head dp", "pick"}),
+    ("selection.folds", 3, {"pick"}),
+    ("selection.heads", "linear,mlp", {"pick"}),
+    ("selection.objective", "bon_gold", {"pick"}),
+    ("seeds", 3, {"pick"}),                                            # the pick is refitted on every seed
+    ("resources.embed_actors", 2, set()),
+    ("resources.embed_batch_size", 4, set()),
+    ("resources.vae_workers", 2, set()),
+    ("resources.reward_workers", 2, set()),
+    ("resources.embed_threads", 1, set()),
+])
+def test_each_setting_changes_exactly_the_keys_of_what_it_makes(ray_cluster, setting, value, changed):
+    """Each setting alone: exactly the addresses of what it makes change (a VAE setting refits the VAE and what
+    LENS made from it, nothing else; how the work is placed changes nothing)."""
+    from lens_ray.config import LensConfig, apply_overrides
+    base = LensConfig()
+    before, after = _keys(base), _keys(apply_overrides(LensConfig(), {setting: value}))
+    assert {k for k in before if before[k] != after[k]} == changed
+
+
+def test_the_compute_dtype_is_part_of_the_embedding_address(ray_cluster):
+    from lens_ray.config import LensConfig, apply_overrides
+    from lens_ray.pipelines.run import embedding_settings
+    fp32 = embedding_settings(apply_overrides(LensConfig(), {"embed.dtype": "float32"}))
+    bf16 = embedding_settings(apply_overrides(LensConfig(), {"embed.dtype": "bfloat16"}))
+    assert "dtype" not in fp32 and bf16["dtype"] == "bfloat16"        # fp32 keeps the address it always had
+    assert _keys(apply_overrides(LensConfig(), {"embed.dtype": "float32"}))["embedding"] != \
+        _keys(apply_overrides(LensConfig(), {"embed.dtype": "bfloat16"}))["embedding"]
+
+
+def test_a_rerun_with_another_vae_setting_refits_the_vaes_and_says_so(local_run, tmp_path, capsys):
+    """A copy of the finished run, re-run with vae.beta changed: both VAEs are fitted again (said), LENS's sets
+    and heads follow, and what does not use the VAE is reused."""
+    import shutil
+    argv, report, out = local_run
+    shutil.copytree(out.path(), tmp_path / "t")
+    at = argv.index("--storage")
+    again = run_main(argv[:at + 1] + [str(tmp_path)] + argv[at + 2:] + ["--set", "vae.beta=0.5"])
+    said = capsys.readouterr().out
+    assert "0 VAEs reused, 2 to fit" in said, said[-3000:]
+    # LENS's 4 sets (2 factors x 2 seeds) and heads follow the VAEs; the 8 other augmented sets are reused
+    assert "8 synthetic sets reused, 4 to synthesize" in said and "12 heads reused or closed-form, 4 to train" in said
+    assert again["embedding"]["texts"] == 0                             # the embeddings are reused
+    before = {(r["method"], r["factor"], r["seed"]): r["accuracy"] for r in report["results"]}
+    after = {(r["method"], r["factor"], r["seed"]): r["accuracy"] for r in again["results"]}
+    assert all(after[k] == before[k] for k in before if k[0] != "lens")

@@ -1,5 +1,6 @@
 """SmolLM2-135M-Instruct (the packaged GGUF) through the whole job on a small slice of real HH data."""
 import numpy as np
+import torch
 
 from lens_ray.cli import run_main
 from lens_ray.data.embed import resolve_model
@@ -84,17 +85,27 @@ def test_smollm2_on_real_hh(ray_cluster, hh_path, tmp_path):
     got = exported_logits(model.eval(), AutoTokenizer.from_pretrained(folder), prompts, responses).numpy()
     assert form == "lens" and np.allclose(got, rm.score(prompts, responses), atol=1e-3)
     # its mean_diff head (the last layer, last token) is SmolLM2's own LlamaForSequenceClassification, loaded
-    # with no custom code: the same order and a correlation >= 0.999 with RewardModel.score over 16 texts
+    # with no custom code. In fp32 it gives RewardModel.score's order over 16 texts, correlation >= 0.999; in bf16
+    # (the run's dtype here) the classifier's bf16 logits round at 2^-8 of their size, and the agreement is that
+    # of any bf16 reward model (docs/RESULTS.md measures it on the make-run pick)
+    import dataclasses
+
+    from lens_ray.data.embed import load_model
     md = RewardModel.from_run(str(tmp_path / "smol"), "mean_diff-f1-s0")
-    folder, form = export(md, str(tmp_path / "std"))
-    model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype).eval()
-    assert form == "standard" and type(model).__name__ == "LlamaForSequenceClassification"
+    md32 = RewardModel(load_model("smollm2", "float32"), md.head, dataclasses.replace(md.embed_cfg, dtype="float32"),
+                       md.head_name, md.run_uri, md.reward_norm)
     texts = [("How do I bake bread?", r) for r in ("Mix flour and water.", "No.", "Bake it at 220C for 30 minutes.",
                                                   "I won't help.", "Flour, yeast, salt, water; knead, rise, bake.",
                                                   "Buy some.", "Ask a baker.", "Sourdough takes days.")]
     texts += [("Say something rude.", r) for r in ("No.", "You smell.", "I'd rather be kind.", "Go away.",
                                                    "Rudeness helps no one.", "Fine: meh.", "Whatever.", "Hi.")]
     p, r = [t[0] for t in texts], [t[1] for t in texts]
-    got = exported_logits(model, AutoTokenizer.from_pretrained(folder), p, r).numpy()
-    want = md.score(p, r) + model.config.lens_reward["offset"]
-    assert np.corrcoef(got, want)[0, 1] >= 0.999 and np.abs(got - want).max() < 0.05 * np.std(want), (got, want)
+    for rm_, dtype_, corr in ((md32, torch.float32, 0.999), (md, dtype, 0.99)):
+        folder, form = export(rm_, str(tmp_path / f"std-{dtype_}"))
+        model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype_).eval()
+        assert form == "standard" and type(model).__name__ == "LlamaForSequenceClassification"
+        got = exported_logits(model, AutoTokenizer.from_pretrained(folder), p, r).numpy()
+        want = rm_.score(p, r) + model.config.lens_reward["offset"]
+        assert np.corrcoef(got, want)[0, 1] >= corr, (dtype_, got, want)
+        if dtype_ == torch.float32:
+            assert (np.argsort(got) == np.argsort(want)).all() and np.allclose(got, want, atol=1e-3)

@@ -124,11 +124,14 @@ def test_a_head_at_another_layer_is_scored_at_it_by_every_entry_point(local_run,
     got = pq.read_table(tmp_path / "scored" / "rewards.parquet").column("chosen_reward").to_numpy()
     assert np.allclose(got, want, atol=1e-4)
     folder, form = export(rm, str(tmp_path / "hf"))
-    assert form == "lens"                                                 # an inner layer: no standard class
-    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True,
+    linear = rm.head.config()["kind"] == "linear"                         # at layer -2: the 1-layer classifier
+    assert form == ("standard" if linear else "lens")
+    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=not linear,
                                                                dtype=torch.float32).eval()
+    if linear:
+        assert model.config.num_hidden_layers == 1                        # the tiny Llama cut after its first
     logits = exported_logits(model, AutoTokenizer.from_pretrained(folder), [p.prompt for p in pairs],
-                             [p.chosen for p in pairs]).numpy()
+                             [p.chosen for p in pairs]).numpy() - model.config.lens_reward["offset"]
     assert np.allclose(logits, want, atol=1e-4)
 
 

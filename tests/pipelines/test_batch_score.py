@@ -53,3 +53,24 @@ def test_pairs_give_rewards_and_accuracy(local_run, hh_path, tmp_path):
     assert summary["kind"] == "pairs" and summary["pairs"] == table.num_rows <= 20
     assert summary["accuracy"] == pytest.approx(np.mean(table["correct"].to_numpy()))
     assert Storage(str(tmp_path / "pairs")).read_json("manifest.json")["files"]["rewards.parquet"]["sha256"]
+
+
+def test_wait_takes_the_output_once_its_holder_lets_go(local_run, hh_path, tmp_path, capsys):
+    """`--wait`: another job holds the output folder; without --wait the command is refused naming the holder,
+    with it the command says it waits, and runs once the holder releases."""
+    import threading
+
+    from lens_ray.store.lease import Lease, LeaseError
+    _, _, run = local_run
+    rows = [json.loads(line) for line in gzip.open(hh_path, "rt").read().splitlines()[:4]]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "held"
+    holder = Lease(Storage(str(out)), what="another batch-score")
+    holder.acquire()
+    args = ["--run", run.uri, "--data", str(data), "--out", str(out)]
+    with pytest.raises(LeaseError, match="another batch-score"):
+        batch_score_main(args)
+    threading.Timer(2.0, holder.release).start()
+    summary = batch_score_main(args + ["--wait"])
+    assert "waiting: " in capsys.readouterr().out and summary["pairs"] > 0

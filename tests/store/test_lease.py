@@ -68,3 +68,36 @@ def test_of_two_racing_jobs_exactly_one_gets_the_lease(folder):
         won = list(pool.map(take, leases))
     assert sum(won) == 1
     next(lease for lease, w in zip(leases, won) if w).release()
+
+
+def test_a_held_lease_stays_refused_past_several_ttls(folder):
+    """Its heartbeat (every ttl/4) keeps it: after 3 ttls of holding, another job is still refused."""
+    holder = Lease(folder, ttl_s=0.6, what="long job")
+    with holder.held():
+        time.sleep(1.8)
+        with pytest.raises(LeaseError, match="long job"):
+            Lease(folder, ttl_s=0.6).acquire()
+        holder.ensure_held()                                          # and the holder never thought it lost
+
+
+def _overwrite(folder, doc: dict) -> None:
+    """Another job writing the lease file without asking (an operator, a clock-skewed host)."""
+    folder.write_bytes(NAME, json.dumps(doc).encode())
+
+
+def test_a_foreign_lease_stops_the_holder_within_a_beat_and_is_left_in_place(folder):
+    holder = Lease(folder, ttl_s=0.8)
+    holder.acquire()
+    foreign = {"holder": "elsewhere:1:abcd", "host": "elsewhere", "pid": 1, "what": "other job",
+               "heartbeat": time.time() + 60, "ttl_s": 600}
+    _overwrite(folder, foreign)
+    deadline = time.time() + 0.8 / 4 * 3                              # a beat is ttl/4; allow three
+    while holder.lost is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert holder.lost and "took over" in holder.lost
+    with pytest.raises(LeaseError, match="lease lost"):
+        holder.ensure_held()
+    time.sleep(0.5)                                                   # no refresh after that overwrites it
+    assert json.loads(folder.read_bytes(NAME))["holder"] == foreign["holder"]
+    holder.release()                                                  # nor does its release delete it
+    assert json.loads(folder.read_bytes(NAME))["holder"] == foreign["holder"]

@@ -155,3 +155,26 @@ def test_ctrl_c_ends_in_one_line_saying_what_was_kept(local_run, tmp_path):
     assert proc.returncode == 130, (proc.returncode, err[-2000:])
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
     assert "interrupted; everything committed so far is kept, and the same command resumes" in err
+
+
+def test_debug_shows_the_traceback_a_user_error_otherwise_hides(tmp_path):
+    """The same user error: one line without --debug, the traceback with it; neither starts Ray."""
+    args = ["run", "--data", str(tmp_path / "missing.jsonl"), "--storage", str(tmp_path / "runs")]
+    plain = _cli(*args)
+    _one_line(plain, "missing.jsonl")
+    debug = _cli(*args, "--debug")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "missing.jsonl" in debug.stderr
+    assert not (tmp_path / "runs").exists()                           # nothing created before the checks pass
+
+
+@pytest.mark.parametrize("job,command", [("run", "run"), ("full", "run"), ("tune", "tune"), ("curve", "curve"),
+                                         ("synthesize", "synthesize"), ("batch_score", "batch-score"),
+                                         ("score", "batch-score")])
+def test_every_job_script_is_its_command(job, command):
+    """Each `jobs/*.py` (what `ray job submit` runs) parses as its lens-ray command: the same flags, the same help."""
+    done = subprocess.run([sys.executable, str(ROOT / "jobs" / f"{job}.py"), "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    from lens_ray.cli import parser
+    flags = {a for action in parser(command)._actions for a in action.option_strings}
+    assert all(flag in done.stdout for flag in flags if flag.startswith("--")), (job, done.stdout[:2000])

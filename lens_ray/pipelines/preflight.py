@@ -45,7 +45,16 @@ def check_model(spec: str) -> None:
 
 
 def check_writable(store: Storage) -> None:
-    """Write and delete a probe object: finds a missing bucket, missing credentials or a read-only folder."""
+    """Local: the folder, or the nearest folder above it that exists, is a writable folder (nothing is created
+    before the checks pass). S3: write and delete a probe object (finds a missing bucket or credentials)."""
+    if store.protocol == "file":
+        at = os.path.abspath(store.path())
+        while not os.path.exists(at):
+            at = os.path.dirname(at)
+        if not os.path.isdir(at) or not os.access(at, os.W_OK | os.X_OK):
+            why = "a file, not a folder" if not os.path.isdir(at) else "not writable"
+            raise StorageError(f"cannot write to {store.uri} ({at}: {why})")
+        return
     probe = f".write-probe-{uuid.uuid4().hex[:8]}"
     try:
         store.write_bytes(probe, b"")

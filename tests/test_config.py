@@ -90,3 +90,24 @@ def test_resources_never_reach_a_fingerprint():
     assert (a.vae(1), a.synthetic(job), a.head(job)) == (b.vae(1), b.synthetic(job), b.head(job))
     big.synth.noise_var = 0.5
     assert a.synthetic(job) != b.synthetic(job) and a.head(Cell("original", 1, 1)) == b.head(Cell("original", 1, 1))
+
+
+def test_legacy_settings_are_read_at_their_new_place(tmp_path):
+    """Settings that moved to `resources` (a finished run's stored config, an old YAML, an old --set) still
+    read, each at its new place; every legacy name is covered."""
+    from lens_ray.config import LEGACY
+    f = tmp_path / "old.yaml"
+    f.write_text("embed:\n  num_actors: 3\n  batch_size: 5\nvae:\n  num_workers: 2\ntune:\n  max_concurrent: 4\n")
+    cfg = load_config(str(f), {"reward.cpus_per_worker": "0.5"})
+    assert (cfg.resources.embed_actors, cfg.resources.embed_batch_size, cfg.resources.vae_workers,
+            cfg.resources.tune_max_concurrent, cfg.resources.reward_cpus_per_worker) == (3, 5, 2, 4, 0.5)
+    values = {"embed.gpus_per_actor": "0", "embed.torch_threads": "2", "synth.batch_size": "64",
+              "synth.num_actors": "1", "synth.cpus_per_actor": "0.5", "tune.cpus_per_trial": "1",
+              "embed.cpus_per_actor": "0.5", "reward.num_workers": "1", "vae.cpus_per_worker": "0.5"}
+    assert set(LEGACY) == set(values) | {"embed.num_actors", "embed.batch_size", "vae.num_workers",
+                                         "tune.max_concurrent", "reward.cpus_per_worker"}
+    cfg = load_config(None, values)
+    for old, new in LEGACY.items():
+        if old in values:
+            section, name = new.split(".")
+            assert str(getattr(getattr(cfg, section), name)) in (values[old], str(float(values[old])))

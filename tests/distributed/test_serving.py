@@ -351,6 +351,7 @@ def test_lens_ray_serve_with_every_flag(local_run, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     env["SERVE_TEST_TOKEN"] = TOKEN
     cmd = [sys.executable, "-m", "lens_ray.cli", "serve", "--run", run.uri, "--head", head, "--port", str(port),
+           "--host", "127.0.0.1",
            "--normalize", "false", "--token-env", "SERVE_TEST_TOKEN", "--replicas", "2", "--max-batch-size", "8",
            "--batch-wait-ms", "20", "--set", "serve.cpus_per_replica=0.25"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

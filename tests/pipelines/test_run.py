@@ -121,6 +121,7 @@ def test_full_job_on_s3_with_best_of_n(ray_cluster, tiny_llama, bon_path, s3_ser
     report = run_main(["--data", str(bon_path), "--model", tiny_llama, "--seed-pairs", "40", "--eval-pairs", "30",
                        "--bon-prompts", "4", "--seeds", "1", "--factors", "4", "--methods", "original,mean_diff,lens",
                        "--storage", f"s3://{s3_server['bucket']}/runs", "--name", "bon",
+                       "--cache", f"s3://{s3_server['bucket']}/shared-cache",
                        "--set", "data.pairs_per_prompt=2"] + FAST +
                       ["--set", "selection.enabled=true", "--set", "selection.objective=bon_gold",
                        "--set", "selection.folds=3", "--set", "selection.heads=mean_diff,linear"])
@@ -143,9 +144,8 @@ def test_full_job_on_s3_with_best_of_n(ray_cluster, tiny_llama, bon_path, s3_ser
     one = sel["versus"]["original"]["bon_gold"]                     # one seed: a gain, and no spread to show
     assert one["n"] == 1 and one["se"] is None and one["mean"] == pytest.approx(sel["bon_gold"] - next(
         r["bon_gold"] for r in report["results"] if r["method"] == "original"))
-    assert any(k.startswith("cache/embeddings/") for k in
-               (o["Key"][len("runs/"):] for o in boto3.client("s3").list_objects_v2(
-                   Bucket=s3_server["bucket"], Prefix="runs/cache/")["Contents"]))
+    cached = boto3.client("s3").list_objects_v2(Bucket=s3_server["bucket"], Prefix="shared-cache/embeddings/")
+    assert cached.get("KeyCount", 0) > 0                            # --cache: the embeddings went where it said
 
 
 def test_score_cli(local_run, tmp_path, capsys):

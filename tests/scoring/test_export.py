@@ -128,6 +128,7 @@ def test_an_export_replaces_an_earlier_one_of_the_other_form(tiny_llama, tmp_pat
     from lens_ray.config import ConfigError
     with pytest.raises(ConfigError, match="not a lens-ray export"):
         check_target(str(tmp_path / "other"))
+    check_target(str(tmp_path / "other"), overwrite=True)                  # --overwrite: written into it
 
 
 @pytest.mark.parametrize("head", ["lens-f4-s0", "mean_diff-f1-s1"])
@@ -159,8 +160,16 @@ def test_export_command_writes_a_folder_that_loads(local_run, tmp_path, capsys):
     assert ("trust_remote_code=True" in printed) == (model.config.lens_reward["form"] == "lens")
     got = exported_logits(model, tok, PROMPTS, RESPONSES).numpy() - model.config.lens_reward["offset"]
     assert np.allclose(got, RewardModel.from_run(run.uri).score(PROMPTS, RESPONSES), atol=1e-4)
+    (out / "notes.txt").write_text("a file of the user's beside the export")
     main(["export", "--run", run.uri, "--head", "original-f1-s0", "--out", str(out), "--normalize", "false"])
     again, tok = _load(str(out), trust=True)
     assert again.config.lens_reward["head_name"] == "original-f1-s0" and again.config.lens_reward["scale"] is None
     raw = RewardModel.from_run(run.uri, "original-f1-s0").score(PROMPTS, RESPONSES, normalize=False)
     assert np.allclose(exported_logits(again, tok, PROMPTS, RESPONSES).numpy(), raw, atol=1e-4)
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        main(["export", "--run", run.uri, "--out", str(other)])            # refused: not an export
+    main(["export", "--run", run.uri, "--out", str(other), "--overwrite"])
+    assert (other / "notes.txt").exists() and (other / "config.json").exists()

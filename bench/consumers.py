@@ -87,6 +87,20 @@ def main() -> None:
                                                    - model.config.lens_reward["offset"])
         rows[f"export ({form}), left padding"] = (exported_logits(model, ex_tok, prompts, responses, "left").numpy()
                                                   - model.config.lens_reward["offset"])
+        # the same head with the LM in float32 (a CPU without native bf16, or a loader asked for fp32)
+        import dataclasses
+
+        from lens_ray.data.embed import load_model
+        e32 = dataclasses.replace(rm.embed_cfg, dtype="float32")
+        rm32 = RewardModel(load_model(e32.model, "float32"), rm.head, e32, rm.head_name, rm.run_uri, rm.reward_norm)
+        want32 = rm32.score(prompts, responses)
+        folder32, _ = export(rm32, os.path.join(tmp, "pick32"))
+        model32 = AutoModelForSequenceClassification.from_pretrained(folder32, trust_remote_code=True,
+                                                                     dtype=torch.float32).eval()
+        rows[f"export ({form}), float32, against float32 scoring"] = (
+            exported_logits(model32, AutoTokenizer.from_pretrained(folder32), prompts, responses).numpy()
+            - model32.config.lens_reward["offset"] - want32 + want)          # shown against `want`: its own diff
+        del model32, rm32
         try:
             AutoModelForSequenceClassification.from_pretrained(folder)
             plain = "loads"

@@ -232,3 +232,52 @@ def test_streaming_head_resumes_per_epoch(ray_cluster, lens_source, tmp_path):
     assert first["epoch"] == 1 and second["epoch"] == 2
     assert second["pairs"] <= 600                       # one epoch's share of rank 0, not two
     assert head_accuracy(head, pos, neg) > 0.8
+
+
+def _ddp_head_loop(config: dict) -> None:
+    """A Ray Train worker: fit_head with the DDP hooks lens-ray gives its loops, recording every row its shard
+    hands it and its final weights, in a file of its own."""
+    import json as _json
+
+    import ray.train
+
+    from lens_ray.core.augment import PairSet
+    from lens_ray.core.fit import fit_head
+    from lens_ray.distributed.training import _workers
+    g = torch.Generator().manual_seed(0)
+    pos, neg = torch.randn(64, 6, generator=g) + 0.3, torch.randn(64, 6, generator=g) - 0.3
+    workers, seen = _workers(), []
+    plain = workers.shard
+
+    def shard(idx):
+        mine = plain(idx)
+        seen.append([int(i) for i in mine])
+        return mine
+    workers.shard = shard
+    cfg = RewardConfig(hidden_dim=8, max_steps=6, eval_every=100, batch_size=16, dropout=0.0)
+    fit = fit_head(cfg, PairSet(pos, neg), PairSet(pos[:8], neg[:8]), 1, pos, neg, workers, keep="last")
+    rank = ray.train.get_context().get_world_rank()
+    with open(os.path.join(config["out"], f"rank-{rank}.json"), "w") as fh:
+        _json.dump({"seen": seen, "size": workers.size,
+                    "weights": {k: v.tolist() for k, v in fit.head.state_dict().items()}}, fh)
+
+
+def test_a_ddp_fits_ranks_see_disjoint_shards_and_end_with_equal_weights(ray_cluster, tmp_path):
+    import sys
+
+    from ray import cloudpickle
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from lens_ray.distributed.training import LoopbackTorchConfig
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])     # the loop travels with the trainer
+    TorchTrainer(_ddp_head_loop, train_loop_config={"out": str(tmp_path)}, torch_config=LoopbackTorchConfig(),
+                 scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+                 run_config=RunConfig(name="ddp-shards", storage_path=str(tmp_path / "train"))).fit()
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["size"] == 2 for r in ranks) and len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == 6
+    for step, (a, b) in enumerate(zip(ranks[0]["seen"], ranks[1]["seen"])):
+        assert a and b and not set(a) & set(b), step                         # disjoint halves of one batch
+        assert len(a) + len(b) == 16                                        # together, the whole batch
+    for k, v in ranks[0]["weights"].items():                                # DDP kept them in step
+        assert np.allclose(v, ranks[1]["weights"][k], atol=1e-6), k

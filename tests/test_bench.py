@@ -21,3 +21,30 @@ def test_gpu_bench_smoke_runs_every_stage(tmp_path):
     assert embed["packed"]["tokens_per_s"] > 0 and embed["packed"]["gain"] > 0
     assert set(maths["seconds"]) == {"vae_fit", "lens_synthesis", "mlp_head", "linear_head"}
     assert maths["train_pairs"] == 100 * 8
+
+
+def test_peer_finetune_smoke_prepares_trains_and_pairs_with_the_pick(local_run, tmp_path):
+    """bench/peer_finetune.py on the tiny Llama run: the run's pairs as lens-ray tokenizes them (none dropped by
+    TRL), a full and a LoRA fine-tune of two steps, held-out accuracy paired with the run's pick; then the
+    training half alone from a prepared folder, as the GPU machine runs it."""
+    _, _, run = local_run
+    out = tmp_path / "results.jsonl"
+    script = str(ROOT / "bench" / "peer_finetune.py")
+    done = subprocess.run([sys.executable, script, "--run", run.uri, "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = json.loads(out.read_text().splitlines()[-1])
+    assert row["smoke"] and {r["mode"] for r in row["rows"]} == {"full", "lora"}
+    for r in row["rows"]:
+        assert r["train_pairs"] == r["kept_by_trl"] == 8 and r["eval_pairs"] == 8 and r["steps"] == 2
+        assert 0 <= r["accuracy"] <= 1 and abs(r["vs_pick"] - (r["accuracy"] - row["pick_accuracy"])) < 1e-9
+        assert r["dtype"] == "torch.float32"                            # TRL's default on a CPU
+    prepared = tmp_path / "prepared"
+    done = subprocess.run([sys.executable, script, "--run", run.uri, "--smoke", "--prepare", str(prepared)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (prepared / "pairs.json").exists() and (prepared / "model" / "config.json").exists()
+    done = subprocess.run([sys.executable, script, "--from", str(prepared), "--smoke", "--modes", "lora",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(out.read_text().splitlines()[-1])["rows"][0]["mode"] == "lora"

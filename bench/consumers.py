@@ -106,6 +106,18 @@ def main() -> None:
             plain = "loads"
         except ValueError as exc:
             plain = "refused: " + str(exc).splitlines()[-1][:80]
+        # an MLP head of the same run: model type lens_reward, loaded with trust_remote_code as it must be
+        mlp_name = next((n[:-len(".json")] for n in sorted(run.store.child("heads").listdir())
+                         if n.startswith("original-f1-s0.json")), None)
+        if mlp_name:
+            mlp = RewardModel.from_run(args.run, mlp_name)
+            mlp.lm = rm.lm
+            folder_mlp, form_mlp = export(mlp, os.path.join(tmp, "mlp"))
+            lens_model = AutoModelForSequenceClassification.from_pretrained(folder_mlp, trust_remote_code=True,
+                                                                            dtype=dtype).eval()
+            got = exported_logits(lens_model, AutoTokenizer.from_pretrained(folder_mlp), prompts, responses).numpy()
+            rows[f"export ({form_mlp}) of the MLP head {mlp_name}, trust_remote_code"] = (
+                got - mlp.score(prompts, responses) + want)              # shown against `want`: its own diff
         standard = {}
         md_name = next((n for n in run.store.child("heads").listdir() if n.startswith("mean_diff-f1-s0.json")), None)
         if md_name:

@@ -160,7 +160,7 @@ def load_run_inputs(uri: str) -> RunInputs:
 
 
 def checked_scale(head: str, norm: dict | None) -> dict:
-    """A head's reward statistics {mean, std} as finite numbers (std >= 0), or a StorageError saying why not."""
+    """A head's reward statistics {mean, std} as finite numbers (std > 0), or a StorageError saying why not."""
     if not norm:
         raise StorageError(f"head {head}: no stored reward statistics to standardize with (a head trained by an "
                            "older lens-ray); re-run the pipeline, or ask for raw rewards (--normalize false)")
@@ -168,4 +168,7 @@ def checked_scale(head: str, norm: dict | None) -> dict:
                                         and math.isfinite(norm[k]) for k in ("mean", "std"))
     if not ok or norm["std"] < 0:
         raise StorageError(f"head {head}: stored reward statistics {str(norm)[:200]} are not a finite mean and std")
+    if norm["std"] == 0:
+        raise StorageError(f"head {head}: its rewards on its training responses are all equal (std 0), so they "
+                           "cannot be standardized; ask for raw rewards (--normalize false)")
     return {"mean": float(norm["mean"]), "std": float(norm["std"])}

@@ -18,6 +18,7 @@ from lens_ray.store.storage import StorageError
     ({"mean": 0.0, "std": -1.0}, "not a finite mean and std"),
     ({"mean": "1", "std": 1.0}, "not a finite mean and std"),
     ({"mean": True, "std": 1.0}, "not a finite mean and std"),
+    ({"mean": 2.0, "std": 0.0}, "all equal"),                       # a constant head: nothing to divide by
 ])
 def test_bad_reward_statistics_are_refused_naming_the_head(norm, why):
     with pytest.raises(StorageError, match=f"head h1: .*{why}"):

@@ -21,6 +21,7 @@ weight a loader needs (a tied embedding under its own name), the LM in the run's
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 
@@ -46,7 +47,6 @@ def check_target(out_dir: str, overwrite: bool = False) -> None:
 
 
 def _is_export(out_dir: str) -> bool:
-    import json
     try:
         with open(os.path.join(out_dir, "config.json"), encoding="utf-8") as fh:
             return MARK in json.load(fh)

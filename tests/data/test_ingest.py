@@ -143,3 +143,24 @@ def test_exact_duplicates_are_counted_and_left_out_or_kept(tmp_path):
     kept = load_datasets(DataConfig(data=str(path), seed_pairs=12, duplicates="keep"))
     assert kept.notes["duplicate_pairs"] == 180 and not kept.quarantine.counts
     assert kept.notes["seed_prompts"] <= 12 and len(kept.seed_pairs) == 12      # whole prompts, copies together
+
+
+def test_eval_data_that_shares_a_prompt_with_the_seed_pairs_is_left_out_and_counted(tmp_path):
+    """The leakage filter: an eval_data pair whose prompt (in any format) is among the seed pairs' prompts is
+    not evaluated on, and the count says so; pairs with other prompts all stay."""
+    seed_rows = [{"prompt": f"Q{i}", "chosen": "a", "rejected": "b"} for i in range(12)]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in seed_rows))
+    # Q0..Q5 again: plain, as chat messages, and as an HH transcript; Q100..Q104 new
+    shared = [{"prompt": "Q0", "chosen": "x", "rejected": "y"},
+              {"prompt": [{"role": "user", "content": "Q1"}], "chosen": "x", "rejected": "y"},
+              {"chosen": "\n\nHuman: Q2\n\nAssistant: x", "rejected": "\n\nHuman: Q2\n\nAssistant: y"}]
+    fresh = [{"prompt": f"Q{100 + i}", "chosen": "x", "rejected": "y"} for i in range(5)]
+    (tmp_path / "eval.jsonl").write_text("\n".join(json.dumps(r) for r in shared + fresh))
+    ds = load_datasets(DataConfig(data=str(tmp_path / "train.jsonl"), eval_data=str(tmp_path / "eval.jsonl"),
+                                  seed_pairs=12))
+    assert ds.notes["eval_pairs_dropped_prompt_in_seed"] == 3
+    assert sorted(p.prompt[0]["content"] for p in ds.eval_pairs) == [f"Q{100 + i}" for i in range(5)]
+    assert not {p.group for p in ds.seed_pairs} & {p.group for p in ds.eval_pairs}
+    clean = load_datasets(DataConfig(data=str(tmp_path / "train.jsonl"), eval_data=str(tmp_path / "eval.jsonl"),
+                                     seed_pairs=12, eval_pairs=2))
+    assert len(clean.eval_pairs) == 2 and all(p.prompt[0]["content"].startswith("Q10") for p in clean.eval_pairs)

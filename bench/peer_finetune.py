@@ -12,7 +12,7 @@ Two halves, so the training half runs where there is no Ray (the GPU machine: to
 
     .venv/bin/python bench/peer_finetune.py --run runs/hh_harmless_dev-smollm2 [--modes full,lora]   # both halves
     .venv/bin/python bench/peer_finetune.py --run RUN --prepare bench/.peer     # here, then on the GPU machine:
-    python3 bench/peer_finetune.py --from bench/.peer                           # (carrying bench/.peer)
+    python3 bench/peer_finetune.py --from bench/.peer [--seed 1]                # (carrying bench/.peer)
     .venv/bin/python bench/peer_finetune.py --run RUN --smoke                   # a few pairs, a few steps (a test)
 
 Prints a table and appends it, with the machine, to bench/results.jsonl (or --out).
@@ -100,7 +100,7 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n) if n > 1 else float("nan")
 
 
-def train(prepared: dict, folder: str, mode: str, smoke: bool, epochs: float | None) -> dict:
+def train(prepared: dict, folder: str, mode: str, smoke: bool, epochs: float | None, seed: int = 0) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -118,7 +118,7 @@ def train(prepared: dict, folder: str, mode: str, smoke: bool, epochs: float | N
         from peft import LoraConfig
         peft_config = LoraConfig(task_type="SEQ_CLS")
     args = {"output_dir": os.path.join(folder, f"out-{mode}"), "report_to": [], "save_strategy": "no",
-            "logging_steps": 10, "max_length": prepared["max_length"], "bf16": gpu, "seed": 0}
+            "logging_steps": 10, "max_length": prepared["max_length"], "bf16": gpu, "seed": seed}
     if smoke:
         args.update(max_steps=2, per_device_train_batch_size=2)
     elif epochs is not None:
@@ -137,7 +137,7 @@ def train(prepared: dict, folder: str, mode: str, smoke: bool, epochs: float | N
     diff, diff_se = _mean_se([c - p for c, p in zip(correct, prepared["eval"]["pick_correct"])])
     peak = (torch.cuda.max_memory_allocated() / 2**30 if gpu else
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    return {"mode": mode, "train_pairs": len(prepared["train"]["chosen_ids"]), "kept_by_trl": kept,
+    return {"mode": mode, "seed": seed, "train_pairs": len(prepared["train"]["chosen_ids"]), "kept_by_trl": kept,
             "truncated_texts": prepared["train"]["truncated"], "eval_pairs": len(correct), "accuracy": acc,
             "accuracy_se": se, "vs_pick": diff, "vs_pick_se": diff_se, "seconds": round(seconds, 1),
             "peak_gib": round(peak, 2), "peak_of": "GPU allocated" if gpu else "process RSS so far",
@@ -159,6 +159,7 @@ def main() -> None:
     ap.add_argument("--modes", default="full,lora", help="full and/or lora")
     ap.add_argument("--smoke", action="store_true", help="8 seed pairs, 8 held-out pairs, 2 steps")
     ap.add_argument("--epochs", type=float, default=None, help="epochs (default: TRL's)")
+    ap.add_argument("--seed", type=int, default=0, help="the fine-tune's seed (its head's init, data order)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results.jsonl"))
     args = ap.parse_args()
     if not (args.run or args.source):
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace, folder: str, modes: list[str]) -> None:
     else:
         with open(os.path.join(folder, "pairs.json")) as fh:
             prepared = json.load(fh)
-    rows = [train(prepared, folder, mode, args.smoke, args.epochs) for mode in modes]
+    rows = [train(prepared, folder, mode, args.smoke, args.epochs, args.seed) for mode in modes]
     pick = _mean_se(prepared["eval"]["pick_correct"])
     print(f"\n{machine()}; lens-ray's pick ({prepared['pick']}): held-out accuracy {pick[0]:.3f} ± {pick[1]:.3f}\n")
     print("| fine-tune | accuracy | vs the pick (paired) | seconds | peak GiB | pairs kept by TRL |\n"

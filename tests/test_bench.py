@@ -45,6 +45,6 @@ def test_peer_finetune_smoke_prepares_trains_and_pairs_with_the_pick(local_run, 
     assert done.returncode == 0, done.stderr[-3000:]
     assert (prepared / "pairs.json").exists() and (prepared / "model" / "config.json").exists()
     done = subprocess.run([sys.executable, script, "--from", str(prepared), "--smoke", "--modes", "lora",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+                           "--seed", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(out.read_text().splitlines()[-1])["rows"][0]["mode"] == "lora"
+    assert [(r["mode"], r["seed"]) for r in json.loads(out.read_text().splitlines()[-1])["rows"]] == [("lora", 1)]

@@ -167,7 +167,7 @@ class SelectionConfig:
                                       le=-1, ge=-256)
     heads: tuple[str, ...] = setting(("mean_diff", "linear", "mlp"), "candidate heads, simplest first",
                                      choices=("mean_diff", "linear", "mlp"), nonempty=True)
-    folds: int = setting(5, "k-fold over the seed pairs, whole prompts per fold", ge=2)
+    folds: int = setting(5, "k-fold over the seed pairs, whole prompts per fold", ge=2, le=50)
     objective: str = setting("accuracy", "what the folds rank candidates by: accuracy on the held fold's pairs, or "
                              "bon_gold: the mean gold score of each held prompt's highest-rewarded response among "
                              "its seed pairs' responses (needs scored completions as data)",
@@ -182,9 +182,9 @@ class SelectionConfig:
 class TuneConfig:
     """The Ray Tune search (`jobs/tune.py`): what it spans, how it measures, what it may spend."""
     name: str | None = setting(None, "search name; unset: <run name>-tune; the same name resumes", plain_name=True)
-    num_samples: int = setting(24, "trials", ge=1)
-    folds: int = setting(4, "k-fold over the seed pairs (whole prompts per fold)", ge=2)
-    repeats: int = setting(2, "seeds per fold: each trial fits folds * repeats paired heads", ge=1)
+    num_samples: int = setting(24, "trials", ge=1, le=10_000)
+    folds: int = setting(4, "k-fold over the seed pairs (whole prompts per fold)", ge=2, le=50)
+    repeats: int = setting(2, "seeds per fold: each trial fits folds * repeats paired heads", ge=1, le=20)
     grace_period: int | None = setting(None, "units a trial runs before ASHA may stop it; unset: one pass over "
                                        "the folds", ge=1)
     reduction_factor: float = setting(2.0, "ASHA keeps the top 1/reduction_factor at each rung", gt=1)
@@ -194,7 +194,7 @@ class TuneConfig:
     heads: tuple[str, ...] = setting(("mlp", "linear"), "reward heads the search spans", choices=HEADS, nonempty=True)
     open_choices: bool = setting(True, "also span the choices the paper leaves open (VAE shape, residual, ...)")
     searcher_seed: int = setting(0, "seed of the Optuna sampler", ge=0)
-    test_seeds: int = setting(5, "seeds for the chosen configuration's test accuracy", ge=1)
+    test_seeds: int = setting(5, "seeds for the chosen configuration's test accuracy", ge=1, le=100)
 
 
 @dataclass
@@ -284,7 +284,7 @@ class LensConfig:
     methods: tuple[str, ...] = setting(METHODS, "methods compared", choices=METHODS, nonempty=True)
     factors: tuple[int, ...] = setting((4, 8), "augmentation factors (pairs per original pair)", ge=2, le=64,
                                        nonempty=True)
-    seeds: int = setting(5, "seeds per method (validation split, initialization, synthesis noise)", ge=1)
+    seeds: int = setting(5, "seeds per method (validation split, initialization, synthesis noise)", ge=1, le=100)
     ray_address: str | None = setting(None, "Ray cluster to join; unset: RAY_ADDRESS (set by `ray job submit`), "
                                       "else a local Ray")
     from_tune: str | None = setting(None, "a search's output URI whose chosen settings this run used")
@@ -363,7 +363,7 @@ def _check(path: str, f: dataclasses.Field, value: Any) -> None:
         raise ConfigError(f"{path}: needs at least one value")
     for v in items:
         if m.get("choices") and v not in m["choices"]:
-            raise ConfigError(f"{path}: {v!r} is not one of {list(m['choices'])}")
+            raise ConfigError(f"{path}: {_short(v)} is not one of {list(m['choices'])}")
         if isinstance(v, float) and not math.isfinite(v):
             raise ConfigError(f"{path}: must be a finite number, got {v}")
         if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -372,9 +372,9 @@ def _check(path: str, f: dataclasses.Field, value: Any) -> None:
                 if m.get(key) is not None and not ok(m[key]):
                     raise ConfigError(f"{path}: must be {word} {m[key]}, got {v}")
         if m.get("pattern") and not (isinstance(v, str) and re.fullmatch(m["pattern"], v)):
-            raise ConfigError(f"{path}: {v!r} does not match {m['pattern']}")
+            raise ConfigError(f"{path}: {_short(v)} does not match {m['pattern']}")
         if m.get("plain_name") and not (isinstance(v, str) and PLAIN_NAME.fullmatch(v) and v not in (".", "..")):
-            raise ConfigError(f"{path}: {v!r} is not a plain name (letters, digits, '.', '_', '-'; no '/')")
+            raise ConfigError(f"{path}: {_short(v)} is not a plain name (letters, digits, '.', '_', '-'; no '/')")
 
 
 def describe(f: dataclasses.Field) -> str:
@@ -448,14 +448,42 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 raise TypeError(value)
         return value
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: cannot read {value!r} as {tp}") from exc
+        raise ConfigError(f"{where}: cannot read {_short(value)} as {tp}") from exc
+
+
+def _short(value: Any) -> str:
+    """A value as an error message shows it: a few items and characters, never a whole huge one."""
+    import reprlib
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 3, 6, 6, 6, 60, 60
+    text = r.repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+MAX_YAML_VALUES = 100_000   # scalars and collections a config file may hold once its aliases are expanded
+
+
+def _expanded_size(value: Any, limit: int = MAX_YAML_VALUES) -> int:
+    """How many values `value` holds with every shared reference (a YAML alias) counted again, stopping past
+    limit: a few hundred bytes of nested aliases expand to billions."""
+    count, stack = 0, [value]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return count
 
 
 def _fill(obj: Any, values: dict[str, Any], where: str) -> None:
     known = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in values.items():
         if key not in known:
-            raise ConfigError(f"{where}{key}: unknown option; known: {sorted(known)}")
+            raise ConfigError(f"{where}{_short(key)[1:-1] if isinstance(key, str) else _short(key)}: unknown option; "
+                              f"known: {sorted(known)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -514,5 +542,8 @@ def load_config(yaml_path: str | None = None, overrides: dict[str, Any] | None =
             raise ConfigError(f"{yaml_path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"{yaml_path}: expected a mapping at the top level")
+        if _expanded_size(loaded) > MAX_YAML_VALUES:
+            raise ConfigError(f"{yaml_path}: expands to more than {MAX_YAML_VALUES:,} values (nested YAML "
+                              "aliases?); a config file is a few dozen settings")
         _fill(cfg, _nest(_flatten(loaded)), "")
     return apply_overrides(cfg, overrides)

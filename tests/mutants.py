@@ -351,9 +351,8 @@ def _fork_quiet(work: Callable[[], int]) -> int:
 def _run(tests: list[str], mutant: Mutant) -> int:
     """In a forked child: install the mutant, run the tests -> the child's pid."""
     def work() -> int:
-        import types
-
         import importlib
+        import types
         package, module = mutant.module.split("/")
         importlib.import_module(f"lens_ray.{package}")   # the package (it imports none of its modules), to join
         name = f"lens_ray.{package}.{module}"

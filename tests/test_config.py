@@ -111,3 +111,40 @@ def test_legacy_settings_are_read_at_their_new_place(tmp_path):
         if old in values:
             section, name = new.split(".")
             assert str(getattr(getattr(cfg, section), name)) in (values[old], str(float(values[old])))
+
+
+BOMB = """\
+a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+seeds: *h
+"""
+
+
+def test_a_yaml_alias_bomb_is_refused_in_one_short_line(tmp_path):
+    """A few hundred bytes of nested aliases (9^8 values) end at once, and no message echoes a huge value."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    with pytest.raises(ConfigError, match="expands to more than 100,000 values") as err:
+        load_config(str(path))
+    assert len(str(err.value)) < 300
+    small = tmp_path / "small.yaml"                              # under the bound: the setting's own error, short
+    small.write_text("seeds: [" + ", ".join(['"' + "y" * 500 + '"'] * 50) + "]\n")
+    with pytest.raises(ConfigError, match="seeds: cannot read") as err:
+        load_config(str(small))
+    assert len(str(err.value)) < 300
+    with pytest.raises(ConfigError, match="run_name") as err:
+        load_config(None, {"run_name": "x/" * 100_000})
+    assert len(str(err.value)) < 300
+
+
+@pytest.mark.parametrize("setting", ["seeds", "tune.test_seeds", "tune.repeats", "tune.folds", "selection.folds",
+                                     "tune.num_samples"])
+def test_the_settings_that_multiply_work_are_bounded(setting):
+    with pytest.raises(ConfigError, match=rf"{setting}: must be <="):
+        load_config(None, {setting: 1_000_000})

@@ -17,6 +17,9 @@ from lens_ray.core import rng
 from lens_ray.core.pairs import Messages, Pair, Quarantine, ScoredPrompt, renumber
 from lens_ray.core.rng import keyed_rng
 
+# gold scores are rewards, ratings or win rates: beyond this they are a unit error or garbage, and sums of
+# millions of them (the k-fold's Best-of-N means) would overflow to inf
+MAX_GOLD = 1e9
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
@@ -138,6 +141,8 @@ def to_scored(rows: Iterable[Any], quarantine: Quarantine, where: list[str] | No
                 quarantine.reject(at, f"responses[{j}].output", "missing or empty")
             elif not isinstance(g, (int, float)) or isinstance(g, bool) or not np.isfinite(g):
                 quarantine.reject(at, f"responses[{j}].gold", "missing or not a finite number")
+            elif abs(g) > MAX_GOLD:
+                quarantine.reject(at, f"responses[{j}].gold", f"beyond ±{MAX_GOLD:.0e}")
             else:
                 outputs.append(text.strip())
                 gold.append(float(g))

@@ -76,8 +76,8 @@ class RewardServer:
         self.limits = Limits(sc.max_body_bytes, sc.max_items, sc.max_text_chars)
         self._score_batch.set_max_batch_size(sc.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(sc.batch_wait_ms / 1000)
-        self.stats = {"requests": 0, "items": 0, "errors": 0, "batches": 0, "item_retries": 0, "timeouts": 0,
-                      "started": time.time()}
+        self.stats = {"requests": 0, "items": 0, "errors": 0, "batches": 0, "largest_batch": 0, "item_retries": 0,
+                      "timeouts": 0, "started": time.time()}
         self.waiting_bodies = 0
         self.rm: RewardModel | None = None
         self.template = None
@@ -150,7 +150,8 @@ class RewardServer:
             "reward_norm": rm.reward_norm, "max_length": rm.max_length, "truncated": rm.counts["truncated"],
             "texts": rm.counts["texts"], "chat_template_recovery": self.template is not None}
         return JSONResponse({"status": "ok" if rm else ("failed" if self.load_error else "loading"),
-                             "normalize": self.sc.normalize, **model, **self.stats})
+                             "normalize": self.sc.normalize, **model, **self.stats,
+                             "waiting_bodies": self.waiting_bodies})
 
     async def get_reward(self, request: Request) -> JSONResponse:
         items = openrlhf_items(await self._body(request), self.limits, self.template)
@@ -174,6 +175,7 @@ class RewardServer:
     async def _score_batch(self, pairs: list[tuple]) -> list[float | ItemFailed]:
         """Every queued item of every request in one forward pass; if that fails, item by item."""
         self.stats["batches"] += 1
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(pairs))
         try:
             return self._score(pairs)
         except Exception:

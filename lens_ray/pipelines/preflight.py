@@ -87,9 +87,27 @@ def check_layers(cfg: LensConfig, ds: Datasets) -> None:
         seed_gold(ds)       # raises if the seed pairs carry no gold
 
 
+MAX_HEADS = 2000          # heads one run may plan (methods x factors x heads x seeds): past it, a typo, not a study
+
+
+def check_plan(cfg: LensConfig, log=print) -> None:
+    """The plan's size, said before Ray starts, and refused when it is far past any study's."""
+    from lens_ray.core.records import plan_cells
+    cells = plan_cells(cfg)
+    sets = len({c.synthetic_name for c in cells if c.factor > 1})
+    vaes = cfg.seeds if "lens" in cfg.methods else 0
+    if len(cells) > MAX_HEADS:
+        raise ConfigError(f"the plan has {len(cells):,} heads to fit ({len(cfg.methods)} methods x factors "
+                          f"{list(cfg.factors)} x heads {list(cfg.reward.heads)} x {cfg.seeds} seeds); at most "
+                          f"{MAX_HEADS:,} in one run")
+    folds = f", then a {cfg.selection.folds}-fold selection" if cfg.selection.enabled else ""
+    log(f"plan: {len(cells)} heads, {sets} synthetic sets, {vaes} VAEs over {cfg.seeds} seeds{folds}")
+
+
 def preflight(cfg: LensConfig, log=print) -> Datasets:
     """Every check of the main job; returns the ingested data (the pipeline then does not read it again)."""
     cfg.validate()
+    check_plan(cfg, log)
     check_model(cfg.embed.model)
     check_writable(Storage(cfg.out_uri))
     if cfg.embed.cache:

@@ -79,16 +79,20 @@ def _canonical(obj) -> bytes:
 
 def save_model(store: Storage, name: str, state: dict[str, torch.Tensor], config: dict,
                meta: dict | None = None) -> None:
-    """<name>.safetensors + <name>.json: config, its checksum, the weights' checksum, and meta (fingerprint,
-    metrics). The weights go first: a document exists only for weights written in full."""
+    """<name>.safetensors + <name>.json: config, meta (fingerprint, metrics, the layer it reads, its reward
+    statistics), a checksum of each, and the weights' checksum. The weights go first: a document exists only for
+    weights written in full."""
     blob = st_save({k: v.contiguous() for k, v in state.items()})
     store.write_bytes(f"{name}.safetensors", blob)
+    meta = json.loads(json.dumps(meta or {}))           # as it reads back (tuples as lists), so its checksum holds
     store.write_json(f"{name}.json", {"config": config, "config_sha256": sha256(_canonical(config)),
-                                      "sha256": sha256(blob), "meta": meta or {}})
+                                      "meta": meta, "meta_sha256": sha256(_canonical(meta)), "sha256": sha256(blob)})
 
 
 def read_model_doc(store: Storage, name: str) -> dict | None:
-    """The model's JSON document, verified (size, shape, config checksum); None when there is none."""
+    """The model's JSON document, verified (size, shape, the checksums of its config and its meta); None when
+    there is none. A document without a meta checksum (written before lens-ray kept one) is refused too: what a
+    command reads from meta (the layer a head reads, its reward statistics) changes what it returns."""
     if not store.exists(f"{name}.json"):
         return None
     raw = store.read_bytes(f"{name}.json")
@@ -96,11 +100,18 @@ def read_model_doc(store: Storage, name: str) -> dict | None:
         raise ChecksumError(f"{store.uri_of(name)}.json: {len(raw)} bytes, not a model document")
     try:
         doc = json.loads(raw)
-        ok = isinstance(doc, dict) and isinstance(doc.get("config"), dict) and isinstance(doc.get("sha256"), str)
+        ok = isinstance(doc, dict) and isinstance(doc.get("config"), dict) and isinstance(doc.get("sha256"), str) \
+            and isinstance(doc.get("meta", {}), dict)
     except ValueError:
         ok = False
     if not ok or doc.get("config_sha256") != sha256(_canonical(doc["config"])):
         raise ChecksumError(f"{store.uri_of(name)}.json: corrupt or tampered model document")
+    if "meta_sha256" not in doc:
+        raise ChecksumError(f"{store.uri_of(name)}.json: written by an older lens-ray without a checksum of its "
+                            "metadata; run the job again to rewrite it")
+    if doc["meta_sha256"] != sha256(_canonical(doc.get("meta", {}))):
+        raise ChecksumError(f"{store.uri_of(name)}.json: its metadata does not match its checksum (changed "
+                            "after it was written)")
     return doc
 
 

@@ -66,6 +66,16 @@ def test_scored_to_pairs_by_margin():
     assert pairs[0].chosen in ("a", "c") and pairs[0].rejected == "b"
 
 
+def test_gold_beyond_its_bound_is_quarantined_so_every_figure_stays_finite():
+    """Finite but huge gold (1e308 sums to inf in a Best-of-N mean) is quarantined by name; 1e9 itself is kept."""
+    rows = [{"instruction": "I", "responses": [{"output": "a", "gold": 1e308}, {"output": "b", "gold": -1e308},
+                                                {"output": "c", "gold": 1e9}, {"output": "d", "gold": -2.5}]}]
+    q = Quarantine()
+    scored = to_scored(rows, q)
+    assert scored[0].outputs == ["c", "d"] and np.isfinite(scored[0].gold.sum())
+    assert q.counts == {"responses[].gold: beyond ±1e+09": 2} and "responses[0]" in str(q.examples)
+
+
 def test_split_by_group_never_shares_a_prompt():
     rows = [{"prompt": f"P{i // 3}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(30)]
     pairs = to_pairs(rows, Quarantine())

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lens_ray.core.heads import RewardHead, build_head
-from lens_ray.store.artifacts import _canonical, load_head, reuse_model, save_model
+from lens_ray.store.artifacts import _canonical, load_head, load_model, reuse_model, save_model
 from lens_ray.store.storage import ChecksumError, Storage, StorageError, sha256
 
 
@@ -82,3 +82,25 @@ def test_head_is_checked_before_the_language_model_loads(tmp_path):
         RewardModel.from_run(run.uri, head="h")
     with pytest.raises(StorageError, match="not a plain name"):
         RewardModel.from_run(run.uri, head="../h")
+
+
+def test_changed_or_unchecked_metadata_is_refused(tmp_path):
+    """What a command reads from a head's metadata (the layer it reads, its reward statistics) is as verified as
+    its weights: a changed value, a changed checksum-less document, and one written before metadata had a
+    checksum are each refused in one line, and reuse recomputes them."""
+    st = Storage(str(tmp_path / "heads"))
+    head = RewardHead(8, 16)
+    save_model(st, "h", head.state_dict(), head.config(),
+               {"fingerprint": "abc", "embed_layer": (-3,), "reward_norm": {"mean": 0.5, "std": 2.0}})
+    doc = st.read_json("h.json")
+    assert doc["meta"]["embed_layer"] == [-3] and load_model(st, "h", build_head)[1]["embed_layer"] == [-3]
+    for change in ({"embed_layer": [-4]}, {"reward_norm": {"mean": 0.5, "std": 1.0}}):
+        st.write_json("h.json", {**doc, "meta": {**doc["meta"], **change}})
+        with pytest.raises(ChecksumError, match="metadata does not match its checksum"):
+            load_head(st, "h")
+        assert reuse_model(st, "h", "abc", build_head) is None
+    st.write_json("h.json", {k: v for k, v in doc.items() if k != "meta_sha256"})
+    with pytest.raises(ChecksumError, match="older lens-ray.*run the job again"):
+        load_head(st, "h")
+    st.write_json("h.json", doc)                                     # the document as written loads again
+    assert load_model(st, "h", build_head)[1]["reward_norm"] == {"mean": 0.5, "std": 2.0}

@@ -24,6 +24,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,29 @@ def plain_config(config):
     return config
 
 
+WEIGHTS_DIGEST = "model.safetensors.sha256"
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def copy_intact(folder: str) -> bool:
+    """Whether a dequantized copy is whole and unchanged: its weights match the digest written with them (a
+    truncated, bit-flipped or digest-less copy is not, and is made again rather than trusted)."""
+    try:
+        with open(os.path.join(folder, WEIGHTS_DIGEST)) as fh:
+            want = fh.read().strip()
+        return os.path.exists(os.path.join(folder, "config.json")) and \
+            _file_sha256(os.path.join(folder, "model.safetensors")) == want
+    except OSError:
+        return False
+
+
 def _save_copy(model, tok, folder: str) -> None:
     """Write beside the target, then rename: a reader sees no copy or a whole one (of racing writers, one wins)."""
     from safetensors.torch import save_file
@@ -178,12 +202,13 @@ def _save_copy(model, tok, folder: str) -> None:
         plain_config(model.config).save_pretrained(tmp)
         save_file(untied_state(model), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         tok.save_pretrained(tmp)
+        with open(os.path.join(tmp, WEIGHTS_DIGEST), "w") as fh:     # last: a copy with a digest is whole
+            fh.write(_file_sha256(os.path.join(tmp, "model.safetensors")))
         if not os.path.exists(folder):
             os.replace(tmp, folder)
     except OSError:
         pass                                         # no room or a race lost: the GGUF still loads
     finally:
-        import shutil
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -241,7 +266,12 @@ def load_model(spec: str, dtype: str = "auto", device: str | None = None) -> Loa
     if src.gguf_file:
         copy = dequantized_copy(src, name)
         with _converting(copy):
-            if not os.path.exists(os.path.join(copy, "config.json")):
+            if not copy_intact(copy):
+                if os.path.exists(copy):
+                    logging.getLogger(__name__).warning(
+                        "%s: the converted copy of %s does not match its digest (truncated, changed, or made by an "
+                        "older lens-ray): converting the GGUF again", copy, src.model_id)
+                    shutil.rmtree(copy, ignore_errors=True)
                 tok, _, model, _ = loaded = load(folder, kw)          # from the GGUF, kept as a plain copy
                 _save_copy(model, tok, copy)
         if loaded is None:

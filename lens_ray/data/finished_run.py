@@ -54,7 +54,9 @@ class FinishedRun:
         store = Storage(uri)
         if not store.exists("report.json"):
             raise StorageError(f"{uri}: no report.json; is it a finished lens-ray run?")
-        report = store.read_json("report.json")
+        report = store.read_checked_json("report.json")
+        if not isinstance(report, dict) or not isinstance(report.get("config"), dict):
+            raise ChecksumError(f"{store.uri_of('report.json')}: not a lens-ray run's report")
         cfg = config_from_dict(report["config"])
         return cls(store.uri, store, cfg, report)
 

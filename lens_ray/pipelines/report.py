@@ -162,5 +162,5 @@ def table(report: dict) -> str:
 
 
 def write(out: Storage, report: dict) -> None:
-    out.write_json("report.json", report)
+    out.write_checked_json("report.json", report)          # commands that use the run trust its config
     out.write_bytes("report.md", (table(report) + "\n").encode())

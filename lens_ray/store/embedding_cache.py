@@ -30,25 +30,26 @@ class EmbeddingCache:
         self.store = root.child(digest)
         self.dtype = settings.get("storage_dtype", "float32")
         for name in (SETTINGS, LEGACY_MANIFEST):
-            if self.store.exists(name):
-                stored = self.store.read_json(name)
-                stored = stored.get("meta") if name == LEGACY_MANIFEST else stored
-                if stored != settings:
-                    raise StorageError(f"{self.store.uri_of(name)} was written with other settings {stored}")
-        if not self.store.exists(SETTINGS):
+            stored = self.store.read_record(name)            # torn or not an object: as if never written
+            stored = stored.get("meta") if stored is not None and name == LEGACY_MANIFEST else stored
+            if stored is not None and stored != settings:
+                raise StorageError(f"{self.store.uri_of(name)} was written with other settings {stored}")
+        if self.store.read_record(SETTINGS) is None:
+            # the folder's name is the digest of these settings, so rewriting a torn file loses nothing
             self.store.write_json(SETTINGS, settings)       # concurrent writers write the same bytes
 
     def committed(self) -> dict[str, dict]:
         """Shard name -> its commit record (sha256, rows), over every writer's records."""
         found = {}
-        if self.store.exists(LEGACY_MANIFEST):
-            found.update(self.store.read_json(LEGACY_MANIFEST).get("files", {}))
+        legacy = self.store.read_record(LEGACY_MANIFEST) or {}
+        found.update({k: v for k, v in (legacy.get("files") or {}).items() if _is_record(v)})
         for name in self.store.listdir():
             if name.startswith("shard-") and name.endswith(".json"):
-                try:
-                    found[name[:-len(".json")] + ".parquet"] = self.store.read_json(name)
-                except (StorageError, ValueError):
-                    continue                                 # a torn record: its shard does not count
+                record = self.store.read_record(name)
+                if _is_record(record):
+                    found[name[:-len(".json")] + ".parquet"] = record
+                elif self.store.exists(name):                # torn, or valid JSON but not a record ([]): forgotten,
+                    self.store.delete(name)                  # its texts embedded again, never a traceback later
         return found
 
     def lookup(self, keys: list[str]) -> dict[str, np.ndarray]:
@@ -82,3 +83,7 @@ class EmbeddingCache:
         record = name[:-len(".parquet")] + ".json"
         if self.store.exists(record):
             self.store.delete(record)
+
+
+def _is_record(record) -> bool:
+    return isinstance(record, dict) and isinstance(record.get("sha256"), str)

@@ -126,8 +126,41 @@ class Storage:
     def read_json(self, rel: str) -> Any:
         return json.loads(self.read_bytes(rel))
 
+    def read_record(self, rel: str) -> dict | None:
+        """A JSON object this code wrote (a manifest, a commit record, a cache's settings); None when it is
+        missing, torn (not JSON) or not an object: the caller treats that as not written, never as a traceback."""
+        if not self.exists(rel):
+            return None
+        try:
+            doc = json.loads(self.read_bytes(rel))
+        except (ValueError, StorageError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+    def write_checked_json(self, rel: str, obj: Any) -> None:
+        """JSON and beside it `<rel>.sha256`, the checksum of its bytes: for a document later commands trust
+        (a run's report: its config says which model and text settings its heads score with)."""
+        data = json.dumps(obj, indent=2, sort_keys=True).encode()
+        self.write_bytes(rel, data)
+        self.write_bytes(f"{rel}.sha256", sha256(data).encode())
+
+    def read_checked_json(self, rel: str) -> Any:
+        """A `write_checked_json` document, verified against its checksum; a changed, checksum-less or garbled
+        one is a ChecksumError in one line."""
+        data = self.read_bytes(rel)
+        if not self.exists(f"{rel}.sha256"):
+            raise ChecksumError(f"{self.uri_of(rel)}: written by an older lens-ray without a checksum beside it; "
+                                "run the job again to rewrite it")
+        if self.read_bytes(f"{rel}.sha256").decode(errors="replace").strip() != sha256(data):
+            raise ChecksumError(f"{self.uri_of(rel)}: does not match its checksum ({rel}.sha256): changed after it "
+                                "was written")
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise ChecksumError(f"{self.uri_of(rel)}: not JSON") from exc
 
     # ---- parquet
     def write_parquet(self, rel: str, table: pa.Table) -> dict[str, Any]:
@@ -182,9 +215,10 @@ class Manifest:
 
     @classmethod
     def open(cls, store: Storage, meta: dict[str, Any]) -> "Manifest":
-        """Open (or start) the manifest; refuse one written under other settings."""
-        if store.exists(cls.NAME):
-            doc = store.read_json(cls.NAME)
+        """Open (or start) the manifest; refuse one written under other settings. A torn manifest counts as
+        none: its files are made again (each is verified against the manifest's checksum, so none is trusted)."""
+        doc = store.read_record(cls.NAME)
+        if doc is not None and isinstance(doc.get("meta", {}), dict) and isinstance(doc.get("files", {}), dict):
             stored = json.loads(json.dumps(doc.get("meta", {})))
             if stored != json.loads(json.dumps(meta)):          # compared as stored: tuples are lists there
                 raise StorageError(f"{store.uri}: made with other settings ({differences(stored, meta)}); use "
@@ -195,7 +229,10 @@ class Manifest:
     @classmethod
     def load(cls, store: Storage) -> "Manifest":
         """Read an existing manifest with whatever settings it holds (for readers of a finished run)."""
-        doc = store.read_json(cls.NAME)
+        doc = store.read_record(cls.NAME)
+        if doc is None or not isinstance(doc.get("meta", {}), dict) or not isinstance(doc.get("files", {}), dict):
+            raise ChecksumError(f"{store.uri_of(cls.NAME)}: missing, torn or not a manifest; run the job again to "
+                                "make its tables again")
         return cls(store, doc.get("meta", {}), doc.get("files", {}))
 
     def commit(self, name: str, info: dict[str, Any]) -> None:

@@ -383,15 +383,37 @@ def test_lens_ray_serve_with_every_flag(local_run, tmp_path):
     assert info["normalize"] is False and info["head"] == head
 
 
-@pytest.mark.parametrize("case", ["missing run", "missing head", "port in use"])
+def _changed_copy(run, tmp_path, rel: str, change) -> str:
+    """A copy of a finished run with one stored JSON document changed by hand (change: its dict, in place)."""
+    import shutil
+    copy = tmp_path / "changed"
+    shutil.copytree(run.local_path(), copy)
+    doc = json.loads((copy / rel).read_text())
+    change(doc)
+    (copy / rel).write_text(json.dumps(doc, indent=2, sort_keys=True))
+    return str(copy)
+
+
+@pytest.mark.parametrize("case", ["missing run", "missing head", "port in use", "changed report",
+                                  "changed head layer"])
 def test_serve_refuses_early_with_one_line(local_run, tmp_path, case):
     _, _, run = local_run
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen(1)
+    if case == "changed report":                    # the model's text settings, which every head scores with
+        changed = _changed_copy(run, tmp_path, "report.json",
+                                lambda doc: doc["config"]["embed"].update(max_length=doc["config"]["embed"]
+                                                                          ["max_length"] // 2))
+    elif case == "changed head layer":              # the issue's own example: the layer a head reads
+        changed = _changed_copy(run, tmp_path, "heads/selected.json",
+                                lambda doc: doc["meta"].update(embed_layer=[v - 1 for v in
+                                                                            doc["meta"]["embed_layer"]]))
     args = {"missing run": ["--run", str(tmp_path / "nope")],
             "missing head": ["--run", run.uri, "--head", "nope-f1-s0"],
-            "port in use": ["--run", run.uri, "--port", str(taken.getsockname()[1])]}[case]
+            "port in use": ["--run", run.uri, "--port", str(taken.getsockname()[1])],
+            "changed report": ["--run", changed] if case == "changed report" else [],
+            "changed head layer": ["--run", changed] if case == "changed head layer" else []}[case]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run([sys.executable, "-m", "lens_ray.cli", "serve", *args], capture_output=True, text=True,
                           env=env, timeout=120)
@@ -399,5 +421,6 @@ def test_serve_refuses_early_with_one_line(local_run, tmp_path, case):
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
     assert {"missing run": "no report.json", "missing head": "no head 'nope-f1-s0'",
-            "port in use": "cannot listen on"}[case] in lines[0]
+            "port in use": "cannot listen on", "changed report": "report.json: does not match its checksum",
+            "changed head layer": "selected.json: its metadata does not match its checksum"}[case] in lines[0]
     assert "local Ray" not in done.stdout

@@ -8,7 +8,7 @@ from lens_ray.store.artifacts import read_pair_embeddings
 from lens_ray.store.storage import Manifest, Storage
 
 
-def test_gguf_dequantized_copy_is_read_again_and_embeds_identically(capfd):
+def test_gguf_dequantized_copy_is_read_again_and_embeds_identically(capfd, caplog):
     """The first load of a GGUF model keeps a plain safetensors copy per dtype; later loads read it, and the
     vectors are the same, bit for bit. It writes the session's own copy (LENS_RAY_MODEL_CACHE, set before Ray
     starts), so the whole-job test below, which runs after it, loads in seconds instead of de-quantizing again."""
@@ -34,6 +34,26 @@ def test_gguf_dequantized_copy_is_read_again_and_embeds_identically(capfd):
     from transformers import AutoModelForSequenceClassification
     _, info = AutoModelForSequenceClassification.from_pretrained(copy, output_loading_info=True)
     assert info["missing_keys"] and set(info["missing_keys"]) == {"score.weight"}, info
+    # a copy that is not what was written is made again, never trusted: low bits flipped (embeddings a few
+    # percent off), then the weights cut short
+    from lens_ray.data.embed import copy_intact
+    weights = os.path.join(copy, "model.safetensors")
+    assert copy_intact(copy)
+    for damage in ("flip", "truncate"):
+        data = bytearray(open(weights, "rb").read())
+        if damage == "flip":
+            data[len(data) // 2: len(data) // 2 + 4096: 2] = bytes(b ^ 1 for b in data[len(data) // 2:
+                                                                                  len(data) // 2 + 4096: 2])
+        else:
+            del data[len(data) // 3:]
+        open(weights, "wb").write(bytes(data))
+        assert not copy_intact(copy)
+        rebuilt = load_model("smollm2", dtype)
+        assert rebuilt.loaded_from.endswith(".gguf") and copy_intact(copy), damage      # converted again
+        assert "does not match its digest" in caplog.text
+        caplog.clear()
+        c = embed_ids(rebuilt, tokenize(rebuilt, prompts, responses, 128).ids, "auto")
+        assert np.array_equal(a, c), damage
 
 
 def test_actors_starting_together_convert_the_gguf_once(tmp_path):

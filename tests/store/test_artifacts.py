@@ -73,8 +73,8 @@ def test_head_is_checked_before_the_language_model_loads(tmp_path):
     """RewardModel.from_run verifies the head first: a bad head fails in milliseconds, not after an LM load."""
     from lens_ray.scoring.reward_model import RewardModel
     run = Storage(str(tmp_path / "run"))
-    run.write_json("report.json", {"results": [], "config": {"embed": {"model": "./no/such/model", "dtype": "auto",
-                                                                       "pooling": "auto", "max_length": 8}}})
+    run.write_checked_json("report.json", {"results": [], "config": {"embed": {
+        "model": "./no/such/model", "dtype": "auto", "pooling": "auto", "max_length": 8}}})
     head = RewardHead(8, 16)
     save_model(run.child("heads"), "h", head.state_dict(), head.config())
     run.child("heads").write_bytes("h.safetensors", b"garbage")

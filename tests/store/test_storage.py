@@ -97,3 +97,52 @@ def test_a_corrupt_cache_shard_is_forgotten_and_the_rest_kept(store):
     cache.store.write_bytes(bad, b"garbage")
     found = EmbeddingCache(store.child("c2"), settings).lookup(["a", "b"])
     assert len(found) == 1 and len(EmbeddingCache(store.child("c2"), settings).committed()) == 1
+
+
+def test_a_checked_document_is_refused_when_changed_unchecked_or_garbled(store):
+    """A run's report (what commands trust: the model and text settings its heads score with) round-trips with
+    its checksum, and a changed value, a missing checksum or a garbled file is one ChecksumError."""
+    report = {"config": {"embed": {"model": "smollm2", "max_length": 256}}, "results": []}
+    store.write_checked_json("report.json", report)
+    assert store.read_checked_json("report.json") == report
+    changed = store.read_bytes("report.json").replace(b"256", b"512")
+    store.write_bytes("report.json", changed)
+    with pytest.raises(ChecksumError, match="does not match its checksum"):
+        store.read_checked_json("report.json")
+    store.write_bytes("report.json.sha256", __import__("hashlib").sha256(b"[1, 2").hexdigest().encode())
+    store.write_bytes("report.json", b"[1, 2")
+    with pytest.raises(ChecksumError, match="not JSON"):
+        store.read_checked_json("report.json")
+    store.write_json("old.json", report)
+    with pytest.raises(ChecksumError, match="older lens-ray.*run the job again"):
+        store.read_checked_json("old.json")
+
+
+def test_a_torn_or_foreign_cache_record_is_forgotten_not_a_late_traceback(store):
+    """A commit record that is valid JSON but not a record (`[]`), a torn one, and a torn settings.json: the
+    cache reads on without them (the record's texts are embedded again), and a later cache on the same folder
+    is not poisoned."""
+    settings = {"model": "m", "pooling": "last", "max_length": 8}
+    cache = EmbeddingCache(store, settings)
+    cache.add(["a", "b"], np.ones((2, 4), np.float32))
+    cache.add(["c"], np.full((1, 4), 2, np.float32))
+    records = sorted(n for n in cache.store.listdir() if n.startswith("shard-") and n.endswith(".json"))
+    lost = set(cache.store.read_parquet(records[0][:-len(".json")] + ".parquet").column("key").to_pylist())
+    cache.store.write_bytes(records[0], b"[]")
+    cache.store.write_bytes("settings.json", b'{"model": "m", "pool')
+    again = EmbeddingCache(store, settings)                        # no JSONDecodeError; settings rewritten
+    assert again.store.read_json("settings.json") == settings
+    found = again.lookup(["a", "b", "c"])
+    assert set(found) == {"a", "b", "c"} - lost and records[0] not in again.store.listdir()
+    assert set(EmbeddingCache(store, settings).lookup(["a", "b", "c"])) == set(found)
+
+
+def test_a_torn_manifest_is_made_again_by_a_writer_and_refused_in_one_line_to_a_reader(store):
+    m = Manifest.open(store, {"k": 1})
+    m.commit("x.parquet", store.write_parquet("x.parquet", pa.table({"x": [1]})))
+    store.write_bytes(Manifest.NAME, b'{"meta": {"k": 1}, "fil')
+    assert Manifest.open(store, {"k": 1}).files == {}              # its files are made again, none trusted
+    with pytest.raises(ChecksumError, match="torn or not a manifest"):
+        Manifest.load(store)
+    store.write_bytes(Manifest.NAME, b"[]")
+    assert Manifest.open(store, {"k": 1}).files == {}

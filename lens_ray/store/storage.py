@@ -31,8 +31,25 @@ class ChecksumError(StorageError):
     pass
 
 
+def s3_limits() -> tuple[float, int]:
+    """(seconds one S3 request may stall, attempts per call): an endpoint that stops answering ends a call in
+    about their product, never hangs a run. LENS_RAY_S3_TIMEOUT_S and LENS_RAY_S3_ATTEMPTS change them."""
+    try:
+        timeout = float(os.environ.get("LENS_RAY_S3_TIMEOUT_S", "20"))
+        attempts = int(os.environ.get("LENS_RAY_S3_ATTEMPTS", "3"))
+    except ValueError as exc:
+        raise StorageError(f"LENS_RAY_S3_TIMEOUT_S / LENS_RAY_S3_ATTEMPTS: not a number ({exc})") from exc
+    if not (timeout > 0 and attempts >= 1):
+        raise StorageError("LENS_RAY_S3_TIMEOUT_S must be > 0 and LENS_RAY_S3_ATTEMPTS >= 1")
+    return timeout, attempts
+
+
 def _s3_filesystem() -> pafs.S3FileSystem:
-    kwargs: dict[str, Any] = {}
+    timeout, attempts = s3_limits()
+    # a stalled connection or transfer (no byte for `timeout` seconds) fails the attempt; 5xx and timeouts are
+    # retried by the SDK, with backoff, up to `attempts` in all
+    kwargs: dict[str, Any] = {"connect_timeout": min(timeout, 10.0), "request_timeout": timeout,
+                              "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=attempts)}
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         scheme, _, host = endpoint.partition("://")
@@ -99,21 +116,38 @@ class Storage:
             with self.fs.open_input_stream(self.path(rel), compression=None) as fh:   # bytes as stored
                 return fh.read()
         except (FileNotFoundError, OSError) as exc:
-            raise StorageError(f"cannot read {self.uri_of(rel)}: {exc}") from exc
+            raise StorageError(f"cannot read {self.uri_of(rel)}: {exc}{self._resumes()}") from exc
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Atomic: readers see the old file, or the whole new one."""
         target = self.path(rel)
         parent = posixpath.dirname(target)
         if self.protocol == "file":
-            self.fs.create_dir(parent, recursive=True)
             tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-            with self.fs.open_output_stream(tmp, compression=None) as fh:
-                fh.write(data)
-            os.replace(tmp, target)
+            try:
+                self.fs.create_dir(parent, recursive=True)
+                with self.fs.open_output_stream(tmp, compression=None) as fh:
+                    fh.write(data)
+                os.replace(tmp, target)
+            except OSError as exc:                    # a full disk, say: nothing half-written is left behind
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+                raise StorageError(f"cannot write {self.uri_of(rel)} ({len(data):,} bytes): "
+                                   f"{exc.strerror or exc}") from exc
         else:
-            with self.fs.open_output_stream(target, compression=None) as fh:   # visible once the upload completes
-                fh.write(data)
+            try:
+                with self.fs.open_output_stream(target, compression=None) as fh:   # visible once uploaded in full
+                    fh.write(data)
+            except OSError as exc:
+                raise StorageError(f"cannot write {self.uri_of(rel)}: {exc}{self._resumes()}") from exc
+
+    def _resumes(self) -> str:
+        """What an S3 failure's one line adds: the attempts made, and that nothing half-written is trusted."""
+        if self.protocol != "s3":
+            return ""
+        timeout, attempts = s3_limits()
+        return (f" (after {attempts} attempt(s), each allowed {timeout:g} s without progress; what was stored is "
+                "verified, so a re-run resumes from it)")
 
     def delete(self, rel: str) -> None:
         info = self.fs.get_file_info(self.path(rel))

@@ -146,3 +146,52 @@ def test_a_torn_manifest_is_made_again_by_a_writer_and_refused_in_one_line_to_a_
         Manifest.load(store)
     store.write_bytes(Manifest.NAME, b"[]")
     assert Manifest.open(store, {"k": 1}).files == {}
+
+
+def test_an_s3_endpoint_that_stops_answering_ends_the_call_in_one_line(monkeypatch):
+    """A server that accepts connections and never answers (a stalled endpoint): each read and write ends with
+    a StorageError that names the object, the attempts and that a re-run resumes; no call hangs."""
+    import socket
+    import threading
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)
+    held = []
+    threading.Thread(target=lambda: [held.append(hole.accept()) for _ in iter(int, 1)], daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{hole.getsockname()[1]}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("LENS_RAY_S3_TIMEOUT_S", "1")
+    monkeypatch.setenv("LENS_RAY_S3_ATTEMPTS", "2")
+    store = Storage("s3://stalled/run")
+    with pytest.raises(StorageError, match=r"cannot read s3://stalled/run/report.json: .*after 2 attempt\(s\), "
+                                           r"each allowed 1 s.*a re-run resumes"):
+        store.read_bytes("report.json")
+    with pytest.raises(StorageError, match=r"cannot write s3://stalled/run/x.bin: .*a re-run resumes"):
+        store.write_bytes("x.bin", b"data")
+    assert held                                                     # it did reach the stalled endpoint
+    hole.close()
+    monkeypatch.setenv("LENS_RAY_S3_ATTEMPTS", "zero")
+    with pytest.raises(StorageError, match="LENS_RAY_S3_ATTEMPTS"):
+        Storage("s3://stalled/run")
+
+
+def test_a_local_write_that_fails_midway_leaves_nothing_and_names_the_path(tmp_path):
+    """A disk that fills mid-write (here: a file-size limit, as a full disk fails a write): one StorageError
+    naming the file and the cause, no temporary file and no target left for a re-run to trust."""
+    import subprocess
+    import sys
+    code = ("import resource, signal, sys\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+            "from lens_ray.store.storage import Storage, StorageError\n"
+            "try:\n"
+            f"    Storage({str(tmp_path / 'out')!r}).write_bytes('heads/h.safetensors', b'x' * 100_000)\n"
+            "except StorageError as exc:\n"
+            "    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(f"cannot write {tmp_path / 'out'}/heads/h.safetensors (100,000 bytes): ")
+    assert "File too large" in done.stdout and len(done.stdout.splitlines()) == 1
+    assert list((tmp_path / "out" / "heads").iterdir()) == []

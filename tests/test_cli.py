@@ -22,9 +22,11 @@ def _files(tmp: Path) -> dict[str, str]:
     (tmp / "latin1.json").write_bytes(json.dumps(good[:3]).encode()[:-1] + b',\n{"prompt": "caf\xe9"}]')
     (tmp / "good.jsonl").write_text("\n".join(json.dumps(r) for r in good))
     (tmp / "nomodel").mkdir()
+    from tests.test_config import BOMB
+    (tmp / "bomb.yaml").write_text(BOMB)
     return {"csv": str(tmp / "data.csv"), "gz": str(tmp / "broken.jsonl.gz"), "unknown": str(tmp / "unknown.jsonl"),
             "same": str(tmp / "same.jsonl"), "latin1": str(tmp / "latin1.json"), "good": str(tmp / "good.jsonl"),
-            "nomodel": str(tmp / "nomodel")}
+            "nomodel": str(tmp / "nomodel"), "bomb": str(tmp / "bomb.yaml")}
 
 
 CASES = {
@@ -44,6 +46,10 @@ CASES = {
     "model folder without config": (["--data", "{good}", "--model", "{nomodel}"], "has no config.json"),
     "a layer the model lacks": (["--data", "{good}", "--set", "selection.layers=-1,-99"],
                                 "selection.layers: layer -99, but smollm2 has 30 blocks (layers -1 to -31)"),
+    "text longer than the model reads": (["--data", "{good}", "--model", "minilm", "--set", "embed.max_length=1024"],
+                                         "embed.max_length: 1024 tokens, but minilm reads at most 512"),
+    "a YAML alias bomb": (["--data", "{good}", "--config", "{bomb}"], "expands to more than 100,000 values"),
+    "a million seeds": (["--data", "{good}", "--seeds", "1000000"], "seeds: must be <= 100"),
     "more folds than prompts": (["--data", "{good}", "--set", "selection.folds=11"],
                                 "selection.folds: 11 folds of whole prompts, but the seed pairs have only 10 prompts"),
     "gold objective without gold": (["--data", "{good}", "--set", "selection.objective=bon_gold"],

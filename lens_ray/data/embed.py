@@ -88,14 +88,35 @@ def resolve_model(spec: str) -> ModelSource:
 
 
 @functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)
+def _gguf_meta(path: str) -> dict[str, int | None]:
+    """A GGUF's block count and context length, from its metadata (reading it takes seconds: read once)."""
+    from gguf import GGUFReader
+    fields = GGUFReader(path).fields
+    arch = bytes(fields["general.architecture"].parts[-1]).decode()
+    context = fields.get(f"{arch}.context_length")
+    return {"blocks": int(fields[f"{arch}.block_count"].parts[-1][0]),
+            "positions": int(context.parts[-1][0]) if context is not None else None}
+
+
+def model_positions(spec: str) -> int | None:
+    """The most tokens a model reads (its position embeddings or context length), from its config alone; None
+    where it is not known before the model loads (a hub id)."""
+    src = resolve_model(spec)
+    if src.gguf_file:
+        return _gguf_meta(os.path.join(src.folder, src.gguf_file))["positions"]
+    cfg = Path(src.folder) / "config.json"
+    if not cfg.exists():
+        return None
+    value = json.loads(cfg.read_text()).get("max_position_embeddings")
+    return int(value) if isinstance(value, int) else None
+
+
 def model_depth(spec: str) -> int:
     """Transformer blocks of a model, from its config alone (GGUF metadata or config.json): no weights load."""
     src = resolve_model(spec)
     if src.gguf_file:
-        from gguf import GGUFReader
-        fields = GGUFReader(os.path.join(src.folder, src.gguf_file)).fields
-        arch = bytes(fields["general.architecture"].parts[-1]).decode()
-        return int(fields[f"{arch}.block_count"].parts[-1][0])
+        return int(_gguf_meta(os.path.join(src.folder, src.gguf_file))["blocks"])
     from transformers import AutoConfig
     try:
         return int(AutoConfig.from_pretrained(src.folder).num_hidden_layers)

@@ -10,7 +10,7 @@ import uuid
 
 from lens_ray.config import ConfigError, LensConfig
 from lens_ray.core.pairs import Datasets
-from lens_ray.data.embed import ModelLoadError, model_depth, resolve_model
+from lens_ray.data.embed import ModelLoadError, model_depth, model_positions, resolve_model
 from lens_ray.data.ingest import load_datasets
 from lens_ray.pipelines.selection import seed_gold
 from lens_ray.store.storage import Storage, StorageError
@@ -66,9 +66,12 @@ def check_writable(store: Storage) -> None:
 
 
 def check_layers(cfg: LensConfig, ds: Datasets) -> None:
-    """Every layer asked for exists in the model (read from its config alone), the selection's folds have
-    prompts enough, and its objective has what it ranks by."""
+    """The text length and every layer asked for fit the model (read from its config alone), the selection's
+    folds have prompts enough, and its objective has what it ranks by."""
     e, sel = cfg.embed, cfg.selection
+    positions = model_positions(e.model)
+    if positions is not None and e.max_length > positions:
+        raise ConfigError(f"embed.max_length: {e.max_length} tokens, but {e.model} reads at most {positions}")
     asked = [("embed.layer", e.layer), ("embed.cache_layers", e.cache_layers)]
     if sel.enabled:
         asked.append(("selection.layers", sel.layers))

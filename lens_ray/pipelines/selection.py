@@ -35,7 +35,7 @@ from lens_ray.core.selection import (
 from lens_ray.core.stats import mean_std, paired, standard_error
 from lens_ray.data.embed import INNER, model_depth
 from lens_ray.store.artifacts import reuse_model, save_model
-from lens_ray.store.storage import Storage
+from lens_ray.store.storage import Storage, StorageError
 
 NAME = "selected"           # heads/selected: the run's default head
 NOTE = ("the pick's k-fold accuracy is optimistic (it won a comparison on the same folds); its held-out "
@@ -65,6 +65,16 @@ def seed_gold(ds: Datasets) -> tuple[np.ndarray, np.ndarray]:
                           "scores; it needs scored completions as `data` (else use selection.objective=accuracy)")
     return (np.array([p.chosen_gold for p in ds.seed_pairs], np.float64),
             np.array([p.rejected_gold for p in ds.seed_pairs], np.float64))
+
+
+def _kept_unit(units: Storage, name: str) -> dict | None:
+    """A unit's committed result (made from the same inputs: its name is their fingerprint), or None when it
+    is missing or fails its checksum (then it runs again)."""
+    try:
+        doc = units.read_checked_json(f"{name}.json") if units.exists(f"{name}.json") else None
+    except StorageError:
+        return None
+    return doc["result"] if isinstance(doc, dict) and isinstance(doc.get("result"), dict) else None
 
 
 def selection_key(cfg: LensConfig, layers: list[tuple[int, ...]], base_key: str) -> str:
@@ -99,17 +109,27 @@ def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
     gold = seed_gold(ds) if sc.objective == "bon_gold" else None
     tables = {layer: embedded_at(layer) for layer in layers}
 
+    units = out.child("selection")            # each (layer, fold) unit's result, committed as it ends
+
     def score(cands: list[Candidate], stage: str) -> list[dict]:
         by_layer = {layer: [c for c in cands if c.layer == layer] for layer in dict.fromkeys(c.layer for c in cands)}
+        names = {(layer, f): "unit-" + fingerprint(key, list(layer), f, sorted(c.name for c in cs))
+                 for layer, cs in by_layer.items() for f in range(sc.folds)}
+        kept = {k: r for k, r in ((k, _kept_unit(units, name)) for k, name in names.items()) if r is not None}
         calls = {(layer, f): (fold_scores, cfg, cs, tables[layer].seed_pos, tables[layer].seed_neg, groups,
-                              folds[f], f, gold) for layer, cs in by_layer.items() for f in range(sc.folds)}
-        log(f"  selection {stage}: {len(cands)} candidates x {sc.folds} folds ({len(calls)} tasks) ...")
+                              folds[f], f, gold) for layer, cs in by_layer.items() for f in range(sc.folds)
+                 if (layer, f) not in kept}
+        again = f"; {len(kept)} kept from an earlier try" if kept else ""
+        log(f"  selection {stage}: {len(cands)} candidates x {sc.folds} folds ({len(calls)} tasks{again}) ...")
         done = iter(range(1, len(calls) + 1))
-        results = remote_calls(calls, cfg.resources, on_done=lambda k, _: log(
-            f"    layer {','.join(map(str, k[0]))} fold {k[1] + 1}/{sc.folds} done ({next(done)}/{len(calls)})"))
-        units = [{n: a for (_, f), r in results.items() if f == fold for n, a in r.items()}
-                 for fold in range(sc.folds)]
-        return summarize(cands, units)
+
+        def commit(k, result) -> None:
+            units.write_checked_json(f"{names[k]}.json", {"result": result})
+            log(f"    layer {','.join(map(str, k[0]))} fold {k[1] + 1}/{sc.folds} done ({next(done)}/{len(calls)})")
+        results = {**kept, **(remote_calls(calls, cfg.resources, on_done=commit) if calls else {})}
+        units_ = [{n: a for (_, f), r in results.items() if f == fold for n, a in r.items()}
+                  for fold in range(sc.folds)]
+        return summarize(cands, units_)
 
     rows = score(stage_one(layers, sc.heads), "1 (layer x head, original pairs)")
     best = finalists(rows, sc.finalists, sc.objective)

@@ -253,3 +253,21 @@ def test_fit_vae_standardizes_with_its_training_embeddings():
     vae, _ = fit_vae(VAEConfig(latent_dim=2, hidden_dims=(8,), epochs=1), pos, neg, seed=0)
     both = torch.cat([pos, neg])
     assert torch.allclose(vae.norm.mean, both.mean(0)) and torch.allclose(vae.norm.std, both.std(0))
+
+
+def test_fits_do_not_depend_on_the_global_rng_and_return_eval_mode_modules():
+    """fit_vae seeds its own initialization (a caller's earlier draws change nothing), and both fits hand back
+    modules in eval mode (dropout off when they score)."""
+    gen = torch.Generator().manual_seed(0)
+    pos, neg = torch.randn(40, 6, generator=gen), torch.randn(40, 6, generator=gen)
+    cfg = VAEConfig(latent_dim=2, hidden_dims=(8,), epochs=2, batch_pairs=16)
+    torch.manual_seed(123)
+    a, _ = fit_vae(cfg, pos, neg, seed=3)
+    torch.manual_seed(999)
+    torch.randn(17)
+    b, _ = fit_vae(cfg, pos, neg, seed=3)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert not a.training
+    head = fit_head(RewardConfig(hidden_dim=8, max_steps=8, eval_every=4, dropout=0.5), PairSet(pos, neg),
+                    PairSet(pos[:10], neg[:10]), 0, pos, neg).head
+    assert not head.training

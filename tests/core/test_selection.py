@@ -263,3 +263,11 @@ def test_the_gold_objective_ranks_by_best_of_n_gold_on_the_held_prompts():
     assert paired_gain(linear, mlp, "bon_gold")["mean"] == pytest.approx(0.1066667)
     with pytest.raises(ValueError, match="no k-fold bon_gold"):
         choose([_row(-1, "mlp", [0.8, 0.8])], "bon_gold")
+
+
+def test_a_candidates_config_is_a_copy():
+    """Each candidate fits with its own head kind on a copy: the run's config is never changed by it."""
+    from lens_ray.core.selection import _with_head
+    cfg = LensConfig()
+    heads = cfg.reward.heads
+    assert _with_head(cfg, "linear").reward.heads == ("linear",) and cfg.reward.heads == heads

@@ -204,3 +204,26 @@ def test_encode_over_leading_dims_and_a_stored_config_round_trip():
                 {"dim": 6, "latent_dim": 2, "hidden_dims": ["8"]}):
         with pytest.raises(ValueError, match="^VAE config: sizes"):
             PreferenceVAE.from_config(bad)
+
+
+def test_lens_vae_loss_is_its_terms_computed_by_hand():
+    """The loss of a fixed VAE on 4 pairs against each term written out (beta and gamma apart, the clamp
+    reached for some pairs): which tensor goes where (mu or logvar, chosen or rejected) matters."""
+    torch.manual_seed(0)
+    vae = PreferenceVAE(6, 3, (8,)).eval()
+    vae.norm.fit(torch.randn(50, 6) * 2 + 1)
+    pos, neg = torch.randn(4, 6) * 3, torch.randn(4, 6)
+    beta, gamma, cap = 0.7, 0.3, 0.9
+    torch.manual_seed(5)
+    got = lens_vae_loss(vae, pos, neg, beta, gamma, "mse", "sum", "clamp", cap)
+    torch.manual_seed(5)                                         # the same draw of z
+    e = torch.cat([pos, neg])
+    x_hat, mu, lv = vae(e)
+    rec = ((vae.norm(e) - x_hat) ** 2).sum(1)
+    kl = 0.5 * (mu ** 2 + lv.exp() - 1 - lv).sum(1)
+    w2 = (((mu[:4] - mu[4:]) ** 2).sum(1) + ((lv[:4].mul(0.5).exp() - lv[4:].mul(0.5).exp()) ** 2).sum(1)
+          + 1e-8).sqrt()
+    assert (w2 > cap).any() and (w2 < cap).any()
+    total = (rec[:4] + rec[4:] + beta * (kl[:4] + kl[4:])).mean() + gamma * (-w2.clamp(max=cap)).mean()
+    assert torch.allclose(got.total, total, rtol=1e-5) and torch.allclose(got.kl, kl.mean(), rtol=1e-5)
+    assert torch.allclose(got.w2, w2.mean(), rtol=1e-5) and torch.allclose(got.recon, rec.mean(), rtol=1e-5)

@@ -22,6 +22,15 @@ def _tables(run: FinishedRun, layer: list[int]) -> tuple[np.ndarray, np.ndarray,
     return (*read_pair_embeddings(man, "seed"), *read_pair_embeddings(man, "eval"))
 
 
+def _rewrite_head(path, doc: dict) -> None:
+    """A head document changed on purpose (a run built at another layer), with its meta checksum made anew."""
+    import json
+
+    from lens_ray.store.artifacts import _canonical
+    from lens_ray.store.storage import sha256
+    path.write_text(json.dumps({**doc, "meta_sha256": sha256(_canonical(doc["meta"]))}))
+
+
 def test_every_candidate_is_measured_and_the_pick_follows_the_rule(local_run):
     _, report, out = local_run
     sel = report["selected"]
@@ -107,7 +116,7 @@ def test_a_head_at_another_layer_is_scored_at_it_by_every_entry_point(local_run,
     shutil.copytree(out.path(), copy)
     doc = json.loads((copy / "heads" / "selected.json").read_text())
     doc["meta"]["embed_layer"] = [-2]
-    (copy / "heads" / "selected.json").write_text(json.dumps(doc))
+    _rewrite_head(copy / "heads" / "selected.json", doc)
     run = FinishedRun.open(str(copy))
     rm = RewardModel.from_run(str(copy))
     assert rm.embed_cfg.layer == (-2,)
@@ -164,9 +173,35 @@ def test_a_head_fitted_on_raw_inner_states_is_refused(local_run, tmp_path):
     doc = json.loads((copy / "heads" / "selected.json").read_text())
     doc["meta"]["embed_layer"] = [-2]
     doc["meta"].pop("inner", None)
-    (copy / "heads" / "selected.json").write_text(json.dumps(doc))
+    _rewrite_head(copy / "heads" / "selected.json", doc)
     with pytest.raises(StorageError, match="raw states by an older lens-ray"):
         FinishedRun.open(str(copy)).head()
     doc["meta"]["embed_layer"] = [-1]                        # the last layer was always read after the norm
-    (copy / "heads" / "selected.json").write_text(json.dumps(doc))
+    _rewrite_head(copy / "heads" / "selected.json", doc)
     assert FinishedRun.open(str(copy)).head()[1] == "selected"
+
+
+def test_a_selection_stopped_midway_keeps_the_units_it_finished(local_run, tmp_path, capsys):
+    """Each (layer, fold) unit's result is committed as it ends: a re-run after a kill (here: the pick not yet
+    stored, two units lost) runs only the lost units and picks the same, with the same k-fold figures."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    from lens_ray.cli import run_main
+    argv, report, out = local_run
+    root = tmp_path / "runs"
+    shutil.copytree(Path(out.path()).parent, root)                  # the run and its embedding cache
+    units = sorted((root / "t" / "selection").glob("unit-*.json"))
+    assert len(units) >= report["selected"]["folds"]
+    for f in (root / "t" / "heads").glob("selected.*"):
+        f.unlink()                                                  # killed before the pick was stored
+    for u in units[:2]:
+        u.unlink()
+    capsys.readouterr()
+    again = run_main([a if a != str(Path(out.path()).parent) else str(root) for a in argv])
+    said = capsys.readouterr().out
+    stages = re.findall(r"selection .*?\((\d+) tasks(?:; (\d+) kept from an earlier try)?\)", said)
+    assert sum(int(t) for t, _ in stages) == 2 and sum(int(k or 0) for _, k in stages) == len(units) - 2, said
+    for k in ("candidate", "kfold_accuracy", "kfold_se"):
+        assert again["selected"][k] == report["selected"][k]

@@ -48,6 +48,8 @@ CASES = {
                                 "selection.layers: layer -99, but smollm2 has 30 blocks (layers -1 to -31)"),
     "text longer than the model reads": (["--data", "{good}", "--model", "minilm", "--set", "embed.max_length=1024"],
                                          "embed.max_length: 1024 tokens, but minilm reads at most 512"),
+    "hub data offline": (["--data", "hf://someone/thing@train"], "the Hugging Face hub is not reachable"),
+    "hf:// alone": (["--data", "hf://"], "give hf://owner/name"),
     "a YAML alias bomb": (["--data", "{good}", "--config", "{bomb}"], "expands to more than 100,000 values"),
     "a million seeds": (["--data", "{good}", "--seeds", "1000000"], "seeds: must be <= 100"),
     "more folds than prompts": (["--data", "{good}", "--set", "selection.folds=11"],

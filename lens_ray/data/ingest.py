@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import zlib
 from typing import Any
 
@@ -110,10 +111,22 @@ def _read_saved_dataset(uri: str, store: Storage, path: str) -> list[Any]:
 
 
 def _read_hub(spec: str) -> list[dict[str, Any]]:
+    """hf://owner/name[:subset][@split] -> its rows; a malformed spec, an unreachable hub or a hub failure is a
+    DataError in one line."""
+    repo, _, split = spec.partition("@")
+    name, _, subset = repo.partition(":")
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        raise DataError(f"hf://{spec}: give hf://owner/name[:subset][@split], e.g. hf://Anthropic/hh-rlhf@test")
+    from lens_ray.data.hub import hub_unreachable
+    if why := hub_unreachable():
+        raise DataError(f"hf://{spec}: the Hugging Face hub is not reachable from here ({why}); download the "
+                        "data and give its path")
     import datasets
-    spec, _, split = spec.partition("@")
-    name, _, subset = spec.partition(":")
-    return datasets.load_dataset(name, subset or None, split=split or "train").to_list()
+    try:
+        return datasets.load_dataset(name, subset or None, split=split or "train").to_list()
+    except Exception as exc:                          # any hub or dataset failure: one line, not its traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"hf://{spec}: cannot load it from the hub ({first[:300]})") from exc
 
 
 # ---------------------------------------------------------------- the run's data

@@ -11,6 +11,7 @@ import uuid
 from lens_ray.config import ConfigError, LensConfig
 from lens_ray.core.pairs import Datasets
 from lens_ray.data.embed import ModelLoadError, model_depth, model_positions, resolve_model
+from lens_ray.data.hub import hub_unreachable
 from lens_ray.data.ingest import load_datasets
 from lens_ray.pipelines.selection import seed_gold
 from lens_ray.store.storage import Storage, StorageError
@@ -32,9 +33,10 @@ def check_model(spec: str) -> None:
     if isinstance(try_to_load_from_cache(spec, "config.json"), str):
         return
     aliases = "smollm2, minilm"
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if why := hub_unreachable():
+        offline = "is offline (HF_HUB_OFFLINE)" if "HF_HUB_OFFLINE" in why else f"is not reachable ({why})"
         raise ModelLoadError(f"model {spec!r} is not an alias ({aliases}), a local folder or a .gguf file, and the "
-                             "hub is offline (HF_HUB_OFFLINE) with no cached copy")
+                             f"hub {offline} with no cached copy")
     from huggingface_hub import hf_hub_download
     try:
         hf_hub_download(spec, "config.json", etag_timeout=10)

@@ -174,3 +174,30 @@ def test_eval_data_that_shares_a_prompt_with_the_seed_pairs_is_left_out_and_coun
     clean = load_datasets(DataConfig(data=str(tmp_path / "train.jsonl"), eval_data=str(tmp_path / "eval.jsonl"),
                                      seed_pairs=12, eval_pairs=2))
     assert len(clean.eval_pairs) == 2 and all(p.prompt[0]["content"].startswith("Q10") for p in clean.eval_pairs)
+
+
+def test_hub_data_that_cannot_be_had_is_one_line_at_once(monkeypatch):
+    """hf:// alone, the hub offline, and a hub that refuses connections: a DataError naming the spec and the
+    cause, from one short probe (no client retries, no traceback)."""
+    from lens_ray.data.hub import hub_unreachable
+    with pytest.raises(DataError, match=r"hf://: give hf://owner/name\[:subset\]\[@split\]"):
+        read_records("hf://")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_unreachable.cache_clear()
+    with pytest.raises(DataError, match=r"hf://Anthropic/hh-rlhf@test: the Hugging Face hub is not reachable from "
+                                        r"here \(HF_HUB_OFFLINE is set\); download the data and give its path"):
+        read_records("hf://Anthropic/hh-rlhf@test")
+    import socket
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()                                               # nothing listens there: refused at once
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    hub_unreachable.cache_clear()
+    try:
+        with pytest.raises(DataError, match=rf"not reachable from here \(cannot connect to 127.0.0.1:{port}"):
+            read_records("hf://owner/name:subset")
+    finally:
+        hub_unreachable.cache_clear()

@@ -259,6 +259,7 @@ class _Coverage:
         self.fixtures: dict[str, set] = {}
         self.uses: dict[str, list[str]] = {}
         self.seconds: dict[str, float] = {}
+        self.fixture_seconds: dict[str, float] = {}
         prefix = str(PACKAGE) + os.sep
 
         def local(frame, event, arg):
@@ -282,10 +283,13 @@ class _Coverage:
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(self, fixturedef, request):
         self._push()
+        t0 = time.time()
         try:
             yield
         finally:
             self.fixtures.setdefault(fixturedef.argname, set()).update(self._pop())
+            spent = self.fixture_seconds.get(fixturedef.argname, 0.0)
+            self.fixture_seconds[fixturedef.argname] = max(spent, time.time() - t0)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item, nextitem):
@@ -302,6 +306,12 @@ class _Coverage:
         return {t: sorted(lines.union(*(self.fixtures.get(f, set()) for f in self.uses[t])))
                 for t, lines in self.tests.items()}
 
+    def cost(self) -> dict[str, float]:
+        """Per test, what running it alone takes: its own time and the setup of every fixture it uses (a shared
+        fixture is set up once per session in the clean run, but again in each mutant's process)."""
+        return {t: self.seconds[t] + sum(self.fixture_seconds.get(f, 0.0) for f in self.uses[t])
+                for t in self.tests}
+
 
 def coverage(paths: list[str]) -> tuple[dict[str, set], dict[str, float]]:
     """One clean run of the tests (paths) in a forked child: {test id: {(module, line)}}, {test id: seconds}."""
@@ -316,7 +326,7 @@ def coverage(paths: list[str]) -> tuple[dict[str, set], dict[str, float]]:
             code = pytest.main(["-q", "-p", "no:cacheprovider", "-p", "no:randomly", *paths], plugins=[cov])
             sys.settrace(None)
             Path(out.name).write_text(json.dumps({"code": int(code), "covered": cov.covered(),
-                                                  "seconds": cov.seconds}))
+                                                  "seconds": cov.cost()}))
             return 0
         pid = _fork_quiet(work)
         _, status = os.waitpid(pid, 0)

@@ -30,7 +30,7 @@ test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 
-mutants: $(BIN)/.installed   # mutation testing of the math (26 min on 2 cores; not part of `make test`)
+mutants: $(BIN)/.installed   # mutation testing of lens_ray's packages (hours on 2 cores; not part of `make test`)
 	$(BIN)/python tests/mutants.py
 
 clean:

@@ -43,7 +43,35 @@ def cases(tmp: Path, data: str) -> dict[str, list[str]]:
         "a model folder without config.json": ["--model", str(tmp / "nomodel")],
         "a missing bucket (no S3 endpoint here)": ["--storage", "s3://no-such-bucket/runs"],
         "more seed pairs than the data has": ["--seed-pairs", "100000"],
+        # the hostile cases of issue 29
+        "a YAML alias bomb (363 bytes)": ["--config", str(_bomb(tmp))],
+        "a million seeds": ["--seeds", "1000000"],
+        "a text length past the model's positions": ["--model", "minilm", "--set", "embed.max_length=1024"],
+        "hub data while offline": ["--data", "hf://someone/thing@train"],
+        "hf:// alone": ["--data", "hf://"],
+        "an S3 endpoint that accepts and never answers": ["--storage", "s3://stalled/runs"],
     }
+
+
+def _bomb(tmp: Path) -> Path:
+    """A YAML of nested aliases: a few hundred bytes that expand to 9^8 values."""
+    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for prev, name in zip("abcdefg", "bcdefgh"):
+        lines.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    (tmp / "bomb.yaml").write_text("\n".join(lines + ["seeds: *h"]) + "\n")
+    return tmp / "bomb.yaml"
+
+
+def _stalled_endpoint() -> str:
+    """An S3 endpoint on loopback that accepts connections and never answers."""
+    import socket
+    import threading
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)
+    held = []
+    threading.Thread(target=lambda: [held.append(hole.accept()) for _ in iter(int, 1)], daemon=True).start()
+    return f"http://127.0.0.1:{hole.getsockname()[1]}"
 
 
 def main() -> None:
@@ -52,13 +80,16 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "AWS_EC2_METADATA_DISABLED": "true"}
+    stalled = {**env, "AWS_ENDPOINT_URL": _stalled_endpoint(), "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+               "AWS_REGION": "us-east-1"}
     with tempfile.TemporaryDirectory() as tmp:
         for name, argv in cases(Path(tmp), args.data).items():
             if "--data" not in argv:
                 argv = ["--data", args.data] + argv
             t0 = time.time()
             done = subprocess.run([sys.executable, str(ROOT / "jobs" / "full.py"), "--storage", f"{tmp}/runs", *argv],
-                                  capture_output=True, text=True, env=env, timeout=300)
+                                  capture_output=True, text=True, env=stalled if "stalled" in " ".join(argv)
+                                  else env, timeout=600)
             lines = [x for x in done.stderr.splitlines() if x.strip()]
             rows.append({"case": name, "exit": done.returncode, "seconds": round(time.time() - t0, 1),
                          "stderr_lines": len(lines), "message": lines[-1] if lines else "",

@@ -153,9 +153,14 @@ def run_main(argv: list[str] | None = None, prog: str = "lens-ray run") -> dict:
     cfg = config_from_args(args)
     from lens_ray.pipelines.preflight import preflight
     ds = preflight(cfg, log=_print)                 # before Ray starts: errors in seconds, not minutes
-    with _on_ray(cfg, cfg.out_uri, f"run {cfg.run_name}", args.wait) as lease:
-        from lens_ray.pipelines.run import run
-        return run(cfg, log=_print, ds=ds, guard=lease.ensure_held)
+    from lens_ray.store.storage import StorageError
+    try:
+        with _on_ray(cfg, cfg.out_uri, f"run {cfg.run_name}", args.wait) as lease:
+            from lens_ray.pipelines.run import run
+            return run(cfg, log=_print, ds=ds, guard=lease.ensure_held)
+    except StorageError as exc:                     # storage failing mid-run: what it committed is verified, kept
+        raise StorageError(f"{exc}; everything committed so far is kept, and the same command resumes from "
+                           "it") from exc
 
 
 def tune_main(argv: list[str] | None = None, prog: str = "lens-ray tune") -> dict:

@@ -116,7 +116,7 @@ class Storage:
             with self.fs.open_input_stream(self.path(rel), compression=None) as fh:   # bytes as stored
                 return fh.read()
         except (FileNotFoundError, OSError) as exc:
-            raise StorageError(f"cannot read {self.uri_of(rel)}: {exc}{self._resumes()}") from exc
+            raise StorageError(f"cannot read {self.uri_of(rel)}: {exc}{self._attempts()}") from exc
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Atomic: readers see the old file, or the whole new one."""
@@ -139,15 +139,14 @@ class Storage:
                 with self.fs.open_output_stream(target, compression=None) as fh:   # visible once uploaded in full
                     fh.write(data)
             except OSError as exc:
-                raise StorageError(f"cannot write {self.uri_of(rel)}: {exc}{self._resumes()}") from exc
+                raise StorageError(f"cannot write {self.uri_of(rel)}: {exc}{self._attempts()}") from exc
 
-    def _resumes(self) -> str:
-        """What an S3 failure's one line adds: the attempts made, and that nothing half-written is trusted."""
+    def _attempts(self) -> str:
+        """What an S3 failure's one line adds: the attempts made and their bound."""
         if self.protocol != "s3":
             return ""
         timeout, attempts = s3_limits()
-        return (f" (after {attempts} attempt(s), each allowed {timeout:g} s without progress; what was stored is "
-                "verified, so a re-run resumes from it)")
+        return f" (after {attempts} attempt(s), each allowed {timeout:g} s without progress)"
 
     def delete(self, rel: str) -> None:
         info = self.fs.get_file_info(self.path(rel))

@@ -84,7 +84,7 @@ def save_model(store: Storage, name: str, state: dict[str, torch.Tensor], config
     weights written in full."""
     blob = st_save({k: v.contiguous() for k, v in state.items()})
     store.write_bytes(f"{name}.safetensors", blob)
-    meta = json.loads(json.dumps(meta or {}))           # as it reads back (tuples as lists), so its checksum holds
+    meta = meta or {}                # its checksum is of its JSON text, as it reads back (tuples as lists)
     store.write_json(f"{name}.json", {"config": config, "config_sha256": sha256(_canonical(config)),
                                       "meta": meta, "meta_sha256": sha256(_canonical(meta)), "sha256": sha256(blob)})
 

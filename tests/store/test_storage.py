@@ -195,3 +195,22 @@ def test_a_local_write_that_fails_midway_leaves_nothing_and_names_the_path(tmp_p
     assert done.stdout.startswith(f"cannot write {tmp_path / 'out'}/heads/h.safetensors (100,000 bytes): ")
     assert "File too large" in done.stdout and len(done.stdout.splitlines()) == 1
     assert list((tmp_path / "out" / "heads").iterdir()) == []
+
+
+def test_a_cache_written_by_an_older_lens_ray_is_still_read(store):
+    """The cache's old layout (one manifest.json with the settings and every shard's record) is read as before:
+    its shards count, a record in it that is not a record does not, and other settings are refused."""
+    settings = {"model": "m", "pooling": "last", "max_length": 8}
+    cache = EmbeddingCache(store, settings)
+    cache.add(["a", "b"], np.ones((2, 4), np.float32))
+    folder = cache.store
+    records = {n[:-len(".json")] + ".parquet": folder.read_json(n) for n in folder.listdir()
+               if n.startswith("shard-") and n.endswith(".json")}
+    for n in list(folder.listdir()):
+        if n.endswith(".json"):
+            folder.delete(n)
+    folder.write_json("manifest.json", {"meta": settings, "files": {**records, "shard-x.parquet": []}})
+    assert set(EmbeddingCache(store, settings).lookup(["a", "b"])) == {"a", "b"}
+    folder.write_json("manifest.json", {"meta": {**settings, "max_length": 16}, "files": records})
+    with pytest.raises(StorageError, match="written with other settings"):
+        EmbeddingCache(store, settings)

@@ -10,6 +10,7 @@ import uuid
 
 from lens_ray.config import ConfigError, LensConfig
 from lens_ray.core.pairs import Datasets
+from lens_ray.core.records import plan_cells
 from lens_ray.data.embed import ModelLoadError, model_depth, model_positions, resolve_model
 from lens_ray.data.hub import hub_unreachable
 from lens_ray.data.ingest import load_datasets
@@ -97,7 +98,6 @@ MAX_HEADS = 2000          # heads one run may plan (methods x factors x heads x 
 
 def check_plan(cfg: LensConfig, log=print) -> None:
     """The plan's size, said before Ray starts, and refused when it is far past any study's."""
-    from lens_ray.core.records import plan_cells
     cells = plan_cells(cfg)
     sets = len({c.synthetic_name for c in cells if c.factor > 1})
     vaes = cfg.seeds if "lens" in cfg.methods else 0

@@ -26,9 +26,10 @@ def test_the_plan_is_said_before_ray_starts_and_a_huge_one_refused():
     check_plan(load_config(None, {"methods": "original,lens", "factors": "4,8", "seeds": 3, "reward.heads": "mlp"}),
                said.append)
     # original: 3 heads (factor 1); lens: 2 factors x 3 seeds = 6 heads and 6 sets; one VAE per seed
-    assert said == ["plan: 9 heads, 6 synthetic sets, 3 VAEs over 3 seeds, then a 5-fold selection"] or \
-        said == ["plan: 9 heads, 6 synthetic sets, 3 VAEs over 3 seeds"]
+    assert said == ["plan: 9 heads, 6 synthetic sets, 3 VAEs over 3 seeds, then a 5-fold selection"]
+    check_plan(load_config(None, {"methods": "original", "seeds": 2, "selection.enabled": False}), said.append)
+    assert said[-1] == "plan: 2 heads, 0 synthetic sets, 0 VAEs over 2 seeds"
     big = load_config(None, {"factors": ",".join(str(f) for f in range(2, 65)), "seeds": 100})
     with pytest.raises(ConfigError, match=rf"the plan has [\d,]+ heads to fit .* at most {MAX_HEADS:,}"):
         check_plan(big, said.append)
-    assert len(said) == 1
+    assert len(said) == 2                                        # the refused plan said nothing

@@ -19,6 +19,13 @@ def preference_accuracy(r_pos: np.ndarray, r_neg: np.ndarray) -> float:
     return float(np.mean((r_pos > r_neg) + 0.5 * (r_pos == r_neg)))
 
 
+def longer_response_accuracy(chosen: list[str], rejected: list[str]) -> float:
+    """The trivial baseline a reward model must beat: prefer the longer response (characters); a tie counts half.
+    On HH harmless it alone is near 0.55, so an accuracy reads against it, not only against chance (0.5)."""
+    return preference_accuracy(np.array([len(c) for c in chosen], np.float64),
+                               np.array([len(r) for r in rejected], np.float64))
+
+
 def draw_bon(num_responses: list[int], n: int, seed: int) -> list[np.ndarray]:
     """For each prompt, n response indices drawn without replacement with a fixed seed.
 

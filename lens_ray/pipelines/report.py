@@ -147,6 +147,10 @@ def table(report: dict) -> str:
              f"({data.get('eval_prompts', '?')} prompts), {report.get('bon_prompts') or 0} BoN prompts" + dupes,
              "", *selection_lines(report), "every method, measured on the held-out data (the fair comparison):",
              *markdown(*summary_rows(report))]
+    if report.get("baselines"):
+        b = report["baselines"]
+        lines.append(f"trivial baselines on the same held-out pairs: chance {b['chance']:.3f}, the longer response "
+                     f"{b['longer_response']:.3f}, the shorter {b['shorter_response']:.3f}")
     if report.get("bon_random") is not None:
         lines.append(f"\nBest-of-{report['bon_n']}: random pick {report['bon_random']:.3f}, oracle pick "
                      f"{report['bon_oracle']:.3f}")

@@ -27,7 +27,7 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def metric_vs_factor(summary: list[dict], metric: str, title: str) -> str | None:
+def metric_vs_factor(summary: list[dict], metric: str, title: str, baselines: dict | None = None) -> str | None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -51,6 +51,9 @@ def metric_vs_factor(summary: list[dict], metric: str, title: str) -> str | None
         else:
             x, m, s = zip(*pts)
             ax.errorbar(x, m, yerr=s, marker="o", capsize=3, color=COLORS.get(method), ls=style, label=label)
+    for name, value in (baselines or {}).items():        # what is trivial: chance, the longer response
+        ax.axhline(value, color="0.5", ls=":", lw=1)
+        ax.annotate(name.replace("_", " "), (ax.get_xlim()[0], value), fontsize=6, color="0.4", va="bottom")
     ax.set_xticks(factors)
     ax.set_xlabel("augmentation factor")
     ax.set_ylabel(metric.replace("_", " "))
@@ -141,7 +144,8 @@ def _p(text: str, cls: str = "") -> str:
 
 
 def render(report: dict, projection_png: str | None = None, trials: list[dict] | None = None) -> str:
-    figs = [("Preference accuracy", metric_vs_factor(report["summary"], "accuracy", "accuracy on eval pairs")),
+    figs = [("Preference accuracy", metric_vs_factor(report["summary"], "accuracy", "accuracy on eval pairs",
+                                                     report.get("baselines"))),
             ("Best-of-N gold", metric_vs_factor(report["summary"], "bon_gold",
                                                 f"Best-of-{report.get('bon_n')} mean gold of the pick")),
             ("Tuning landscape", landscape(trials) if trials else None),

@@ -20,7 +20,7 @@ import torch
 from lens_ray.config import LensConfig, fingerprint
 from lens_ray.core.augment import Augmenter
 from lens_ray.core.heads import build_head, mean_diff_head, reward_scale, rewards
-from lens_ray.core.metrics import bon_oracle, bon_random, head_metrics
+from lens_ray.core.metrics import bon_oracle, bon_random, head_metrics, longer_response_accuracy
 from lens_ray.core.pairs import Datasets, Split, seed_splits
 from lens_ray.core.progress import Log, Stages
 from lens_ray.core.records import Cell, Embedded, SeedData, bon_draws, plan_cells, table_texts
@@ -395,6 +395,13 @@ def evaluate_stage(heads: list[TrainedHead], emb: Embedded) -> list[dict]:
     return rows
 
 
+def baselines(ds: Datasets) -> dict[str, float]:
+    """What is trivial on the held-out pairs, for an accuracy to be read against: chance, and a length-only
+    scorer either way (ties count half both ways, so the two sum to 1)."""
+    longer = longer_response_accuracy([p.chosen for p in ds.eval_pairs], [p.rejected for p in ds.eval_pairs])
+    return {"chance": 0.5, "longer_response": longer, "shorter_response": 1.0 - longer}
+
+
 def build_report(cfg: LensConfig, ds: Datasets, emb: Embedded, results: list[dict], vaes: dict[int, FittedVAE],
                  timings: dict[str, float], selected: dict | None = None) -> dict:
     report = {
@@ -405,6 +412,7 @@ def build_report(cfg: LensConfig, ds: Datasets, emb: Embedded, results: list[dic
         "results": results,
         "bon_random": bon_random(emb.bon_gold) if emb.bon_gold is not None else None,
         "bon_oracle": bon_oracle(emb.bon_gold) if emb.bon_gold is not None else None,
+        "baselines": baselines(ds),
         "timings_s": timings,
         "quarantined": dict(ds.quarantine.counts),
         "data": {"seed_pairs": len(ds.seed_pairs), "seed_prompts": ds.notes["seed_prompts"],

@@ -71,3 +71,9 @@ def test_head_metrics_on_eval_pairs_and_best_of_n():
     assert head_metrics(head, tables) == pytest.approx({"accuracy": 0.5, "bon_gold": 0.8})
     assert head_metrics(head, SimpleNamespace(eval_pos=eval_pos, eval_neg=eval_neg, bon=None, bon_gold=None)) == {
         "accuracy": 0.5, "bon_gold": None}
+
+
+def test_the_longer_response_baseline_by_hand():
+    from lens_ray.core.metrics import longer_response_accuracy
+    # longer chosen, shorter chosen, a tie, longer chosen: (1 + 0 + 0.5 + 1) / 4
+    assert longer_response_accuracy(["abcd", "a", "ab", "xyz"], ["ab", "abc", "cd", ""]) == 0.625

@@ -40,10 +40,14 @@ def test_run_report_renders_every_combination(methods, heads, seeds):
     results = _rows(methods, heads, seeds)
     report = {"name": "t", "model": "tiny", "embedding_dim": 8, "seed_pairs": 100, "eval_pairs": 60,
               "bon_prompts": 0, "results": results, "timings_s": {"embed": 1.0}, "quarantined": {},
-              "config": cfg.to_dict(), "summary": reporting.summarize(results)}
+              "config": cfg.to_dict(), "summary": reporting.summarize(results),
+              "baselines": {"chance": 0.5, "longer_response": 0.5475, "shorter_response": 0.4525}}
     text = reporting.table(report)
     page = report_html.render(report)
     assert "only 60 evaluation pairs" in text and "only 60 evaluation pairs" in page
+    said = ("trivial baselines on the same held-out pairs: chance 0.500, the longer response 0.547, the shorter "
+            "0.453")
+    assert said in text and said in page
     assert ("one seed" in text) == (seeds == 1)
     assert page.count("<tr>") == len(report["summary"]) + 1          # a real table: header + one row per cell
     _no_unbacked_numbers(text, seeds)

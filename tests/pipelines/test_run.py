@@ -356,3 +356,15 @@ def test_a_rerun_with_another_vae_setting_refits_the_vaes_and_says_so(local_run,
     before = {(r["method"], r["factor"], r["seed"]): r["accuracy"] for r in report["results"]}
     after = {(r["method"], r["factor"], r["seed"]): r["accuracy"] for r in again["results"]}
     assert all(after[k] == before[k] for k in before if k[0] != "lens")
+
+
+def test_the_report_reads_against_the_trivial_baselines(local_run):
+    """Chance and the longer response on the run's own held-out pairs, in report.json and its text."""
+    from lens_ray.core.metrics import longer_response_accuracy
+    from lens_ray.data.finished_run import FinishedRun
+    from lens_ray.data.ingest import load_datasets
+    _, report, out = local_run
+    ds = load_datasets(FinishedRun.open(out.uri).config.data)
+    want = longer_response_accuracy([p.chosen for p in ds.eval_pairs], [p.rejected for p in ds.eval_pairs])
+    assert report["baselines"] == {"chance": 0.5, "longer_response": want, "shorter_response": 1.0 - want}
+    assert f"the longer response {want:.3f}, the shorter {1 - want:.3f}" in out.read_bytes("report.md").decode()

@@ -139,13 +139,29 @@ def test_a_torn_or_foreign_cache_record_is_forgotten_not_a_late_traceback(store)
 
 def test_a_torn_manifest_is_made_again_by_a_writer_and_refused_in_one_line_to_a_reader(store):
     m = Manifest.open(store, {"k": 1})
-    m.commit("x.parquet", store.write_parquet("x.parquet", pa.table({"x": [1]})))
+    info = store.write_parquet("x.parquet", pa.table({"x": [1]}))
+    m.commit("x.parquet", info)
+    assert Manifest.load(store).files == {"x.parquet": info}                    # committed, and read back
+    assert Manifest.open(store, {"k": 1}).read_parquet("x.parquet").column("x").to_pylist() == [1]
     store.write_bytes(Manifest.NAME, b'{"meta": {"k": 1}, "fil')
     assert Manifest.open(store, {"k": 1}).files == {}              # its files are made again, none trusted
     with pytest.raises(ChecksumError, match="torn or not a manifest"):
         Manifest.load(store)
     store.write_bytes(Manifest.NAME, b"[]")
     assert Manifest.open(store, {"k": 1}).files == {}
+    for bad in ({"meta": [], "files": {}}, {"meta": {"k": 1}, "files": []}):
+        store.write_json(Manifest.NAME, bad)
+        with pytest.raises(ChecksumError, match="torn or not a manifest"):
+            Manifest.load(store)
+
+
+def test_delete_takes_a_file_or_a_whole_folder(store):
+    store.write_bytes("d/a.bin", b"x")
+    store.write_bytes("d/e/b.bin", b"y")
+    store.write_bytes("f.bin", b"z")
+    store.delete("f.bin")
+    store.delete("d")
+    assert not store.exists("f.bin") and not store.exists("d/a.bin") and not store.exists("d/e/b.bin")
 
 
 def test_an_s3_endpoint_that_stops_answering_ends_the_call_in_one_line(monkeypatch):
@@ -172,9 +188,14 @@ def test_an_s3_endpoint_that_stops_answering_ends_the_call_in_one_line(monkeypat
         store.write_bytes("x.bin", b"data")
     assert held                                                     # it did reach the stalled endpoint
     hole.close()
-    monkeypatch.setenv("LENS_RAY_S3_ATTEMPTS", "zero")
-    with pytest.raises(StorageError, match="LENS_RAY_S3_ATTEMPTS"):
-        Storage("s3://stalled/run")
+    for timeout, attempts in (("1", "zero"), ("0", "2"), ("1", "0")):
+        monkeypatch.setenv("LENS_RAY_S3_TIMEOUT_S", timeout)
+        monkeypatch.setenv("LENS_RAY_S3_ATTEMPTS", attempts)
+        with pytest.raises(StorageError, match="LENS_RAY_S3_"):
+            Storage("s3://stalled/run")
+    monkeypatch.setenv("LENS_RAY_S3_ATTEMPTS", "1")
+    monkeypatch.setenv("LENS_RAY_S3_TIMEOUT_S", "0.5")
+    assert Storage("s3://stalled/run").uri == "s3://stalled/run"                   # the smallest valid bounds
 
 
 def test_a_local_write_that_fails_midway_leaves_nothing_and_names_the_path(tmp_path):

@@ -396,6 +396,32 @@ def _modules(args) -> list[str]:
     return modules
 
 
+def survivors_markdown(reports: list[str]) -> str:
+    """Every survivor of the given runs (their --out JSON files), by module, each with its source line as the
+    module reads now (a line since changed shows what is there now)."""
+    lines = []
+    for path in reports:
+        doc = json.loads(Path(path).read_text())
+        unrun, slow = set(doc.get("not_run_by_any_test", [])), doc.get("only_slow_tests_reach", [])
+        lines += [f"## {Path(path).name}: {', '.join(doc['operators'])} over {len(doc['modules'])} modules",
+                  "", f"{doc['killed']} killed of {doc['mutants']}; {len(doc['survivors'])} survivors, "
+                  f"{len(unrun)} of them in code no traced test runs; {len(slow)} not tried (only slow tests reach "
+                  "them).", ""]
+        by_module: dict[str, list[str]] = {}
+        for key in doc["survivors"] + [f"{k} (not tried)" for k in slow]:
+            by_module.setdefault(key.split(":")[0], []).append(key)
+        for module, keys in sorted(by_module.items()):
+            source = (PACKAGE / module).read_text().splitlines() if (PACKAGE / module).exists() else []
+            lines += [f"### {module} ({len(keys)})", ""]
+            for key in keys:
+                n = int(key.split(":")[1])
+                code = source[n - 1].strip() if 0 < n <= len(source) else ""
+                mark = " *(no test runs it)*" if key in unrun else ""
+                lines.append(f"- `{key.split(':', 1)[1]}`{mark}: `{code[:100]}`")
+            lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--packages", default="core,store,scoring,data,pipelines",
@@ -410,7 +436,12 @@ def main() -> None:
                     "many seconds; a mutant only slower tests reach is counted apart, not tried (default: 5)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=str(ROOT / "bench" / "mutants.json"))
+    ap.add_argument("--list-survivors", nargs="+", metavar="JSON", help="print every survivor of these runs' --out "
+                    "files as markdown, by module, and exit")
     args = ap.parse_args()
+    if args.list_survivors:
+        print(survivors_markdown(args.list_survivors))
+        return
     operators = args.operators.split(",")
     if bad := [o for o in operators if o not in OPERATORS]:
         raise SystemExit(f"--operators: {', '.join(bad)} unknown; choose from {', '.join(OPERATORS)}")

@@ -118,3 +118,7 @@ def test_a_run_past_the_math_package_with_the_new_operators(tmp_path):
     assert all(s.startswith("scoring/protocols.py:") for s in report["survivors"])
     for s in report["survivors"]:
         assert f"SURVIVED    {s}" in done.stdout
+    listed = subprocess.run([sys.executable, "tests/mutants.py", "--list-survivors", str(out)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and f"### scoring/protocols.py ({len(report['survivors'])})" in listed.stdout
+    assert all(f"`{s.split(':', 1)[1]}`" in listed.stdout for s in report["survivors"])

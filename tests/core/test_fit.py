@@ -113,6 +113,7 @@ def test_a_diverging_head_is_marked_failed_never_a_result():
     assert fit.failure is not None and "non-finite" in fit.failure
     assert fit.failure == f"non-finite loss at step {fit.steps}" and len(fit.history) <= fit.steps // 10
     assert fit.best_step == 0                                           # no step of it is a result
+    assert isinstance(fit.head, torch.nn.Module) and not fit.head.training and fit.best_val_acc != fit.best_val_acc
 
 
 def test_a_tie_with_the_best_is_no_improvement():
@@ -139,6 +140,7 @@ def test_a_head_whose_weights_turn_non_finite_is_failed(monkeypatch):
     fit = fit_head(RewardConfig(hidden_dim=8, max_steps=1, eval_every=1), PairSet(pos, neg),
                    PairSet(pos[:10], neg[:10]), 0, pos, neg)
     assert fit.failure == "non-finite weights" and (fit.best_step, fit.steps) == (1, 1)
+    assert isinstance(fit.head, torch.nn.Module) and fit.best_val_acc != fit.best_val_acc          # NaN: no figure
 
 
 def test_a_diverging_vae_raises_naming_the_epoch():
@@ -202,6 +204,7 @@ def test_a_linear_head_with_non_finite_weights_is_failed(monkeypatch):
     broken = fit_reward_head(RewardConfig(), "linear", PairSet(pos, neg), PairSet(pos, neg), 0,
                              [str(i) for i in range(20)], pos, neg)
     assert broken.failure == "non-finite weights" and (broken.best_step, broken.steps) == (0, 0)
+    assert isinstance(broken.head, torch.nn.Module) and broken.best_val_acc != broken.best_val_acc
 
 
 def test_fit_head_steps_are_the_replayed_adamw_steps():

@@ -87,7 +87,6 @@ def resolve_model(spec: str) -> ModelSource:
     return ModelSource(spec, None, f"hub:{spec}")
 
 
-@functools.lru_cache(maxsize=8)
 @functools.lru_cache(maxsize=4)
 def _gguf_meta(path: str) -> dict[str, int | None]:
     """A GGUF's block count and context length, from its metadata (reading it takes seconds: read once)."""
@@ -112,6 +111,7 @@ def model_positions(spec: str) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
+@functools.lru_cache(maxsize=8)
 def model_depth(spec: str) -> int:
     """Transformer blocks of a model, from its config alone (GGUF metadata or config.json): no weights load."""
     src = resolve_model(spec)

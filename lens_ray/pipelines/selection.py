@@ -71,7 +71,7 @@ def _kept_unit(units: Storage, name: str) -> dict | None:
     """A unit's committed result (made from the same inputs: its name is their fingerprint), or None when it
     is missing or fails its checksum (then it runs again)."""
     try:
-        doc = units.read_checked_json(f"{name}.json") if units.exists(f"{name}.json") else None
+        doc = units.read_checked_json(f"{name}.json")      # a missing one is a StorageError too
     except StorageError:
         return None
     return doc["result"] if isinstance(doc, dict) and isinstance(doc.get("result"), dict) else None
@@ -109,13 +109,13 @@ def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
     gold = seed_gold(ds) if sc.objective == "bon_gold" else None
     tables = {layer: embedded_at(layer) for layer in layers}
 
-    units = out.child("selection")            # each (layer, fold) unit's result, committed as it ends
+    unit_store = out.child("selection")       # each (layer, fold) unit's result, committed as it ends
 
     def score(cands: list[Candidate], stage: str) -> list[dict]:
         by_layer = {layer: [c for c in cands if c.layer == layer] for layer in dict.fromkeys(c.layer for c in cands)}
         names = {(layer, f): "unit-" + fingerprint(key, list(layer), f, sorted(c.name for c in cs))
                  for layer, cs in by_layer.items() for f in range(sc.folds)}
-        kept = {k: r for k, r in ((k, _kept_unit(units, name)) for k, name in names.items()) if r is not None}
+        kept = {k: r for k, r in ((k, _kept_unit(unit_store, name)) for k, name in names.items()) if r is not None}
         calls = {(layer, f): (fold_scores, cfg, cs, tables[layer].seed_pos, tables[layer].seed_neg, groups,
                               folds[f], f, gold) for layer, cs in by_layer.items() for f in range(sc.folds)
                  if (layer, f) not in kept}
@@ -124,12 +124,12 @@ def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
         done = iter(range(1, len(calls) + 1))
 
         def commit(k, result) -> None:
-            units.write_checked_json(f"{names[k]}.json", {"result": result})
+            unit_store.write_checked_json(f"{names[k]}.json", {"result": result})
             log(f"    layer {','.join(map(str, k[0]))} fold {k[1] + 1}/{sc.folds} done ({next(done)}/{len(calls)})")
         results = {**kept, **(remote_calls(calls, cfg.resources, on_done=commit) if calls else {})}
-        units_ = [{n: a for (_, f), r in results.items() if f == fold for n, a in r.items()}
-                  for fold in range(sc.folds)]
-        return summarize(cands, units_)
+        units = [{n: a for (_, f), r in results.items() if f == fold for n, a in r.items()}
+                 for fold in range(sc.folds)]
+        return summarize(cands, units)
 
     rows = score(stage_one(layers, sc.heads), "1 (layer x head, original pairs)")
     best = finalists(rows, sc.finalists, sc.objective)

@@ -29,12 +29,12 @@ class EmbeddingCache:
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         self.store = root.child(digest)
         self.dtype = settings.get("storage_dtype", "float32")
-        for name in (SETTINGS, LEGACY_MANIFEST):
-            stored = self.store.read_record(name)            # torn or not an object: as if never written
+        found = {name: self.store.read_record(name) for name in (SETTINGS, LEGACY_MANIFEST)}  # torn: as if none
+        for name, stored in found.items():
             stored = stored.get("meta") if stored is not None and name == LEGACY_MANIFEST else stored
             if stored is not None and stored != settings:
                 raise StorageError(f"{self.store.uri_of(name)} was written with other settings {stored}")
-        if self.store.read_record(SETTINGS) is None:
+        if found[SETTINGS] is None:
             # the folder's name is the digest of these settings, so rewriting a torn file loses nothing
             self.store.write_json(SETTINGS, settings)       # concurrent writers write the same bytes
 
@@ -48,7 +48,7 @@ class EmbeddingCache:
                 record = self.store.read_record(name)
                 if _is_record(record):
                     found[name[:-len(".json")] + ".parquet"] = record
-                elif self.store.exists(name):                # torn, or valid JSON but not a record ([]): forgotten,
+                else:                                        # torn, or valid JSON but not a record ([]): forgotten,
                     self.store.delete(name)                  # its texts embedded again, never a traceback later
         return found
 

@@ -162,10 +162,8 @@ class Storage:
     def read_record(self, rel: str) -> dict | None:
         """A JSON object this code wrote (a manifest, a commit record, a cache's settings); None when it is
         missing, torn (not JSON) or not an object: the caller treats that as not written, never as a traceback."""
-        if not self.exists(rel):
-            return None
         try:
-            doc = json.loads(self.read_bytes(rel))
+            doc = json.loads(self.read_bytes(rel))        # a missing one is a StorageError too: one round trip
         except (ValueError, StorageError):
             return None
         return doc if isinstance(doc, dict) else None
@@ -250,8 +248,8 @@ class Manifest:
     def open(cls, store: Storage, meta: dict[str, Any]) -> "Manifest":
         """Open (or start) the manifest; refuse one written under other settings. A torn manifest counts as
         none: its files are made again (each is verified against the manifest's checksum, so none is trusted)."""
-        doc = store.read_record(cls.NAME)
-        if doc is not None and isinstance(doc.get("meta", {}), dict) and isinstance(doc.get("files", {}), dict):
+        doc = cls._read(store)
+        if doc is not None:
             stored = json.loads(json.dumps(doc.get("meta", {})))
             if stored != json.loads(json.dumps(meta)):          # compared as stored: tuples are lists there
                 raise StorageError(f"{store.uri}: made with other settings ({differences(stored, meta)}); use "
@@ -260,10 +258,17 @@ class Manifest:
         return cls(store, meta, {})
 
     @classmethod
+    def _read(cls, store: Storage) -> dict | None:
+        """The manifest document, or None when it is missing, torn or not a manifest (meta and files mappings)."""
+        doc = store.read_record(cls.NAME)
+        ok = doc is not None and isinstance(doc.get("meta", {}), dict) and isinstance(doc.get("files", {}), dict)
+        return doc if ok else None
+
+    @classmethod
     def load(cls, store: Storage) -> "Manifest":
         """Read an existing manifest with whatever settings it holds (for readers of a finished run)."""
-        doc = store.read_record(cls.NAME)
-        if doc is None or not isinstance(doc.get("meta", {}), dict) or not isinstance(doc.get("files", {}), dict):
+        doc = cls._read(store)
+        if doc is None:
             raise ChecksumError(f"{store.uri_of(cls.NAME)}: missing, torn or not a manifest; run the job again to "
                                 "make its tables again")
         return cls(store, doc.get("meta", {}), doc.get("files", {}))

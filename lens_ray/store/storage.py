@@ -39,8 +39,8 @@ def s3_limits() -> tuple[float, int]:
         attempts = int(os.environ.get("LENS_RAY_S3_ATTEMPTS", "3"))
     except ValueError as exc:
         raise StorageError(f"LENS_RAY_S3_TIMEOUT_S / LENS_RAY_S3_ATTEMPTS: not a number ({exc})") from exc
-    if not (timeout > 0 and attempts >= 1):
-        raise StorageError("LENS_RAY_S3_TIMEOUT_S must be > 0 and LENS_RAY_S3_ATTEMPTS >= 1")
+    if not (0 < timeout < float("inf") and attempts >= 1):          # nan and inf would remove the bound
+        raise StorageError("LENS_RAY_S3_TIMEOUT_S must be a finite number > 0 and LENS_RAY_S3_ATTEMPTS >= 1")
     return timeout, attempts
 
 

@@ -188,7 +188,7 @@ def test_an_s3_endpoint_that_stops_answering_ends_the_call_in_one_line(monkeypat
         store.write_bytes("x.bin", b"data")
     assert held                                                     # it did reach the stalled endpoint
     hole.close()
-    for timeout, attempts in (("1", "zero"), ("0", "2"), ("1", "0")):
+    for timeout, attempts in (("1", "zero"), ("0", "2"), ("1", "0"), ("inf", "2"), ("nan", "2")):
         monkeypatch.setenv("LENS_RAY_S3_TIMEOUT_S", timeout)
         monkeypatch.setenv("LENS_RAY_S3_ATTEMPTS", attempts)
         with pytest.raises(StorageError, match="LENS_RAY_S3_"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import posixpath
 import uuid
@@ -75,6 +76,23 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def finite(obj: Any) -> Any:
+    """obj with every NaN or infinite float as None: JSON has no such numbers, and a figure that is not finite is
+    not a figure (a spread of one seed, say)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def strict_json(obj: Any) -> bytes:
+    """Indented, key-sorted, strict JSON (RFC 8259: no NaN or Infinity, which other readers refuse)."""
+    return json.dumps(finite(obj), indent=2, sort_keys=True, allow_nan=False).encode()
+
+
 class Storage:
     """A folder of artifacts at `uri`; every method takes a path relative to it ('' is the folder)."""
 
@@ -135,11 +153,29 @@ class Storage:
                 raise StorageError(f"cannot write {self.uri_of(rel)} ({len(data):,} bytes): "
                                    f"{exc.strerror or exc}") from exc
         else:
+            self._put(rel, data)
+
+    def _put(self, rel: str, data: bytes) -> None:
+        """An S3 upload, verified when it fails: a 5xx on the request that completes an upload can come after
+        the object was stored (the SDK's own retry of it then fails too), so the object is read back; if it
+        holds these bytes the write stands, else the whole upload is tried again, up to the attempts bound."""
+        _, attempts = s3_limits()
+        for attempt in range(1, attempts + 1):
             try:
-                with self.fs.open_output_stream(target, compression=None) as fh:   # visible once uploaded in full
+                with self.fs.open_output_stream(self.path(rel), compression=None) as fh:   # visible once whole
                     fh.write(data)
+                return
             except OSError as exc:
-                raise StorageError(f"cannot write {self.uri_of(rel)}: {exc}{self._attempts()}") from exc
+                if self._holds(rel, data):
+                    return
+                if attempt == attempts:
+                    raise StorageError(f"cannot write {self.uri_of(rel)}: {exc}{self._attempts()}") from exc
+
+    def _holds(self, rel: str, data: bytes) -> bool:
+        try:
+            return sha256(self.read_bytes(rel)) == sha256(data)
+        except StorageError:
+            return False
 
     def _attempts(self) -> str:
         """What an S3 failure's one line adds: the attempts made and their bound."""
@@ -169,12 +205,12 @@ class Storage:
         return doc if isinstance(doc, dict) else None
 
     def write_json(self, rel: str, obj: Any) -> None:
-        self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True).encode())
+        self.write_bytes(rel, strict_json(obj))
 
     def write_checked_json(self, rel: str, obj: Any) -> None:
         """JSON and beside it `<rel>.sha256`, the checksum of its bytes: for a document later commands trust
         (a run's report: its config says which model and text settings its heads score with)."""
-        data = json.dumps(obj, indent=2, sort_keys=True).encode()
+        data = strict_json(obj)
         self.write_bytes(rel, data)
         self.write_bytes(f"{rel}.sha256", sha256(data).encode())
 

@@ -235,3 +235,47 @@ def test_a_cache_written_by_an_older_lens_ray_is_still_read(store):
     folder.write_json("manifest.json", {"meta": {**settings, "max_length": 16}, "files": records})
     with pytest.raises(StorageError, match="written with other settings"):
         EmbeddingCache(store, settings)
+
+
+@pytest.mark.parametrize("stored", [True, False], ids=["stored-then-500", "500-not-stored"])
+@pytest.mark.parametrize("size", [1_000, 12_000_000], ids=["small", "multipart"])
+def test_s3_500s_on_the_completing_request_are_retried_then_verified(s3_server, monkeypatch, stored, size):
+    """A 5xx on the request that makes an object exist (a PUT, or the POST completing a multipart upload),
+    through a real endpoint in front of moto: when the object was in fact stored the write stands (read back,
+    same bytes); when it was not, the whole upload is tried again and a lasting failure is one StorageError."""
+    from tests.store.faulty_s3 import Faulty
+    faulty = Faulty(s3_server["endpoint"], forward_failed=stored)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", faulty.endpoint)
+    monkeypatch.setenv("LENS_RAY_S3_ATTEMPTS", "2")
+    monkeypatch.setenv("LENS_RAY_S3_TIMEOUT_S", "5")
+    try:
+        store = Storage(f"s3://{s3_server['bucket']}/faulty-{stored}-{size}")
+        data = np.random.default_rng(0).bytes(size)
+        if stored:
+            store.write_bytes("x.bin", data)
+            assert store.read_bytes("x.bin") == data
+        else:
+            with pytest.raises(StorageError, match=r"cannot write s3://lens-test/faulty-False-\d+/x.bin: .*after 2"):
+                store.write_bytes("x.bin", data)
+            assert not store.exists("x.bin")
+            faulty.failing = False                      # the endpoint recovers: the same write now goes through
+            store.write_bytes("x.bin", data)
+            assert store.read_bytes("x.bin") == data
+        injected = [s for s in faulty.seen if s[2]]
+        assert len(injected) >= 2                       # every attempt at completing it was answered 500
+    finally:
+        faulty.close()
+
+
+def test_json_written_is_strict_with_no_nan_or_infinity(store):
+    """A figure that is not finite is written as null (JSON has no NaN or Infinity; other readers refuse them)."""
+    import json
+    doc = {"acc": 0.61, "se": float("nan"), "rows": [{"gold": float("inf")}, {"gold": -float("inf")}], "n": 3}
+    store.write_json("r.json", doc)
+    store.write_checked_json("c.json", doc)
+    for name in ("r.json", "c.json"):
+        text = store.read_bytes(name).decode()
+        assert "NaN" not in text and "Infinity" not in text
+        strict = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict constant {c}"))
+        assert strict == {"acc": 0.61, "se": None, "rows": [{"gold": None}, {"gold": None}], "n": 3}
+    assert store.read_checked_json("c.json")["se"] is None

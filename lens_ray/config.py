@@ -229,6 +229,12 @@ class ServeConfig:
                                     gt=0, le=3600)
     max_waiting_bodies: int = setting(256, "requests a replica lets wait on their bodies at once (slow clients); "
                                       "beyond, a 503 at once: they never hold the batch queue", ge=1)
+    header_timeout_s: float = setting(10.0, "a connection that has not sent a request's headers in full this long "
+                                      "after connecting (or after its last response) is closed: partial headers "
+                                      "or an HTTP/0.9 line never hold the proxy (lens_ray/distributed/"
+                                      "proxy_guard.py)", gt=0, le=3600)
+    max_connections: int = setting(1000, "open connections the HTTP proxy holds; beyond, a new one gets a 503 and "
+                                         "is closed at once", ge=1, le=1_000_000)
 
 
 @dataclass

@@ -87,6 +87,9 @@ def ray_cluster(s3_server):
     """The session's one local Ray (2 CPUs), started after the S3 environment is set."""
     import ray
     from ray.data import DataContext
+
+    from lens_ray.distributed.proxy_guard import environment
+    os.environ.update(environment(10.0, 1000))          # Serve's proxy bounded, as `lens-ray serve` starts it
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     DataContext.get_current().enable_progress_bars = False
     yield

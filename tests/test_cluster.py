@@ -52,6 +52,9 @@ def test_cluster_processes_use_token_auth_from_a_secret():
     for cmd in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]:
         assert "RAY_AUTH_MODE=token ray" in cmd
     assert any("secretsmanager get-secret-value" in c and "~/.ray/auth_token" in c for c in cfg["setup_commands"])
+    from lens_ray.distributed.proxy_guard import CALLBACK
+    guard = f"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH={CALLBACK}"
+    assert guard in cfg["head_start_ray_commands"][1]          # Serve's proxy, on the head, bounds its connections
     assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in (CLUSTER / "aws.yaml").read_text()   # would bind loopback only
     doc = yaml.safe_load((CLUSTER / "kuberay-rayjob.yaml").read_text())
     spec = doc["spec"]["rayClusterSpec"]

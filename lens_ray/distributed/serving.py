@@ -9,7 +9,10 @@ One client cannot fail another's request:
   before any of it joins the shared `@serve.batch` queue; a bad one gets a 4xx JSON error naming the field;
 - a batch in which an item still fails is scored again item by item, so only the failing item's request fails;
 - a body is read with a timeout (408), and at most `serve.max_waiting_bodies` requests wait on their bodies at
-  once (503 beyond), so slow clients hold neither the batch queue nor the replica's request slots for long.
+  once (503 beyond), so slow clients hold neither the batch queue nor the replica's request slots for long;
+- in front, Serve's proxy closes a connection whose headers are not complete within `serve.header_timeout_s`,
+  holds at most `serve.max_connections`, and answers 503 rather than 404 while no model is deployed (starting,
+  shutting down): `proxy_guard.py`, on the local Ray `lens-ray serve` starts (a cluster sets its variables).
 Each replica loads the LM once, in the background: /healthz answers 503 {"status": "loading"} at once until it
 is ready, and scoring requests get that 503 too. On a local Ray every port a replica opens is on the node's
 address (127.0.0.1), including Serve's inter-deployment gRPC server. A token, when set, is compared by its
@@ -35,6 +38,7 @@ from starlette.responses import JSONResponse
 from lens_ray.config import ConfigError, LensConfig, ServeConfig, apply_overrides, load_config
 from lens_ray.core.progress import Log
 from lens_ray.data.finished_run import FinishedRun
+from lens_ray.distributed import proxy_guard
 from lens_ray.distributed.session import connect
 from lens_ray.scoring.protocols import (
     BadRequest,
@@ -244,6 +248,8 @@ def serve_run(run: str, cfg: LensConfig, log: Log = print, until: threading.Even
     app = build(run, sc)                               # a missing token variable fails here
     if not (cfg.ray_address or os.environ.get("RAY_ADDRESS")):
         check_port_free(sc.host, sc.port)              # a local Ray's proxy listens on this machine
+        # the local Ray's processes (Serve's proxy among them) start with this environment: the proxy's bounds
+        os.environ.update(proxy_guard.environment(sc.header_timeout_s, sc.max_connections))
     connect(cfg.ray_address)
     serve.start(http_options={"host": sc.host, "port": sc.port})
     serve.run(app, name=APP, route_prefix="/", blocking=False)

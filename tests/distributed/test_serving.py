@@ -348,12 +348,15 @@ def test_lens_ray_serve_with_every_flag(local_run, tmp_path):
     head = "lens-f4-s1"
     mean, std = _training_reward_stats(run, head)
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    from lens_ray.distributed.proxy_guard import environment
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
+                                                            *environment(1, 1))}    # the command sets its own
     env["SERVE_TEST_TOKEN"] = TOKEN
     cmd = [sys.executable, "-m", "lens_ray.cli", "serve", "--run", run.uri, "--head", head, "--port", str(port),
            "--host", "127.0.0.1",
            "--normalize", "false", "--token-env", "SERVE_TEST_TOKEN", "--replicas", "2", "--max-batch-size", "8",
-           "--batch-wait-ms", "20", "--set", "serve.cpus_per_replica=0.25"]
+           "--batch-wait-ms", "20", "--set", "serve.cpus_per_replica=0.25", "--set", "serve.header_timeout_s=2",
+           "--set", f"serve.max_connections={MOST}"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
@@ -368,11 +371,19 @@ def test_lens_ray_serve_with_every_flag(local_run, tmp_path):
         info = {}
         while info.get("status") != "ok" and time.time() < deadline:      # the replica that answers has loaded
             info = _call(url, "/info", None, method="GET")[1]
+        held = _held_connections(port)
+        during = []
+        hammer = ThreadPoolExecutor(1).submit(_until_refused, url, during)
+        time.sleep(1)
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         out = proc.communicate(timeout=120)[0]
+    hammer.result(timeout=60)
+    assert held["partial headers"] < 10 and held["HTTP/0.9"] < 10, held         # closed at serve.header_timeout_s
+    assert held["one past the bound"].startswith(b"HTTP/1.1 503"), held          # serve.max_connections
+    assert 200 in during and 404 not in during and set(during) <= {200, 503}, during   # 503 while it shuts down
     assert "serving " in out and "stopped" in out, out[-3000:]
-    assert statuses[-1] == 200 and set(statuses) <= {200, 503, 404}, statuses
+    assert statuses[-1] == 200 and set(statuses) <= {200, 503}, statuses        # 503, never 404, while it starts
     assert {ip for ip, _, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, listening
     assert replicas == 2, listening                  # each replica's own gRPC port, on loopback
     stored = info["reward_norm"]
@@ -381,6 +392,43 @@ def test_lens_ray_serve_with_every_flag(local_run, tmp_path):
     assert status == 200 and np.allclose(body["rewards"], raw, atol=1e-4)          # --normalize false: raw
     assert not np.allclose(raw, (raw - mean) / std, atol=1e-2)                     # which differs from standardized
     assert info["normalize"] is False and info["head"] == head
+
+
+MOST = 12
+
+
+def _held_connections(port: int) -> dict:
+    """How long the proxy holds a connection that sends part of its headers, and one that sends an HTTP/0.9
+    line (seconds until it closes them); what a connection past serve.max_connections is answered."""
+    def closed_after(data: bytes) -> float:
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+            t0 = time.time()
+            s.sendall(data)
+            while s.recv(4096):
+                pass
+            return time.time() - t0
+    held = {"partial headers": closed_after(b"POST /score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty"),
+            "HTTP/0.9": closed_after(b"GET /healthz\r\n")}
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(MOST)]
+    time.sleep(0.3)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as extra:
+        held["one past the bound"] = extra.recv(4096)
+    for s in idle:
+        s.close()
+    time.sleep(0.3)
+    return held
+
+
+def _until_refused(url: str, statuses: list[int]) -> None:
+    """POST /score in a loop, recording each status, until the server no longer accepts connections."""
+    refused = 0
+    while refused < 3:
+        try:
+            statuses.append(_call(url, "/score", {"prompts": PROMPTS[:1], "responses": RESPONSES[:1]})[0])
+            refused = 0
+        except OSError:
+            refused += 1
+            time.sleep(0.2)
 
 
 def _changed_copy(run, tmp_path, rel: str, change) -> str:

@@ -11,6 +11,8 @@ import os
 
 import ray
 
+from lens_ray.distributed import reaper
+
 
 def connect(address: str | None = None, log=print, dashboard: bool = True) -> None:
     """A local Ray also serves the dashboard on 127.0.0.1 (to watch the job; Ray Train's state queries need it)."""
@@ -28,5 +30,7 @@ def connect(address: str | None = None, log=print, dashboard: bool = True) -> No
     from ray._private import ray_constants
     ray_constants.ENABLE_RAY_CLUSTER = False
     ctx = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True)
+    node = ray._private.worker._global_node                  # the processes this driver started, as Ray records them
+    reaper.start(os.getpid(), [info.process.pid for infos in node.all_processes.values() for info in infos])
     log(f"started a local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs) on 127.0.0.1"
         + (f"; dashboard: http://{ctx.dashboard_url}" if dashboard and ctx.dashboard_url else ""))

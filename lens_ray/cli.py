@@ -14,10 +14,13 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
+from lens_ray import __version__
 from lens_ray.config import ConfigError, LensConfig, apply_overrides, describe, join_uri, load_config, walk
 
 # flag -> config field, per command (the field's help, choices and bounds describe the flag)
@@ -323,7 +326,8 @@ COMMANDS: dict[str, Command] = {
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    return ("usage: lens-ray COMMAND [options]   (lens-ray COMMAND --help for its options)\n\ncommands:\n"
+    return ("usage: lens-ray COMMAND [options]   (lens-ray COMMAND --help for its options; lens-ray --version)\n\n"
+            "commands:\n"
             + "\n".join(f"  {name:<{width}}  {c.purpose}" for name, c in COMMANDS.items()))
 
 
@@ -341,24 +345,52 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         raise SystemExit(0 if argv else 2)
+    if argv[0] in ("-V", "--version"):
+        print(version())
+        raise SystemExit(0)
     if argv[0] not in COMMANDS:
         print(f"lens-ray: unknown command {argv[0]!r}\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
     command, rest = argv[0], argv[1:]
     prog = prog or f"lens-ray {command}"
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)    # what a scheduler or `kill` sends: ends as Ctrl-C does
     try:
         COMMANDS[command].main(rest, prog=prog)
     except SystemExit:
         raise
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; everything committed so far is kept, and the same command resumes from it",
+    except KeyboardInterrupt as stop:
+        why, code = ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+        print(f"{prog}: {why}; everything committed so far is kept, and the same command resumes from it",
               file=sys.stderr, flush=True)
-        raise SystemExit(130) from None
+        raise SystemExit(code) from None
     except user_errors() as exc:
         if "--debug" in rest:
             raise
         print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so every command stops as on Ctrl-C (a server says "stopped")."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def version() -> str:
+    """lens-ray's version and the versions of what it runs on (what a bug report needs)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+    parts = []
+    for name in ("ray", "torch", "transformers"):
+        try:
+            parts.append(f"{name} {installed(name)}")
+        except PackageNotFoundError:
+            parts.append(f"{name} not installed")
+    return f"lens-ray {__version__} ({', '.join(parts)}, python {platform.python_version()})"
 
 
 def job(command: str, script: str) -> None:

@@ -145,7 +145,10 @@ def test_a_head_of_another_dimension_is_refused_naming_both(local_run, tmp_path)
               f"{report['embedding_dim']}")
 
 
-def test_ctrl_c_ends_in_one_line_saying_what_was_kept(local_run, tmp_path):
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_ends_in_one_line_saying_what_was_kept(local_run, tmp_path, stop):
+    """Ctrl-C (SIGINT to the job's process group) or SIGTERM to the job's process (what a scheduler sends):
+    no traceback and no stack dump (Ray's core worker installs one for SIGTERM), one line, 130 or 143."""
     import signal
     import time
     _, _, run = local_run
@@ -157,12 +160,16 @@ def test_ctrl_c_ends_in_one_line_saying_what_was_kept(local_run, tmp_path):
     seen = ""
     while time.time() < deadline and "shards to write" not in seen:
         seen += proc.stdout.readline()
-    os.killpg(proc.pid, signal.SIGINT)
+    if stop == "SIGINT":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert "shards to write" in seen, seen + out + err
-    assert proc.returncode == 130, (proc.returncode, err[-2000:])
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
-    assert "interrupted; everything committed so far is kept, and the same command resumes" in err
+    assert proc.returncode == {"SIGINT": 130, "SIGTERM": 143}[stop], (proc.returncode, err[-2000:])
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "SIGTERM received" not in err, err[-2000:]
+    why = {"SIGINT": "interrupted", "SIGTERM": "terminated"}[stop]
+    assert f"{why}; everything committed so far is kept, and the same command resumes" in err
 
 
 def test_debug_shows_the_traceback_a_user_error_otherwise_hides(tmp_path):
@@ -186,3 +193,10 @@ def test_every_job_script_is_its_command(job, command):
     from lens_ray.cli import parser
     flags = {a for action in parser(command)._actions for a in action.option_strings}
     assert all(flag in done.stdout for flag in flags if flag.startswith("--")), (job, done.stdout[:2000])
+
+
+def test_version_names_lens_ray_and_what_it_runs_on():
+    done = _cli("--version")
+    assert done.returncode == 0 and done.stdout.startswith("lens-ray 0.1.0 (ray "), done.stdout + done.stderr
+    assert "torch " in done.stdout and "python 3." in done.stdout
+    assert _cli("-V").stdout == done.stdout

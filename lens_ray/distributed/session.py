@@ -8,6 +8,8 @@ IP, and takes the loopback address as the node IP when clusters are disabled for
 from __future__ import annotations
 
 import os
+import signal
+import threading
 
 import ray
 
@@ -21,6 +23,15 @@ def connect(address: str | None = None, log=print, dashboard: bool = True) -> No
     from ray.data import DataContext
     DataContext.get_current().enable_progress_bars = False   # the job logs its own progress per stage
     address = address or os.environ.get("RAY_ADDRESS")
+    on_term = signal.getsignal(signal.SIGTERM)
+    try:
+        _init(address, dashboard, log)
+    finally:
+        if threading.current_thread() is threading.main_thread() and on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)    # Ray's core worker replaces it with a stack dump and abort
+
+
+def _init(address: str | None, dashboard: bool, log) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         log(f"joined Ray cluster at {address}")

@@ -2,7 +2,8 @@
 Ray-native path): OpenRLHF-shaped requests, /score equal to RewardModel.score, batching, every bad-request
 class, one client's bad items mixed with others' good ones, slow clients, the token, and the trainers'
 callables. Then `lens-ray serve` itself in a process of its own, with --normalize false, --token-env, --replicas 2,
---max-batch-size, --batch-wait-ms and --head: what it answers, and that it listens on loopback only."""
+--max-batch-size, --batch-wait-ms and --head: what it answers, that it listens on loopback only, the proxy's
+bounds, and SIGTERM: 503 until it closes, then "stopped"."""
 import json
 import os
 import random
@@ -376,9 +377,10 @@ def test_lens_ray_serve_with_every_flag(local_run, tmp_path):
         hammer = ThreadPoolExecutor(1).submit(_until_refused, url, during)
         time.sleep(1)
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
+        os.kill(proc.pid, signal.SIGTERM)                   # what a scheduler sends; Ctrl-C takes the same path
         out = proc.communicate(timeout=120)[0]
     hammer.result(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
     assert held["partial headers"] < 10 and held["HTTP/0.9"] < 10, held         # closed at serve.header_timeout_s
     assert held["one past the bound"].startswith(b"HTTP/1.1 503"), held          # serve.max_connections
     assert 200 in during and 404 not in during and set(during) <= {200, 503}, during   # 503 while it shuts down

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import os
 import socket
 import threading
@@ -71,7 +72,32 @@ def _bind_replica_ports_to_node() -> None:
     replica._lens_ray_bound = True
 
 
-@serve.deployment
+ACCESS = logging.getLogger("ray.serve")       # a replica's log file (Ray's log folder), with the request's id
+
+
+class Metrics:
+    """The server's own Prometheus metrics, through Ray's metrics agent (each node's metrics export port, beside
+    Ray Serve's): requests by route and status, their latency, the items of each forward pass."""
+
+    def __init__(self):
+        from ray.serve.metrics import Counter, Histogram
+        self.requests = Counter("lens_ray_requests", "requests answered, by route and HTTP status",
+                                tag_keys=("route", "status"))
+        self.latency = Histogram("lens_ray_request_seconds", "time to answer a request, by route",
+                                 boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+                                 tag_keys=("route",))
+        self.batch_items = Histogram("lens_ray_batch_items", "items scored in one forward pass",
+                                     boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096])
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        self.requests.inc(tags={"route": route, "status": str(status)})
+        self.latency.observe(seconds, tags={"route": route})
+
+    def batch(self, items: int) -> None:
+        self.batch_items.observe(items)
+
+
+@serve.deployment(logging_config={"enable_access_log": False})      # its own, naming the route: __call__
 class RewardServer:
     def __init__(self, run: str, cfg: dict, token_sha256: str | None):
         _bind_replica_ports_to_node()
@@ -83,6 +109,7 @@ class RewardServer:
         self.stats = {"requests": 0, "items": 0, "errors": 0, "batches": 0, "largest_batch": 0, "item_retries": 0,
                       "timeouts": 0, "started": time.time()}
         self.waiting_bodies = 0
+        self.metrics = Metrics()
         self.rm: RewardModel | None = None
         self.template = None
         self.load_error: str | None = None
@@ -99,7 +126,17 @@ class RewardServer:
             self.load_error = f"{type(exc).__name__}: {exc}"
 
     async def __call__(self, request: Request) -> JSONResponse:
+        """One access-log line and the metrics per request, by route (Serve's own name only the prefix, "/")."""
+        started = time.perf_counter()
         path = request.url.path.rstrip("/") or "/"
+        response = await self._route(request, path)
+        seconds = time.perf_counter() - started
+        route = path if path in proxy_guard.ROUTES else "other"           # a bounded label set, whatever clients send
+        ACCESS.info("%s %s %d %.1fms", request.method, path[:200], response.status_code, 1000 * seconds)
+        self.metrics.observe(route, response.status_code, seconds)
+        return response
+
+    async def _route(self, request: Request, path: str) -> JSONResponse:
         if path == "/healthz":
             return self._health()
         if self.token_sha256 and not self._authorized(request):
@@ -178,6 +215,7 @@ class RewardServer:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _score_batch(self, pairs: list[tuple]) -> list[float | ItemFailed]:
         """Every queued item of every request in one forward pass; if that fails, item by item."""
+        self.metrics.batch(len(pairs))
         self.stats["batches"] += 1
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(pairs))
         try:

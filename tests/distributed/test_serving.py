@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -474,3 +475,33 @@ def test_serve_refuses_early_with_one_line(local_run, tmp_path, case):
             "port in use": "cannot listen on", "changed report": "report.json: does not match its checksum",
             "changed head layer": "selected.json: its metadata does not match its checksum"}[case] in lines[0]
     assert "local Ray" not in done.stdout
+
+
+def test_access_log_and_metrics_name_the_route(server):
+    """Each request is one line in the replica's log (in Ray's log folder) that names its route, and counted in
+    Prometheus metrics on the node's metrics export port by route and status, with its latency."""
+    import re
+
+    import ray
+    url = server[0]
+    assert _call(url, "/score", {"prompts": PROMPTS[:1], "responses": RESPONSES[:1]})[0] == 200
+    assert _call(url, "/score", {"prompts": 1, "responses": RESPONSES[:1]})[0] == 422
+    node = ray._private.worker._global_node
+    logs = Path(node.get_session_dir_path()) / "logs" / "serve"
+    metrics, lines, deadline = "", [], time.time() + 90
+    pattern = r'(?:ray_)?lens_ray_requests_total\{[^}]*route="/score"[^}]*status="(\d+)"[^}]*\} (\d+)'
+    while time.time() < deadline:
+        lines = [line for f in logs.glob("replica_lens-ray-reward_RewardServer_*.log")
+                 for line in f.read_text(errors="replace").splitlines()]
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_export_port}/metrics", timeout=30) as resp:
+            metrics = resp.read().decode()
+        counted = {status: int(n) for status, n in re.findall(pattern, metrics)}
+        if counted.get("200", 0) >= 1 and counted.get("422", 0) >= 1:
+            break
+        time.sleep(2)
+    assert counted.get("200", 0) >= 1 and counted.get("422", 0) >= 1, metrics[-3000:]
+    assert re.search(r'lens_ray_request_seconds_count\{[^}]*route="/score"', metrics), metrics[-3000:]
+    assert re.search(r"lens_ray_batch_items_count", metrics), metrics[-3000:]
+    assert any(re.search(r"POST /score 200 [\d.]+ms", line) for line in lines), lines[-20:]
+    assert any(re.search(r"POST /score 422 [\d.]+ms", line) for line in lines), lines[-20:]
+    assert not any(re.search(r" -- POST / \d{3} ", line) for line in lines), lines[-20:]   # Serve's own: no route

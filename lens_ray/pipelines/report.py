@@ -9,7 +9,7 @@ import math
 from collections import defaultdict
 
 from lens_ray.core.selection import OBJECTIVES
-from lens_ray.core.stats import mean_std, paired
+from lens_ray.core.stats import mean_std, paired, wilson_interval
 from lens_ray.store.storage import Storage
 
 ORDER = ("mean_diff", "original", "direct_perturbation", "gaussian_sampling", "lens")
@@ -94,7 +94,8 @@ def selection_lines(report: dict) -> list[str]:
              if sel.get("kfold_bon_gold") is not None else "")
     lines = [f"reward model (heads/selected): {sel['candidate']}, by k-fold {sel.get('objective', 'accuracy')}; "
              f"k-fold accuracy on the seed pairs {estimate(sel['kfold_accuracy'], sel['kfold_se'], sel['folds'])}"
-             f"{kgold}; held-out accuracy {sel['accuracy']:.3f}{bon} (its stored refit, seed 0)"]
+             f"{kgold}; held-out accuracy {sel['accuracy']:.3f}{ci(sel['accuracy'], report['eval_pairs'])}{bon} "
+             "(its stored refit, seed 0)"]
     seeds = sel.get("seeds") or []
     if len(seeds) > 1:
         over = {m: mean_std(r[m] for r in seeds) for m in ("accuracy", "bon_gold")}
@@ -117,6 +118,12 @@ def selection_lines(report: dict) -> list[str]:
         lines.append("  what each lever is worth at the pick, k-fold, paired by fold: " + "; ".join(worth))
     lines += [f"  note: {sel['note']}", "", *markdown(*selection_rows(sel)), ""]
     return lines
+
+
+def ci(accuracy: float, n: int) -> str:
+    """An accuracy's 95% interval on n held-out pairs (Wilson), as the report prints it."""
+    low, high = wilson_interval(accuracy, n)
+    return f" (95% interval {low:.3f}-{high:.3f} on {n} pairs)"
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import html
 import io
+import shlex
 
 import numpy as np
 
+from lens_ray.core.stats import mean_std, wilson_interval
 from lens_ray.pipelines.report import ORDER, cell, estimate, selection_lines, selection_rows, summary_rows, table
 
 COLORS = {"mean_diff": "#7f7f7f", "original": "#000000", "direct_perturbation": "#1f77b4",
@@ -27,7 +29,10 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def metric_vs_factor(summary: list[dict], metric: str, title: str, baselines: dict | None = None) -> str | None:
+def metric_vs_factor(summary: list[dict], metric: str, title: str, baselines: dict | None = None,
+                     pick: tuple[str, float, float, float] | None = None) -> str | None:
+    """The metric of every method against the augmentation factor; baselines: {name: value} drawn dotted;
+    pick: (label, value, low, high), the run's chosen reward model with its interval, drawn as a band."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -51,6 +56,10 @@ def metric_vs_factor(summary: list[dict], metric: str, title: str, baselines: di
         else:
             x, m, s = zip(*pts)
             ax.errorbar(x, m, yerr=s, marker="o", capsize=3, color=COLORS.get(method), ls=style, label=label)
+    if pick:
+        label, value, low, high = pick
+        ax.axhline(value, color="#9467bd", lw=2, label=label)
+        ax.axhspan(low, high, color="#9467bd", alpha=0.12)
     for name, value in (baselines or {}).items():        # what is trivial: chance, the longer response
         ax.axhline(value, color="0.5", ls=":", lw=1)
         ax.annotate(name.replace("_", " "), (ax.get_xlim()[0], value), fontsize=6, color="0.4", va="bottom")
@@ -82,6 +91,8 @@ def projection(real_pos: np.ndarray, real_neg: np.ndarray, syn_pos: np.ndarray, 
         p = proj(data)
         ax.scatter(p[:, 0], p[:, 1], s=6, c=color, marker=marker, label=label, alpha=0.6)
     ax.set_title("real vs LENS-synthetic embeddings (PCA of real)")
+    ax.set_xlabel("first principal component")
+    ax.set_ylabel("second principal component")
     ax.legend(fontsize=7, markerscale=2)
     return _png(fig)
 
@@ -143,9 +154,31 @@ def _p(text: str, cls: str = "") -> str:
     return f"<p{f' class={cls!r}' if cls else ''}>{html.escape(text)}</p>"
 
 
-def render(report: dict, projection_png: str | None = None, trials: list[dict] | None = None) -> str:
+def chosen_band(report: dict) -> tuple[str, float, float, float] | None:
+    """The pick's held-out accuracy (its mean over seeds where refitted on several) and 95% interval."""
+    sel = report.get("selected")
+    if not sel or sel.get("accuracy") is None:
+        return None
+    over = mean_std(r["accuracy"] for r in sel.get("seeds") or []) or {"mean": sel["accuracy"]}
+    low, high = wilson_interval(over["mean"], report["eval_pairs"])
+    return f"the pick: {sel['candidate']} (95% interval)", over["mean"], low, high
+
+
+def usage(run_uri: str) -> str:
+    """How to use the run's reward model: the three commands, on this run."""
+    run = shlex.quote(run_uri)
+    name = html.escape(run_uri.rstrip("/").rsplit("/", 1)[-1])
+    lines = [f'lens-ray score --run {run} --prompt "How do I bake bread?" --response "Mix flour and water."',
+             f"lens-ray serve --run {run}     # POST /get_reward (OpenRLHF), POST /score",
+             f"lens-ray export --run {run} --out exported/{name}   # AutoModelForSequenceClassification"]
+    return ("<h2>Use it</h2><p>The run's reward model (<code>heads/selected</code>), from this folder:</p><pre>"
+            + "\n".join(html.escape(line) for line in lines) + "</pre>")
+
+
+def render(report: dict, projection_png: str | None = None, trials: list[dict] | None = None,
+           run_uri: str | None = None) -> str:
     figs = [("Preference accuracy", metric_vs_factor(report["summary"], "accuracy", "accuracy on eval pairs",
-                                                     report.get("baselines"))),
+                                                     report.get("baselines"), chosen_band(report))),
             ("Best-of-N gold", metric_vs_factor(report["summary"], "bon_gold",
                                                 f"Best-of-{report.get('bon_n')} mean gold of the pick")),
             ("Tuning landscape", landscape(trials) if trials else None),
@@ -162,6 +195,8 @@ def render(report: dict, projection_png: str | None = None, trials: list[dict] |
         parts += ["<h2>The run's reward model (chosen by k-fold on the seed pairs)</h2>",
                   *[_p(line.strip(), "note" if line.strip().startswith("note") else "") for line in chosen],
                   "<h3>Every candidate (k-fold accuracy ± standard error over folds)</h3>", _table(header, rows)]
+        if run_uri:
+            parts.append(usage(run_uri))
     parts += ["<h2>Every method on the held-out data (mean ± std over seeds; gains paired by seed)</h2>",
               _table(*summary_rows(report))]
     parts += [_p(line, "note" if line.startswith(("note", "FAILED")) else "") for line in intro[1:]]

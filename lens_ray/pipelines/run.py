@@ -437,7 +437,7 @@ def write_report(cfg: LensConfig, out: Storage, report: dict, seeds: list[SeedDa
     if syn is not None:
         proj = report_html.projection(seeds[0].train_pos, seeds[0].train_neg, *syn)
     trials = read_trials(Storage(cfg.from_tune)) if cfg.from_tune else None
-    out.write_bytes("report.html", report_html.render(report, proj, trials).encode())
+    out.write_bytes("report.html", report_html.render(report, proj, trials, out.uri).encode())
     log(reporting.table(report))
     made = [f"{d}/" for d in ("heads", "embeddings", "vae", "synthetic", "ray_train") if out.isdir(d)]
     log(f"artifacts: {out.uri}  ({', '.join(['report.html', 'report.json', 'report.md'] + made)})")

@@ -30,3 +30,14 @@ def test_standard_error_of_one_value_is_nan_without_numpy_warnings():
         warnings.simplefilter("error")
         assert math.isnan(standard_error([0.5])) and math.isnan(standard_error([]))
         assert standard_error([1.0, 3.0]) == 1.0
+
+
+def test_wilson_interval_of_an_accuracy():
+    from lens_ray.core.stats import wilson_interval
+    low, high = wilson_interval(0.5, 100)                    # by hand: 0.5 ± 1.96 * 0.05 / (1 + 0.0384), centred
+    assert math.isclose(low, 0.40383, abs_tol=1e-5) and math.isclose(high, 0.59617, abs_tol=1e-5)
+    assert wilson_interval(1.0, 10)[1] == 1.0 and 0.72 < wilson_interval(1.0, 10)[0] < 0.73   # never past 1
+    assert wilson_interval(0.0, 10)[0] == 0.0
+    assert wilson_interval(0.6, 0) == (0.0, 1.0)                                               # no pairs: no claim
+    narrow, wide = wilson_interval(0.6, 1000), wilson_interval(0.6, 100)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]

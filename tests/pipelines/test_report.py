@@ -109,3 +109,18 @@ def test_summary_gains_are_the_hand_computed_ones():
     assert cells[("lens", "linear")] == ["0.650 ± 0.071", "+0.140 ± 0.057", "0.455 ± 0.064", "+0.035 ± 0.035"]
     assert cells[("lens", "mlp")][:2] == ["0.620 ± 0.014", "+0.010 ± 0.028"]
     assert cells[("original", "mlp")][1] == "-"
+
+
+@pytest.mark.parametrize("beats,held", [(True, True), (True, False), (False, True), (False, False)])
+def test_the_search_verdict_never_contradicts_its_k_fold_or_its_test(beats, held):
+    """Each of the four outcomes has its own conclusion: a k-fold that found nothing is never followed by
+    "the tuned gain holds", and a test that does not hold never by a claim of a gain."""
+    rows = {k: [{"seed": s, "accuracy": 0.6 + d, "bon_gold": None} for s in range(2)]
+            for k, d in (("original", 0.0), ("default", 0.0), ("tuned", 0.02))}
+    text = verdict({"method": "lens", "factor": 4}, 8, 0.01, 0.004, beats, compare_on_test(rows), held)
+    assert ("It beats the original pairs" in text) == beats
+    assert ("No trial beat" in text) == (not beats)
+    assert ("The tuned gain holds" in text) == (beats and held)
+    assert ("did not pay off" in text) == (not beats and not held)
+    assert ("does not hold" in text) == (beats and not held)
+    assert ("not a gain to stand behind" in text) == (not beats and held)

@@ -205,3 +205,22 @@ def test_a_selection_stopped_midway_keeps_the_units_it_finished(local_run, tmp_p
     assert sum(int(t) for t, _ in stages) == 2 and sum(int(k or 0) for _, k in stages) == len(units) - 2, said
     for k in ("candidate", "kfold_accuracy", "kfold_se"):
         assert again["selected"][k] == report["selected"][k]
+
+
+def test_the_report_says_how_to_use_the_pick_and_its_interval(local_run):
+    """report.html names the three commands on this run, and the pick's held-out accuracy has its 95% interval on
+    the held-out pairs (in the text and as a band in the accuracy plot, beside chance)."""
+    import html
+
+    from lens_ray.core.stats import wilson_interval
+    from lens_ray.pipelines.report import selection_lines
+    _, report, out = local_run
+    page = html.unescape(out.read_bytes("report.html").decode())
+    for command in ("score", "serve", "export"):
+        assert f"lens-ray {command} --run {out.uri}" in page
+    sel = report["selected"]
+    low, high = wilson_interval(sel["accuracy"], report["eval_pairs"])
+    n = report["eval_pairs"]
+    said = f"held-out accuracy {sel['accuracy']:.3f} (95% interval {low:.3f}-{high:.3f} on {n} pairs)"
+    assert said in selection_lines(report)[0] and said in page
+    assert low <= sel["accuracy"] <= high

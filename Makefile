@@ -2,10 +2,13 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DATA ?= ../shared/data/hh_harmless_dev.jsonl.gz
+# the HH-RLHF sample beside this checkout where there is one, else HH-RLHF harmless-base from the hub
+SAMPLE := ../shared/data/hh_harmless_dev.jsonl.gz
+DATA ?= $(if $(wildcard $(SAMPLE)),$(SAMPLE),hf://Anthropic/hh-rlhf/harmless-base@test)
 ARGS ?=
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
-export HF_HUB_OFFLINE := 1
+# offline unless the data comes from the hub (models are packaged; data from hf:// needs the hub)
+export HF_HUB_OFFLINE := $(if $(findstring hf://,$(DATA)),0,1)
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: run test mutants clean

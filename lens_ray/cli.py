@@ -148,7 +148,12 @@ def config_from_args(args: argparse.Namespace) -> LensConfig:
         from lens_ray.store.search_results import apply_tuned, read_best
         apply_tuned(cfg, read_best(args.from_tune))
         cfg.from_tune = args.from_tune
-    return apply_overrides(cfg, overrides(args, "run"))
+    cfg = apply_overrides(cfg, overrides(args, "run"))
+    from lens_ray.store.storage import absolute
+    # the report records where the run and its cache are: from any folder later commands find the same ones
+    cfg.storage = absolute(cfg.storage)
+    cfg.out, cfg.cache = (absolute(u) if u else u for u in (cfg.out, cfg.cache))
+    return cfg
 
 
 def run_main(argv: list[str] | None = None, prog: str = "lens-ray run") -> dict:

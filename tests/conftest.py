@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import io
 import os
 import shutil
 import socket
@@ -149,4 +151,9 @@ def local_run(ray_cluster, tiny_llama, hh_path, tmp_path_factory):
     argv = ["--data", str(hh_path), "--model", tiny_llama, "--seed-pairs", "60", "--eval-pairs", "40",
             "--seeds", "2", "--factors", "2,4", "--storage", str(storage), "--name", "t"] + FAST + \
         ["--set", "selection.enabled=true", "--set", "selection.folds=3", "--set", "selection.finalists=1"]
-    return argv, run_main(argv), Storage(str(storage / "t"))
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):         # what a user reads, kept for tests of it (console.log)
+        report = run_main(argv)
+    sys.stdout.write(console.getvalue())
+    (storage / "console.log").write_text(console.getvalue())
+    return argv, report, Storage(str(storage / "t"))

@@ -25,3 +25,17 @@ def test_pyproject_bounds_and_the_lock_pins():
     assert not missing, f"not in requirements-lock.txt: {missing}"
     assert "s3fs" not in lock and lock["torch"] == "2.13.0"        # the CPU wheel's version, no local label
     assert "requirements-lock.txt" in (ROOT / "Makefile").read_text()
+
+
+def test_make_run_reads_the_sample_beside_the_checkout_or_else_the_hub():
+    """A fresh clone without ../shared/data takes HH-RLHF harmless-base from the hub (and lets the hub be
+    reached); with the sample there, the sample, offline."""
+    import subprocess
+    root = Path(__file__).resolve().parents[1]
+    dry = lambda *a: subprocess.run(["make", "-n", "--no-print-directory", "run", *a], cwd=root,  # noqa: E731
+                                    capture_output=True, text=True, timeout=60).stdout
+    assert "jobs/run.py --data hf://Anthropic/hh-rlhf/harmless-base@test" in dry("SAMPLE=/nonexistent.jsonl.gz")
+    sample = root.parent / "shared" / "data" / "hh_harmless_dev.jsonl.gz"
+    if sample.exists():
+        assert "jobs/run.py --data ../shared/data/hh_harmless_dev.jsonl.gz" in dry()
+    assert "jobs/run.py --data mine.jsonl" in dry("DATA=mine.jsonl")

@@ -28,19 +28,38 @@ class Stages:
 
 
 class Progress:
-    """A line each time `done` crosses another tenth of `total`, with the rate since the start:
-    `  <done>/<total> <what> (<rate> <unit>/s)`."""
+    """A line each time `done` crosses another tenth of `total`, and at least every `every_s` seconds between, with
+    the rate since the start and, before the end, an estimate of the time left:
+    `  <done>/<total> <what> (<rate> <unit>/s, about <t> left)`. The estimate scales the time so far by the work
+    left, where `work` weighs the items (characters of text, say, when items differ in cost); else by count."""
 
-    def __init__(self, total: int, what: str, log: Log, steps: int = 10):
-        self.total, self.what, self.log, self.steps = max(1, total), what, log, steps
+    def __init__(self, total: int, what: str, log: Log, steps: int = 10, every_s: float | None = 60.0,
+                 work: float | None = None):
+        self.total, self.what, self.log, self.steps, self.every_s = max(1, total), what, log, steps, every_s
         self.done, self.amount, self.t0, self._shown = 0, 0.0, time.time(), 0
+        self.work_total, self.work_done = float(work if work is not None else self.total), 0.0
+        self._last = self.t0
 
-    def add(self, n: int, rate_of: float | None = None, unit: str = "") -> None:
-        """n more done; rate_of: the amount whose rate is shown (default: n itself, in `what`)."""
+    def add(self, n: int, rate_of: float | None = None, unit: str = "", work: float | None = None) -> None:
+        """n more done; rate_of: the amount whose rate is shown (default: n itself, in `what`); work: their
+        weight for the estimate (default: n)."""
         self.done += n
         self.amount += n if rate_of is None else rate_of
-        step = self.done * self.steps // self.total
-        if step > self._shown:
-            self._shown = step
-            rate = self.amount / max(time.time() - self.t0, 1e-9)
-            self.log(f"  {self.done:,}/{self.total:,} {self.what} ({rate:,.0f} {unit or self.what}/s)")
+        self.work_done += n if work is None else work
+        step, now = self.done * self.steps // self.total, time.time()
+        if step > self._shown or (self.every_s is not None and now - self._last >= self.every_s):
+            self._shown, self._last = max(step, self._shown), now
+            elapsed = max(now - self.t0, 1e-9)
+            left = "" if self.done >= self.total or self.work_done <= 0 else \
+                f", about {duration(elapsed * (self.work_total - self.work_done) / self.work_done)} left"
+            self.log(f"  {self.done:,}/{self.total:,} {self.what} ({self.amount / elapsed:,.0f} "
+                     f"{unit or self.what}/s{left})")
+
+
+def duration(seconds: float) -> str:
+    """A time left as a user reads it: "40 s", "7 min", "2.5 h"."""
+    if seconds < 90:
+        return f"{max(seconds, 0):.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

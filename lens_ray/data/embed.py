@@ -170,11 +170,17 @@ def resolve_dtype(dtype: str, device: str | None = None) -> str:
     return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 
+def model_cache_root() -> str:
+    """Where GGUF models' converted copies go (about 0.5 GB for SmolLM2 per dtype): LENS_RAY_MODEL_CACHE, else
+    ~/.cache/lens-ray/models."""
+    return os.environ.get("LENS_RAY_MODEL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lens-ray",
+                                                                  "models")
+
+
 def dequantized_copy(src: ModelSource, dtype: str) -> str:
     """Where a GGUF model's dequantized weights are kept as a plain transformers folder, per dtype: loading
     it takes seconds, where de-quantizing the GGUF takes ~20 (each embedding actor, every run)."""
-    root = os.environ.get("LENS_RAY_MODEL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lens-ray",
-                                                                  "models")
+    root = model_cache_root()
     # "|2": copies written before the embedding was stored under its own name are not read again
     return os.path.join(root, hashlib.sha256(f"{src.model_id}|{dtype}|2".encode()).hexdigest()[:16])
 

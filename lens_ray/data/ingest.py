@@ -1,7 +1,7 @@
 """Ingest: files and hub sets in every format -> the data a run uses (`Datasets`). Reads through the store.
 
 `read_table` reads jsonl / json / parquet (optionally .gz), a saved HF dataset folder or
-hf://owner/name[:subset][@split]; `load_datasets` turns a `DataConfig` into seed pairs, evaluation pairs
+hf://owner/name[/dir][:subset][@split]; `load_datasets` turns a `DataConfig` into seed pairs, evaluation pairs
 (no prompt shared with the seed pairs) and Best-of-N prompts, each bad row counted or refused.
 """
 from __future__ import annotations
@@ -35,13 +35,16 @@ def read_records(uri: str, quarantine: Quarantine | None = None) -> list[Any]:
 
 
 def read_table(uri: str, q: Quarantine) -> tuple[list[Any], list[str]]:
-    """jsonl / json / parquet (optionally .gz), a saved HF dataset folder, or hf://owner/name[:subset][@split]
+    """jsonl / json / parquet (optionally .gz), a saved HF dataset folder, or hf://owner/name[/dir][:subset][@split]
     -> (records, where each came from: "line N" of a jsonl file, else "row N"). A jsonl line that is not
     UTF-8 or not JSON is quarantined; a file that cannot be read at all is a DataError naming it."""
     if uri.startswith("hf://"):
         rows = _read_hub(uri[len("hf://"):])
         return rows, [f"row {i}" for i in range(len(rows))]
     store, path = split_uri(uri)
+    if not store.exists(path):
+        raise DataError(f"{uri}: no such file or folder; give your preference data with --data (make run: "
+                        "DATA=...): jsonl, json or parquet, a saved dataset folder, or hf://owner/name[/dir][@split]")
     if store.isdir(path):
         rows = _read_saved_dataset(uri, store, path)
         return rows, [f"row {i}" for i in range(len(rows))]
@@ -111,19 +114,22 @@ def _read_saved_dataset(uri: str, store: Storage, path: str) -> list[Any]:
 
 
 def _read_hub(spec: str) -> list[dict[str, Any]]:
-    """hf://owner/name[:subset][@split] -> its rows; a malformed spec, an unreachable hub or a hub failure is a
-    DataError in one line."""
+    """hf://owner/name[/dir][:subset][@split] -> its rows (dir: a folder of the data set's repository, as
+    HH-RLHF's harmless-base); a malformed spec, an unreachable hub or a hub failure is a DataError in one line."""
     repo, _, split = spec.partition("@")
-    name, _, subset = repo.partition(":")
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
-        raise DataError(f"hf://{spec}: give hf://owner/name[:subset][@split], e.g. hf://Anthropic/hh-rlhf@test")
+    where, _, subset = repo.partition(":")
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+(/[\w.-]+)*", where):
+        raise DataError(f"hf://{spec}: give hf://owner/name[/dir][:subset][@split], e.g. "
+                        "hf://Anthropic/hh-rlhf/harmless-base@test")
+    owner, name, *folder = where.split("/")
     from lens_ray.data.hub import hub_unreachable
     if why := hub_unreachable():
         raise DataError(f"hf://{spec}: the Hugging Face hub is not reachable from here ({why}); download the "
                         "data and give its path")
     import datasets
     try:
-        return datasets.load_dataset(name, subset or None, split=split or "train").to_list()
+        return datasets.load_dataset(f"{owner}/{name}", subset or None, data_dir="/".join(folder) or None,
+                                     split=split or "train").to_list()
     except Exception as exc:                          # any hub or dataset failure: one line, not its traceback
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"hf://{spec}: cannot load it from the hub ({first[:300]})") from exc

@@ -17,7 +17,7 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from lens_ray.config import EmbedConfig, ResourcesConfig
-from lens_ray.core.progress import Log
+from lens_ray.core.progress import Log, Progress
 from lens_ray.data.embed import Embedder, model_kind, resolve_dtype, resolve_pooling
 
 # Ray 2.60 takes an actor's max_restarts only as a free remote argument (deprecated for a named one in 2.64)
@@ -142,7 +142,10 @@ def embed_items(items: list[EmbedItem], cfg: EmbedConfig, res: ResourcesConfig, 
         **actor_pool(actors, res))
     found: dict[str, np.ndarray] = {}
     pending: list[str] = []
-    next_report = 0.1
+    chars = {i.key: len(i.response) + len(json.dumps(i.prompt, ensure_ascii=False)) for i in items}
+    log(f"  embedding {len(items):,} texts ({sum(chars.values()):,} characters) on {actors} actor(s) x {threads} "
+        "thread(s), longest first; the first line comes once the model has loaded")
+    progress = Progress(len(items), "texts embedded", log, work=sum(chars.values()))
     for batch in out.iter_batches(batch_size=res.embed_batch_size, batch_format="numpy"):
         for k, v in zip(batch["key"], batch["embedding"]):
             found[str(k)] = np.asarray(v, dtype=np.float32)
@@ -156,10 +159,8 @@ def embed_items(items: list[EmbedItem], cfg: EmbedConfig, res: ResourcesConfig, 
         stats.response_truncated += int(batch["response_truncated"].sum())
         stats.tokenize_s, stats.forward_s, stats.load_s = (a + float(b) for a, b in zip(
             (stats.tokenize_s, stats.forward_s, stats.load_s), batch["seconds"].sum(0)))
-        if len(found) / len(items) >= next_report:
-            rate = stats.tokens / max(time.time() - t0, 1e-9)
-            log(f"  embedded {len(found)}/{len(items)} texts ({rate:.0f} tokens/s)")
-            next_report += 0.1
+        progress.add(len(batch["key"]), rate_of=int(batch["n_tokens"].sum()), unit="tokens",
+                     work=sum(chars[str(k)] for k in batch["key"]))
     if on_chunk and pending:
         on_chunk(pending, np.stack([found[k] for k in pending]))
     missing = [i.key for i in items if i.key not in found]

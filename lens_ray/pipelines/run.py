@@ -25,7 +25,15 @@ from lens_ray.core.pairs import Datasets, Split, seed_splits
 from lens_ray.core.progress import Log, Stages
 from lens_ray.core.records import Cell, Embedded, SeedData, bon_draws, plan_cells, table_texts
 from lens_ray.core.vae import PreferenceVAE
-from lens_ray.data.embed import INNER, combine_layers, layer_settings, resolve_dtype, resolve_model, settings_key
+from lens_ray.data.embed import (
+    INNER,
+    combine_layers,
+    layer_settings,
+    model_cache_root,
+    resolve_dtype,
+    resolve_model,
+    settings_key,
+)
 from lens_ray.data.ingest import load_datasets
 from lens_ray.pipelines import report as reporting
 from lens_ray.pipelines import report_html
@@ -70,6 +78,9 @@ def run(cfg: LensConfig, log: Log = print, ds: Datasets | None = None,
     out = Storage(cfg.out_uri)
     t = Stages(guard=guard)
     log(f"lens-ray run '{cfg.run_name}' -> {out.uri}")
+    log(f"  large files: the run's in {out.uri}; "
+        + (f"embeddings cached in {Storage(cfg.cache_uri).uri} (runs on the same texts reuse them); "
+           if cfg.embed.cache else "") + f"a GGUF model's converted copy in {model_cache_root()}")
     with t.stage("ingest", log):
         ds = ds or ingest(cfg, log)
     layers = layers_of(cfg, log)
@@ -198,6 +209,12 @@ def embed_stage(cfg: LensConfig, ds: Datasets, out: Storage, log: Log, folder: s
             if stored is not None:
                 done[name] = stored
     needed = sorted({k for name, keys in wanted.items() if name not in done for k in keys})
+    if needed:
+        parts = ", ".join(f"{len(set(keys)):,} from the {name} {'completions' if name == 'bon' else 'pairs'}"
+                          for name, keys in wanted.items() if name not in done)
+        cap = "" if cfg.data.eval_pairs or cfg.data.eval_data else \
+            " (eval pairs default to all the data the seed pairs do not use: data.eval_pairs caps them)"
+        log(f"  texts to read: {parts}{cap}")
     vectors, stats = embed_texts(cfg, settings, needed, texts, log)
     for name, keys in wanted.items():
         if name not in done:

@@ -72,6 +72,14 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str, str]:
     return pafs.LocalFileSystem(), os.path.abspath(uri), "file"
 
 
+def absolute(uri: str) -> str:
+    """A local path (or file://) as an absolute path, so a run's report names the same folder from anywhere;
+    s3:// and other schemes as they are."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -180,13 +180,16 @@ def test_hub_data_that_cannot_be_had_is_one_line_at_once(monkeypatch):
     """hf:// alone, the hub offline, and a hub that refuses connections: a DataError naming the spec and the
     cause, from one short probe (no client retries, no traceback)."""
     from lens_ray.data.hub import hub_unreachable
-    with pytest.raises(DataError, match=r"hf://: give hf://owner/name\[:subset\]\[@split\]"):
+    with pytest.raises(DataError, match=r"hf://: give hf://owner/name\[/dir\]\[:subset\]\[@split\]"):
         read_records("hf://")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub_unreachable.cache_clear()
     with pytest.raises(DataError, match=r"hf://Anthropic/hh-rlhf@test: the Hugging Face hub is not reachable from "
                                         r"here \(HF_HUB_OFFLINE is set\); download the data and give its path"):
         read_records("hf://Anthropic/hh-rlhf@test")
+    with pytest.raises(DataError, match=r"hf://Anthropic/hh-rlhf/harmless-base@test: the Hugging Face hub is not "
+                                        r"reachable"):             # a folder of the repository: what make run reads
+        read_records("hf://Anthropic/hh-rlhf/harmless-base@test")
     import socket
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
@@ -201,3 +204,11 @@ def test_hub_data_that_cannot_be_had_is_one_line_at_once(monkeypatch):
             read_records("hf://owner/name:subset")
     finally:
         hub_unreachable.cache_clear()
+
+
+def test_missing_data_says_what_to_pass(tmp_path):
+    """A data path that is not there (a fresh clone without ../shared/data): one line naming it and how to give
+    data, before anything reads further."""
+    with pytest.raises(DataError, match=r"nope.jsonl: no such file or folder; give your preference data with "
+                                        r"--data \(make run: DATA=...\)"):
+        read_records(str(tmp_path / "nope.jsonl"))

@@ -1,4 +1,6 @@
 """The whole job on the session's local Ray: a tiny real model, real data, local storage and S3 (moto)."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -368,3 +370,17 @@ def test_the_report_reads_against_the_trivial_baselines(local_run):
     want = longer_response_accuracy([p.chosen for p in ds.eval_pairs], [p.rejected for p in ds.eval_pairs])
     assert report["baselines"] == {"chance": 0.5, "longer_response": want, "shorter_response": 1.0 - want}
     assert f"the longer response {want:.3f}, the shorter {1 - want:.3f}" in out.read_bytes("report.md").decode()
+
+
+def test_the_console_says_what_it_embeds_why_and_how_far_it_is(local_run):
+    """Before the first text is embedded the run says how many texts, from which tables, on how many actors;
+    then progress with a rate, the last line at all of them."""
+    import re
+    _, report, out = local_run
+    console = (Path(out.uri).parent / "console.log").read_text()
+    n = report["embedding"]["embedded"]
+    assert n > 0                                                    # a cold cache: this run embedded them
+    assert re.search(r"texts to read: [\d,]+ from the seed pairs, [\d,]+ from the eval pairs", console), console
+    assert re.search(rf"embedding {n:,} texts \([\d,]+ characters\) on \d+ actor\(s\)", console), console
+    assert re.search(rf"  {n:,}/{n:,} texts embedded \([\d,]+ tokens/s\)\n", console), console
+    assert f"large files: the run's in {out.uri}; embeddings cached in {Path(out.uri).parent / 'cache'}" in console

@@ -38,6 +38,7 @@ from lens_ray.data.ingest import load_datasets
 from lens_ray.pipelines import report as reporting
 from lens_ray.pipelines import report_html
 from lens_ray.pipelines.selection import layers_of, select_stage, versus_fixed
+from lens_ray.pipelines.tensorboard import write_events
 from lens_ray.store.artifacts import (
     read_pair_embeddings,
     read_synthetic,
@@ -455,6 +456,7 @@ def write_report(cfg: LensConfig, out: Storage, report: dict, seeds: list[SeedDa
         proj = report_html.projection(seeds[0].train_pos, seeds[0].train_neg, *syn)
     trials = read_trials(Storage(cfg.from_tune)) if cfg.from_tune else None
     out.write_bytes("report.html", report_html.render(report, proj, trials, out.uri).encode())
+    write_events(report, out)
     log(reporting.table(report))
-    made = [f"{d}/" for d in ("heads", "embeddings", "vae", "synthetic", "ray_train") if out.isdir(d)]
+    made = [f"{d}/" for d in ("heads", "embeddings", "vae", "synthetic", "ray_train", "tensorboard") if out.isdir(d)]
     log(f"artifacts: {out.uri}  ({', '.join(['report.html', 'report.json', 'report.md'] + made)})")

@@ -11,7 +11,6 @@ line on stderr and exit status 2 (`--debug` shows the traceback); Ctrl-C ends as
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -121,18 +120,9 @@ def _settings(args: argparse.Namespace, command: str, base: LensConfig | None = 
     return load_config(args.config, overrides(args, command), base=base)
 
 
-@contextlib.contextmanager
 def _on_ray(cfg: LensConfig, out: str, what: str, wait: bool):
-    """The output folder checked writable and leased to this job (see store/lease.py), then Ray joined or
-    started (see distributed/session.py); yields the lease."""
-    from lens_ray.distributed.session import connect
-    from lens_ray.pipelines.preflight import check_writable
-    from lens_ray.store.lease import Lease
-    from lens_ray.store.storage import Storage
-    check_writable(Storage(out))
-    with Lease(Storage(out), what=what).held(wait=wait, log=_print) as lease:
-        connect(cfg.ray_address)
-        yield lease
+    from lens_ray.pipelines.job import on_ray
+    return on_ray(cfg, out, what, wait, log=_print)
 
 
 # ------------------------------------------------------------------ the jobs
@@ -148,27 +138,13 @@ def config_from_args(args: argparse.Namespace) -> LensConfig:
         from lens_ray.store.search_results import apply_tuned, read_best
         apply_tuned(cfg, read_best(args.from_tune))
         cfg.from_tune = args.from_tune
-    cfg = apply_overrides(cfg, overrides(args, "run"))
-    from lens_ray.store.storage import absolute
-    # the report records where the run and its cache are: from any folder later commands find the same ones
-    cfg.storage = absolute(cfg.storage)
-    cfg.out, cfg.cache = (absolute(u) if u else u for u in (cfg.out, cfg.cache))
-    return cfg
+    return apply_overrides(cfg, overrides(args, "run"))
 
 
 def run_main(argv: list[str] | None = None, prog: str = "lens-ray run") -> dict:
     args = run_parser(prog).parse_args(argv)
-    cfg = config_from_args(args)
-    from lens_ray.pipelines.preflight import preflight
-    ds = preflight(cfg, log=_print)                 # before Ray starts: errors in seconds, not minutes
-    from lens_ray.store.storage import StorageError
-    try:
-        with _on_ray(cfg, cfg.out_uri, f"run {cfg.run_name}", args.wait) as lease:
-            from lens_ray.pipelines.run import run
-            return run(cfg, log=_print, ds=ds, guard=lease.ensure_held)
-    except StorageError as exc:                     # storage failing mid-run: what it committed is verified, kept
-        raise StorageError(f"{exc}; everything committed so far is kept, and the same command resumes from "
-                           "it") from exc
+    from lens_ray.pipelines.job import run_job
+    return run_job(config_from_args(args), log=_print, wait=args.wait)
 
 
 def tune_main(argv: list[str] | None = None, prog: str = "lens-ray tune") -> dict:

@@ -206,10 +206,12 @@ def test_local_uris_are_recorded_absolute(tmp_path, monkeypatch):
     """A run started in one folder names its storage, output and cache absolutely (report.json keeps them), so
     commands run from another folder find the same run and cache; S3 URIs stay as given."""
     from lens_ray.cli import config_from_args, run_parser
+    from lens_ray.pipelines.job import absolute_locations
     monkeypatch.chdir(tmp_path)
-    cfg = config_from_args(run_parser("t").parse_args(["--data", "d.jsonl", "--storage", "runs", "--set",
-                                                          "cache=shared/cache", "--set", "out=~/elsewhere"]))
+    cfg = absolute_locations(config_from_args(run_parser("t").parse_args(
+        ["--data", "d.jsonl", "--storage", "runs", "--set", "cache=shared/cache", "--set", "out=~/elsewhere"])))
     assert (cfg.storage, cfg.cache) == (str(tmp_path / "runs"), str(tmp_path / "shared" / "cache"))
     assert cfg.out == os.path.join(os.path.expanduser("~"), "elsewhere") and cfg.out_uri == cfg.out
-    s3 = config_from_args(run_parser("t").parse_args(["--data", "d.jsonl", "--storage", "s3://bucket/runs"]))
+    s3 = absolute_locations(config_from_args(run_parser("t").parse_args(["--data", "d.jsonl", "--storage",
+                                                                         "s3://bucket/runs"])))
     assert s3.storage == "s3://bucket/runs" and s3.cache_uri == "s3://bucket/runs/cache"

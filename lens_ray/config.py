@@ -281,6 +281,16 @@ class ResourcesConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Where a run's figures go besides its report: TensorBoard event files always (<run>/tensorboard), MLflow
+    where set. No fingerprint, cache key or manifest reads this section."""
+    mlflow_uri: str | None = setting(None, "MLflow tracking URI (a server's http(s)://..., databricks, ...) the run "
+                                     "logs its settings, figures and report to; unset: MLFLOW_TRACKING_URI when "
+                                     "set, else none (needs mlflow-skinny: pip install 'lens-ray[mlflow]')")
+    mlflow_experiment: str = setting("lens-ray", "MLflow experiment the run is logged under")
+
+
+@dataclass
 class LensConfig:
     name: str | None = setting(None, "run name (a plain name: letters, digits, . _ -); unset: <data file's stem>-"
                                "<model>, e.g. hh_harmless_dev-smollm2", plain_name=True)
@@ -305,6 +315,7 @@ class LensConfig:
     scale: ScaleConfig = field(default_factory=ScaleConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property
     def run_name(self) -> str:

@@ -17,6 +17,7 @@ import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")     # tests log to MLflow's file store, not a server
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if "LENS_RAY_MODEL_CACHE" not in os.environ:      # dequantized GGUF copies: the session's own, removed at its end
     os.environ["LENS_RAY_MODEL_CACHE"] = _MODEL_CACHE = tempfile.mkdtemp(prefix="lens-ray-models-")
@@ -150,7 +151,8 @@ def local_run(ray_cluster, tiny_llama, hh_path, tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
     argv = ["--data", str(hh_path), "--model", tiny_llama, "--seed-pairs", "60", "--eval-pairs", "40",
             "--seeds", "2", "--factors", "2,4", "--storage", str(storage), "--name", "t"] + FAST + \
-        ["--set", "selection.enabled=true", "--set", "selection.folds=3", "--set", "selection.finalists=1"]
+        ["--set", "selection.enabled=true", "--set", "selection.folds=3", "--set", "selection.finalists=1",
+         "--set", f"tracking.mlflow_uri=file://{storage / 'mlruns'}"]       # MLflow's file store, as a server
     console = io.StringIO()
     with contextlib.redirect_stdout(console):         # what a user reads, kept for tests of it (console.log)
         report = run_main(argv)

@@ -15,6 +15,7 @@ from lens_ray.data.embed import ModelLoadError, model_depth, model_positions, re
 from lens_ray.data.hub import hub_unreachable
 from lens_ray.data.ingest import load_datasets
 from lens_ray.pipelines.selection import seed_gold
+from lens_ray.pipelines.tracking import check_mlflow
 from lens_ray.store.storage import Storage, StorageError
 
 
@@ -114,6 +115,7 @@ def preflight(cfg: LensConfig, log=print) -> Datasets:
     cfg.validate()
     check_plan(cfg, log)
     check_model(cfg.embed.model)
+    check_mlflow(cfg.tracking.mlflow_uri)
     check_writable(Storage(cfg.out_uri))
     if cfg.embed.cache:
         check_writable(Storage(cfg.cache_uri))

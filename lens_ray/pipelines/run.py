@@ -38,7 +38,7 @@ from lens_ray.data.ingest import load_datasets
 from lens_ray.pipelines import report as reporting
 from lens_ray.pipelines import report_html
 from lens_ray.pipelines.selection import layers_of, select_stage, versus_fixed
-from lens_ray.pipelines.tensorboard import write_events
+from lens_ray.pipelines.tracking import log_mlflow, mlflow_uri, write_events
 from lens_ray.store.artifacts import (
     read_pair_embeddings,
     read_synthetic,
@@ -457,6 +457,9 @@ def write_report(cfg: LensConfig, out: Storage, report: dict, seeds: list[SeedDa
     trials = read_trials(Storage(cfg.from_tune)) if cfg.from_tune else None
     out.write_bytes("report.html", report_html.render(report, proj, trials, out.uri).encode())
     write_events(report, out)
+    if uri := mlflow_uri(cfg.tracking.mlflow_uri):
+        run_id = log_mlflow(report, out, uri, cfg.tracking.mlflow_experiment)
+        log(f"MLflow: run {run_id} in experiment '{cfg.tracking.mlflow_experiment}' at {uri}")
     log(reporting.table(report))
     made = [f"{d}/" for d in ("heads", "embeddings", "vae", "synthetic", "ray_train", "tensorboard") if out.isdir(d)]
     log(f"artifacts: {out.uri}  ({', '.join(['report.html', 'report.json', 'report.md'] + made)})")

@@ -1,6 +1,11 @@
-"""A run's figures as TensorBoard event files, in `<run>/tensorboard/` (local or S3): point `tensorboard --logdir`
-at a folder of runs to compare them. Written from the report once it is complete, so they hold exactly its
-figures. No Ray.
+"""A run's figures for experiment trackers, written from the report once it is complete (so they hold exactly
+its figures). No Ray.
+
+- TensorBoard: event files in `<run>/tensorboard/` (local or S3), always; `tensorboard --logdir runs` compares
+  runs.
+- MLflow, where `tracking.mlflow_uri` (or MLFLOW_TRACKING_URI) names a tracking server: one MLflow run per
+  lens-ray run, its settings as params (dotted names), the same scalars as metrics, and report.json, .md and
+  .html as artifacts.
 
 Scalars (tag: value at step):
     accuracy/<method>-<head>, bon_gold/<method>-<head>     mean over seeds, at step = augmentation factor
@@ -16,6 +21,7 @@ import os
 import re
 import tempfile
 
+from lens_ray.config import ConfigError
 from lens_ray.store.storage import Storage
 
 FOLDER = "tensorboard"
@@ -65,3 +71,60 @@ def write_events(report: dict, out: Storage) -> str:
             with open(os.path.join(tmp, name), "rb") as fh:
                 target.write_bytes(name, fh.read())
     return target.uri
+
+
+def mlflow_uri(configured: str | None) -> str | None:
+    """The tracking URI to log to: the setting, else MLFLOW_TRACKING_URI, else None (no MLflow)."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def check_mlflow(configured: str | None) -> None:
+    """Before Ray starts: MLflow asked for but not installed is one line."""
+    if mlflow_uri(configured):
+        try:
+            import mlflow  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError("tracking.mlflow_uri: MLflow is asked for but not installed; pip install "
+                              "'lens-ray[mlflow]' (mlflow-skinny), or unset it") from exc
+
+
+def params(settings: dict, prefix: str = "") -> dict[str, str]:
+    """Nested settings as MLflow params: dotted names, values as text (MLflow keeps at most 6,000 characters)."""
+    out: dict[str, str] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update(params(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = str(value)[:6000]
+    return out
+
+
+def log_mlflow(report: dict, out: Storage, uri: str, experiment: str) -> str:
+    """One MLflow run for this lens-ray run (named as it), its params, metrics and report files; returns its id."""
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run = client.create_run(experiment_id, run_name=report.get("name"), tags={"lens_ray.run": out.uri})
+    run_id, now = run.info.run_id, int(time.time() * 1000)
+    try:
+        items = [Param(k, v) for k, v in params(report["config"]).items()]
+        for i in range(0, len(items), 100):                  # MLflow's limit per batch
+            client.log_batch(run_id, params=items[i:i + 100])
+        metrics = [Metric(tag, value, now, step) for tag, value, step in scalars(report)]
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in ("report.json", "report.md", "report.html"):
+                if out.exists(name):
+                    with open(os.path.join(tmp, name), "wb") as fh:
+                        fh.write(out.read_bytes(name))
+            client.log_artifacts(run_id, tmp)
+    except Exception:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id)
+    return run_id

@@ -1,12 +1,14 @@
-"""pipelines/tensorboard.py: a run's figures as TensorBoard event files, read back with TensorBoard's own reader,
-on local storage and on S3 (moto); and the shared run's own event files hold its report's figures."""
+"""pipelines/tracking.py: a run's figures as TensorBoard event files, read back with TensorBoard's own reader,
+on local storage and on S3 (moto), and as an MLflow run, read back with MLflow's client (its file store); and the
+shared run's own event files and MLflow run hold its report's figures."""
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lens_ray.pipelines.tensorboard import FOLDER, scalars, write_events
+from lens_ray.pipelines.tracking import FOLDER, check_mlflow, log_mlflow, mlflow_uri, scalars, write_events
 from lens_ray.store.storage import Storage
 
 
@@ -72,3 +74,56 @@ def test_the_shared_run_leaves_its_figures_for_tensorboard(local_run):
         assert (row["factor"], pytest.approx(row["accuracy"]["mean"])) in seen[tag]
     assert {f"selection/kfold_accuracy/{c['candidate'].replace(' ', '_')}" for c in report["selected"]["candidates"]
             if c.get("kfold_accuracy") is not None} <= set(seen)
+
+
+def _mlflow_run(uri: str, name: str):
+    from mlflow import MlflowClient
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("lens-ray").experiment_id],
+                              filter_string=f"attributes.run_name = '{name}'")
+    assert len(runs) >= 1, runs
+    return client, runs[0]
+
+
+def test_mlflow_gets_the_settings_the_figures_and_the_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = f"file://{tmp_path / 'mlruns'}"
+    out = Storage(str(tmp_path / "run"))
+    out.write_bytes("report.json", b"{}")
+    out.write_bytes("report.html", b"<html></html>")
+    report = {**REPORT, "name": "mine", "config": {"seeds": 2, "vae": {"beta": 1.0}, "methods": ["lens"]}}
+    run_id = log_mlflow(report, out, uri, "lens-ray")
+    client, run = _mlflow_run(uri, "mine")
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert run.data.params == {"seeds": "2", "vae.beta": "1.0", "methods": "['lens']"}
+    history = client.get_metric_history(run_id, "accuracy/lens-mlp")
+    assert sorted((m.step, m.value) for m in history) == [(4, pytest.approx(0.59)), (8, pytest.approx(0.57))]
+    assert {f.path for f in client.list_artifacts(run_id)} == {"report.json", "report.html"}
+    assert run.data.tags["lens_ray.run"] == out.uri
+
+
+def test_mlflow_is_asked_for_by_the_setting_or_the_environment(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert mlflow_uri(None) is None and mlflow_uri("http://mlflow:5000") == "http://mlflow:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://from-env:5000")
+    assert mlflow_uri(None) == "http://from-env:5000" and mlflow_uri("http://set:1") == "http://set:1"
+    import sys
+    monkeypatch.setitem(sys.modules, "mlflow", None)                   # as if it were not installed
+    from lens_ray.config import ConfigError
+    with pytest.raises(ConfigError, match=r"tracking.mlflow_uri: MLflow is asked for but not installed; pip "
+                                          r"install 'lens-ray\[mlflow\]'"):
+        check_mlflow(None)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    check_mlflow(None)                                                  # not asked for: nothing to check
+
+
+def test_the_shared_run_is_an_mlflow_run(local_run):
+    _, report, out = local_run
+    uri = f"file://{Path(out.uri).parent / 'mlruns'}"
+    client, run = _mlflow_run(uri, report["name"])
+    assert run.data.params["seeds"] == str(report["config"]["seeds"])
+    assert run.data.params["tracking.mlflow_uri"] == uri
+    row = report["summary"][0]
+    values = {(m.step, round(m.value, 5)) for m in client.get_metric_history(
+        run.info.run_id, f"accuracy/{row['method']}-{row['head_kind']}")}
+    assert (row["factor"], round(row["accuracy"]["mean"], 5)) in values

@@ -48,6 +48,11 @@ def test_killed_driver_rerun_finishes_and_reuses_work(ray_cluster, tiny_llama, h
     assert not out.exists("report.json")                 # nothing final from the killed run
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    console = done.stdout + done.stderr
+    for noise in ("Started a local Ray instance", "Starting execution of Dataset", "Execution plan of Dataset",
+                  "Progress bars disabled", "Requesting resources", "Setting up process group"):
+        assert noise not in console, console[-3000:]      # Ray's INFO lines stay in Ray's log folder
+    assert "[train_reward] done" in console and "artifacts:" in console          # lens-ray's own lines stay
     report = out.read_json("report.json")
     assert report["embedding"]["texts"] == 0              # the killed run's embeddings were committed
     assert len(report["results"]) == 2 and report["eval_pairs"] == 20

@@ -29,6 +29,7 @@ class ConfigError(ValueError):
 METHODS = ("original", "mean_diff", "direct_perturbation", "gaussian_sampling", "lens")
 AUGMENTING = ("direct_perturbation", "gaussian_sampling", "lens")
 HEADS = ("mlp", "linear", "paper")
+LOSSES = ("bradley_terry", "pointwise")          # what a trained head fits: pairs, or each response alone
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")   # run, head and search names: no path parts
 
 
@@ -131,6 +132,10 @@ class RewardConfig:
                                      "k-fold) and/or paper (the LENS paper's kind of head: the MLP without "
                                      "dropout, weight decay or early stopping, paper_epochs over whatever set it is "
                                      "given, its final weights)", choices=HEADS, nonempty=True)
+    loss: str = setting("bradley_terry", "what a trained head (linear, mlp) fits: bradley_terry, the pairwise "
+                        "log-likelihood of chosen over rejected; or pointwise, each response classified on its own "
+                        "(chosen 1, rejected 0), as Sun et al. (ICLR 2025) found better on frozen embeddings",
+                        choices=LOSSES)
     hidden_dim: int = setting(256, "MLP head: hidden width", ge=1, le=65536)
     depth: int = setting(1, "MLP head: hidden layers", ge=1, le=16)
     dropout: float = setting(0.1, "MLP head: dropout", ge=0, lt=1)
@@ -167,6 +172,9 @@ class SelectionConfig:
                                       le=-1, ge=-256)
     heads: tuple[str, ...] = setting(("mean_diff", "linear", "mlp"), "candidate heads, simplest first",
                                      choices=("mean_diff", "linear", "mlp"), nonempty=True)
+    losses: tuple[str, ...] = setting(("bradley_terry",), "losses each trained candidate head is fitted with "
+                                      "(reward.loss); with both, the k-fold decides (bradley_terry preferred within "
+                                      "one standard error)", choices=LOSSES, nonempty=True)
     folds: int = setting(5, "k-fold over the seed pairs, whole prompts per fold", ge=2, le=50)
     objective: str = setting("accuracy", "what the folds rank candidates by: accuracy on the held fold's pairs, or "
                              "bon_gold: the mean gold score of each held prompt's highest-rewarded response among "

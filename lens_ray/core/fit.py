@@ -21,7 +21,7 @@ from torch import nn
 
 from lens_ray.config import RewardConfig, VAEConfig
 from lens_ray.core.augment import PairSet
-from lens_ray.core.heads import RewardHead, bradley_terry_loss
+from lens_ray.core.heads import LOSS, RewardHead
 from lens_ray.core.linear_head import fit_linear_head
 from lens_ray.core.metrics import head_accuracy
 from lens_ray.core.rng import BATCHES, keyed_rng
@@ -115,7 +115,8 @@ def paper_config(cfg: RewardConfig, pairs: int) -> RewardConfig:
 
 def fit_head(cfg: RewardConfig, train: PairSet, val: PairSet, seed: int, norm_pos: torch.Tensor,
              norm_neg: torch.Tensor, workers: Workers = ALONE, keep: str = "best") -> HeadFit:
-    """Bradley-Terry fit of a RewardHead with a fixed step budget and early stopping on `val`.
+    """A RewardHead fitted with cfg.loss (Bradley-Terry, or pointwise) on a fixed step budget, early-stopping
+    on `val`.
 
     The head standardizes with statistics of the seed's real training embeddings (norm_pos,
     norm_neg), identical across methods, so synthetic data cannot shift the input scale.
@@ -141,7 +142,7 @@ def fit_head(cfg: RewardConfig, train: PairSet, val: PairSet, seed: int, norm_po
         head.train()
         w = None if train.weight is None else train.weight[idx]
         r = net(torch.cat([train.pos[idx], train.neg[idx]]))   # one forward pass, as DDP wants
-        loss = bradley_terry_loss(r[:len(idx)], r[len(idx):], w)
+        loss = LOSS[cfg.loss](r[:len(idx)], r[len(idx):], w)
         if workers.any(not bool(torch.isfinite(loss))):
             return HeadFit(head.eval(), float("nan"), 0, step + 1, history, f"non-finite loss at step {step + 1}")
         opt.zero_grad(set_to_none=True)

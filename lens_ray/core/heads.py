@@ -86,6 +86,18 @@ def bradley_terry_loss(r_pos: torch.Tensor, r_neg: torch.Tensor,
     return (nll * weight).sum() / weight.sum().clamp_min(1e-12)
 
 
+def pointwise_loss(r_pos: torch.Tensor, r_neg: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Each response classified on its own, chosen 1 and rejected 0 (Sun et al., ICLR 2025):
+    -E[w * (log sigmoid(r+) + log sigmoid(-r-)) / 2] / E[w]: (B,) x2 [+ (B,)] -> scalar."""
+    nll = -(F.logsigmoid(r_pos) + F.logsigmoid(-r_neg)) / 2
+    if weight is None:
+        return nll.mean()
+    return (nll * weight).sum() / weight.sum().clamp_min(1e-12)
+
+
+LOSS = {"bradley_terry": bradley_terry_loss, "pointwise": pointwise_loss}
+
+
 def build_head(config: dict) -> nn.Module:
     """Rebuild a head from its saved `config()` (weights loaded separately); sizes read from storage are
     bounded before anything is allocated."""

@@ -85,17 +85,33 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm().clamp_min(1e-12)
 
 
+def features(pos: torch.Tensor, neg: torch.Tensor, weight: torch.Tensor, p: torch.Tensor,
+             loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """What `fit_weights` fits, in T-space (p: (d, d)), scaled to unit mean square so that l2 means the same for
+    every T: bradley_terry, the differences e+ - e- (n, d) with their weights; pointwise, each response centred,
+    a constant column for the bias, signed by its label (+ chosen, - rejected): (2n, d + 1), weights twice."""
+    if loss == "bradley_terry":
+        x = (pos - neg) @ p
+        return x / x.pow(2).mean().sqrt().clamp_min(1e-12), weight
+    e = torch.cat([pos, neg]) @ p
+    e = e - e.mean(0)
+    e = e / e.pow(2).mean().sqrt().clamp_min(1e-12)
+    sign = torch.cat([torch.ones(len(pos)), -torch.ones(len(neg))]).to(e.dtype)
+    return sign[:, None] * torch.cat([e, torch.ones(len(e), 1, dtype=e.dtype)], 1), torch.cat([weight, weight])
+
+
 def directions(pos: torch.Tensor, neg: torch.Tensor, weight: torch.Tensor, norm: str, l2s: list[float],
-               shrinks: list[float], whiten_shrinkage: float) -> dict[tuple[float, float], torch.Tensor]:
-    """Unit scoring directions in embedding space (d,) for each (l2, shrink), fitted on pairs (n, d) x2."""
+               shrinks: list[float], whiten_shrinkage: float,
+               loss: str = "bradley_terry") -> dict[tuple[float, float], torch.Tensor]:
+    """Unit scoring directions in embedding space (d,) for each (l2, shrink), fitted on pairs (n, d) x2 with
+    `loss` (a pointwise fit's bias is dropped: it does not change which response scores higher)."""
     p = transform(torch.cat([pos, neg]), norm, whiten_shrinkage)
-    x = (pos - neg) @ p
-    x = x / x.pow(2).mean().sqrt().clamp_min(1e-12)          # unit mean square: l2 means the same for every T
+    x, wt = features(pos, neg, weight, p, loss)
     mean_dir = _unit((weight[:, None] * (pos - neg)).sum(0))
     out, w = {}, None
     for l2 in sorted(l2s, reverse=True):                      # strong to weak: each fit starts from the last
-        w = fit_weights(x, weight, l2, w)
-        w_dir = _unit(p @ w)                                   # back to embedding space
+        w = fit_weights(x, wt, l2, w)
+        w_dir = _unit(p @ w[:p.shape[1]])                      # back to embedding space
         for s in shrinks:
             out[(l2, s)] = _unit((1 - s) * w_dir + s * mean_dir)
     return out
@@ -143,13 +159,14 @@ def fit_linear_head(cfg: RewardConfig, pos: torch.Tensor, neg: torch.Tensor, wei
         if not va.any():
             continue
         dirs = directions(pos[tr], neg[tr], weight[tr], norm, list(cfg.linear_l2), list(cfg.linear_shrink),
-                          cfg.whiten_shrinkage)
+                          cfg.whiten_shrinkage, cfg.loss)
         for (l2, s), u in dirs.items():
             grid.setdefault(Design(norm, l2, s), []).append(_accuracy(u, pos[va], neg[va]))
     scored = {d: float(np.mean(a)) for d, a in grid.items()}
     # best held-out accuracy; ties go to the simpler design (stronger penalty, more shrinkage)
     best = max(scored, key=lambda d: (round(scored[d], 12), d.l2, d.shrink))
-    u = directions(pos, neg, weight, best.norm, [best.l2], [best.shrink], cfg.whiten_shrinkage)[(best.l2, best.shrink)]
+    u = directions(pos, neg, weight, best.norm, [best.l2], [best.shrink], cfg.whiten_shrinkage,
+                   cfg.loss)[(best.l2, best.shrink)]
     a = calibrate(u, pos, neg, weight)
     table = [{"norm": d.norm, "l2": d.l2, "shrink": d.shrink, "accuracy": acc} for d, acc in scored.items()]
     return LinearFit(LinearScorer((a * u).float()), best, scored[best], table)

@@ -1,7 +1,8 @@
 """The main job's choice of its reward model, on the seed pairs only: candidates, k-fold units, the pick. No Ray.
 
-A *candidate* is (layer, head, method, factor): head mean_diff | linear | mlp, method `original` (no
-augmentation) or an augmenting method at a factor. Stage 1 scores every layer x head on the original pairs;
+A *candidate* is (layer, head, method, factor, loss): head mean_diff | linear | mlp, method `original` (no
+augmentation) or an augmenting method at a factor, loss what a trained head fits (bradley_terry, or pointwise:
+each response on its own). Stage 1 scores every layer x head on the original pairs;
 stage 2 tries each augmenting method at each factor on the best `finalists` (layer, trained head) of stage 1.
 One *unit* is (one layer's candidates, fold f): fit on the other folds less an inner validation part (whole
 prompts; the MLP early-stops on it), score on fold f. Every candidate sees the same folds, so two candidates'
@@ -43,9 +44,10 @@ def candidate_layers(depth: int, fractions: tuple[float, ...] = LAYER_FRACTIONS)
     return tuple(dict.fromkeys(-1 - round(f * depth) for f in fractions))
 
 
-def simplicity(method: str, head: str) -> tuple[bool, int]:
-    """What the one-standard-error rule prefers, smallest first: no augmentation, then the simpler head."""
-    return method != "original", SIMPLER[head]
+def simplicity(method: str, head: str, loss: str = "bradley_terry") -> tuple[bool, int, bool]:
+    """What the one-standard-error rule prefers, smallest first: no augmentation, then the simpler head, then the
+    default loss."""
+    return method != "original", SIMPLER[head], loss != "bradley_terry"
 
 
 @dataclass(frozen=True)
@@ -54,18 +56,27 @@ class Candidate:
     head: str                   # mean_diff | linear | mlp
     method: str = "original"    # original, or the augmenting method
     factor: int = 1
+    loss: str = "bradley_terry"  # what a trained head fits (reward.loss); mean_diff fits nothing
 
     @property
     def name(self) -> str:
         aug = "" if self.method == "original" else f" + {self.method} x{self.factor}"
-        return f"layer {','.join(map(str, self.layer))} {self.head}{aug}"
+        loss = "" if self.loss == "bradley_terry" else f" ({self.loss})"
+        return f"layer {','.join(map(str, self.layer))} {self.head}{loss}{aug}"
 
     @property
-    def simplicity(self) -> tuple[bool, int]:
-        return simplicity(self.method, self.head)
+    def simplicity(self) -> tuple[bool, int, bool]:
+        return simplicity(self.method, self.head, self.loss)
+
+    @classmethod
+    def of(cls, row: dict) -> "Candidate":
+        """The candidate a result row (or the selection record) describes."""
+        return cls(tuple(row["layer"]), row["head_kind"], row.get("method", "original"), row.get("factor", 1),
+                   row.get("loss", "bradley_terry"))
 
     def record(self) -> dict:
-        return {"layer": list(self.layer), "head_kind": self.head, "method": self.method, "factor": self.factor}
+        return {"layer": list(self.layer), "head_kind": self.head, "method": self.method, "factor": self.factor,
+                "loss": self.loss}
 
 
 @dataclass
@@ -86,12 +97,15 @@ def fold_splits(groups: list[str], folds: int, val_fraction: float, seed: int) -
     return out
 
 
-def stage_one(layers: list[tuple[int, ...]], heads: tuple[str, ...]) -> list[Candidate]:
-    return [Candidate(layer, head) for layer in layers for head in heads]
+def stage_one(layers: list[tuple[int, ...]], heads: tuple[str, ...],
+              losses: tuple[str, ...] = ("bradley_terry",)) -> list[Candidate]:
+    """Every layer x head, each trained head with each loss (mean_diff fits nothing: once)."""
+    return [Candidate(layer, head, loss=loss) for layer in layers for head in heads
+            for loss in (("bradley_terry",) if head == "mean_diff" else losses)]
 
 
 def stage_two(finalists: list[Candidate], methods: tuple[str, ...], factors: tuple[int, ...]) -> list[Candidate]:
-    return [Candidate(c.layer, c.head, m, f) for c in finalists for m in methods for f in factors]
+    return [Candidate(c.layer, c.head, m, f, c.loss) for c in finalists for m in methods for f in factors]
 
 
 def fold_scores(cfg: LensConfig, candidates: list[Candidate], pos: np.ndarray, neg: np.ndarray,
@@ -112,7 +126,7 @@ def fold_scores(cfg: LensConfig, candidates: list[Candidate], pos: np.ndarray, n
         try:
             if c.method == "lens" and vae is None:
                 vae = fit_vae(cfg.vae, *train, seed)[0]
-            model = fit_method(_with_head(cfg, c.head), "mean_diff" if c.head == "mean_diff" else c.method,
+            model = fit_method(_with_head(cfg, c.head, c.loss), "mean_diff" if c.head == "mean_diff" else c.method,
                                c.factor, *train, *val, seed, train_groups, vae if c.method == "lens" else None)
             r_pos, r_neg = rewards(model, held[0]), rewards(model, held[1])
             out[c.name] = {"accuracy": preference_accuracy(r_pos, r_neg), "bon_gold": None if gold is None else
@@ -123,10 +137,10 @@ def fold_scores(cfg: LensConfig, candidates: list[Candidate], pos: np.ndarray, n
     return out
 
 
-def _with_head(cfg: LensConfig, head: str) -> LensConfig:
+def _with_head(cfg: LensConfig, head: str, loss: str = "bradley_terry") -> LensConfig:
     cfg = copy.deepcopy(cfg)
     if head != "mean_diff":
-        cfg.reward.heads = (head,)
+        cfg.reward.heads, cfg.reward.loss = (head,), loss
     return cfg
 
 
@@ -160,7 +174,7 @@ def finalists(rows: list[dict], n: int, objective: str = "accuracy") -> list[Can
     """The n best (layer, trained head) candidates on the original pairs, by mean k-fold objective."""
     trained = [r for r in rows if r["status"] == "ok" and r["method"] == "original" and r["head_kind"] != "mean_diff"]
     best = sorted(trained, key=lambda r: -r[OBJECTIVES[objective][1]])[:n]
-    return [Candidate(tuple(r["layer"]), r["head_kind"]) for r in best]
+    return [Candidate.of({**r, "method": "original", "factor": 1}) for r in best]
 
 
 def choose(rows: list[dict], objective: str = "accuracy") -> dict:
@@ -174,7 +188,8 @@ def choose(rows: list[dict], objective: str = "accuracy") -> dict:
     best = max(ok, key=lambda r: r[mean])
     bar = best[mean] - _se(best, objective)
     near = [r for r in ok if r[mean] >= bar]
-    return min(near, key=lambda r: (*simplicity(r["method"], r["head_kind"]), -r[mean]))
+    return min(near, key=lambda r: (*simplicity(r["method"], r["head_kind"], r.get("loss", "bradley_terry")),
+                                    -r[mean]))
 
 
 def paired_gain(a: dict, b: dict, objective: str = "accuracy") -> dict | None:
@@ -195,13 +210,13 @@ def levers(rows: list[dict], pick: dict, run_layer: tuple[int, ...],
     at its layer vs at the run's layer), the head (the best trained head vs mean_diff at the pick's layer)
     and the augmentation (the pick vs its own head and layer without augmentation)."""
     mean = OBJECTIVES[objective][1]
-    find = {(tuple(r["layer"]), r["head_kind"], r["method"], r["factor"]): r for r in rows}
-    layer = tuple(pick["layer"])
-    plain = find.get((layer, pick["head_kind"], "original", 1))
-    at_run = find.get((tuple(run_layer), pick["head_kind"], "original", 1))
+    find = {Candidate.of(r): r for r in rows}
+    layer, loss = tuple(pick["layer"]), pick.get("loss", "bradley_terry")
+    plain = find.get(Candidate(layer, pick["head_kind"], loss=loss))
+    at_run = find.get(Candidate(tuple(run_layer), pick["head_kind"], loss=loss))
     trained = [r for r in rows if tuple(r["layer"]) == layer and r["method"] == "original"
                and r["head_kind"] != "mean_diff" and r["status"] == "ok"]
-    md = find.get((layer, "mean_diff", "original", 1))
+    md = find.get(Candidate(layer, "mean_diff"))
     best_trained = max(trained, key=lambda r: r[mean]) if trained else None
     gain = lambda a, b: paired_gain(a, b, objective)  # noqa: E731
     return {"layer": gain(plain, at_run) if plain and at_run and layer != tuple(run_layer) else None,
@@ -215,5 +230,5 @@ def refit(cfg: LensConfig, pick: Candidate, pos: np.ndarray, neg: np.ndarray, gr
     the MLP on `train` with `val` to early-stop; an augmenting pick synthesizes from what it is fitted on."""
     fit_on = train if pick.head == "mlp" else np.sort(np.concatenate([train, val]))
     t = lambda idx: (torch.from_numpy(pos[idx]), torch.from_numpy(neg[idx]))  # noqa: E731
-    return fit_method(_with_head(cfg, pick.head), "mean_diff" if pick.head == "mean_diff" else pick.method,
+    return fit_method(_with_head(cfg, pick.head, pick.loss), "mean_diff" if pick.head == "mean_diff" else pick.method,
                       pick.factor, *t(fit_on), *t(val), seed, [groups[i] for i in fit_on])

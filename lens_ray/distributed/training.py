@@ -34,7 +34,7 @@ from safetensors.torch import save as st_save
 from lens_ray.config import ResourcesConfig, RewardConfig, VAEConfig
 from lens_ray.core.augment import PairSet, augmented_set
 from lens_ray.core.fit import NonFiniteError, Workers, fit_reward_head, fit_vae
-from lens_ray.core.heads import RewardHead, bradley_terry_loss
+from lens_ray.core.heads import LOSS, RewardHead
 from lens_ray.core.records import Cell, SeedData
 from lens_ray.core.vae import relative_reconstruction_error
 from lens_ray.store.artifacts import read_synthetic
@@ -334,7 +334,7 @@ def _stream_loop(config: dict) -> None:
         for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, dtypes=torch.float32):
             n = len(batch["pos"])
             r = net(torch.cat([batch["pos"], batch["neg"]]))
-            loss = bradley_terry_loss(r[:n], r[n:])
+            loss = LOSS[cfg.loss](r[:n], r[n:])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

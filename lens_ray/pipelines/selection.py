@@ -131,13 +131,13 @@ def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
                  for fold in range(sc.folds)]
         return summarize(cands, units)
 
-    rows = score(stage_one(layers, sc.heads), "1 (layer x head, original pairs)")
+    rows = score(stage_one(layers, sc.heads, sc.losses), "1 (layer x head, original pairs)")
     best = finalists(rows, sc.finalists, sc.objective)
     if best and methods:
         rows += score(stage_two(best, methods, cfg.factors), "2 (augmentation on the best "
                                                             f"{len(best)})")
     pick = choose(rows, sc.objective)
-    cand = Candidate(tuple(pick["layer"]), pick["head_kind"], pick["method"], pick["factor"])
+    cand = Candidate.of(pick)
     _, mean, se = OBJECTIVES[sc.objective]
     log(f"  pick: {cand.name}, k-fold {sc.objective} {pick[mean]:.3f}"
         + (f" ± {pick[se]:.3f}" if pick[se] is not None else "") + "; refitting on the seed pairs")

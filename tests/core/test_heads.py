@@ -94,3 +94,16 @@ def test_build_head_bounds_depth_and_dropout():
             build_head({**cfg, **bad})
     with pytest.raises(ValueError, match="unknown kind"):
         build_head({**cfg, "kind": "tree"})
+
+
+def test_pointwise_loss_by_hand():
+    """Each response classified alone: -(log sigmoid(r+) + log sigmoid(-r-)) / 2, weighted like the pairwise loss."""
+    from lens_ray.core.heads import LOSS, pointwise_loss
+    r_pos, r_neg = torch.tensor([2.0, -1.0]), torch.tensor([0.5, 0.0])
+    by_hand = [-(math.log(1 / (1 + math.exp(-p))) + math.log(1 / (1 + math.exp(n)))) / 2
+               for p, n in zip(r_pos.tolist(), r_neg.tolist())]
+    assert math.isclose(float(pointwise_loss(r_pos, r_neg)), sum(by_hand) / 2, rel_tol=1e-6)
+    assert math.isclose(float(pointwise_loss(r_pos, r_neg, torch.tensor([1.0, 0.0]))), by_hand[0], rel_tol=1e-6)
+    # unlike the pairwise loss it sees each reward's level: shifting both rewards changes it
+    assert float(pointwise_loss(r_pos + 3, r_neg + 3)) != float(pointwise_loss(r_pos, r_neg))
+    assert LOSS["pointwise"] is pointwise_loss and LOSS["bradley_terry"] is bradley_terry_loss

@@ -170,3 +170,34 @@ def test_the_design_is_scored_on_held_out_prompts_not_its_training_pairs():
                           [str(i) for i in range(60)], seed=0)
     assert _accuracy(fit.head.w.double(), pos.double(), neg.double()) == 1.0            # in-sample
     assert fit.cv_accuracy < 0.75
+
+
+def test_pointwise_features_are_signed_centred_responses_with_a_bias():
+    """loss=pointwise: each response on its own, centred, scaled to unit mean square, a constant column for the
+    bias, signed + for chosen and - for rejected (so fit_weights' softplus(-x.w) is logistic regression)."""
+    from lens_ray.core.linear_head import features
+    pos, neg = _pairs(30, 5, 2)
+    pos, neg = pos.double(), neg.double()
+    weight = torch.rand(30, dtype=torch.float64)
+    p = transform(torch.cat([pos, neg]), "diag", 0.0)
+    x, wt = features(pos, neg, weight, p, "pointwise")
+    e = torch.cat([pos, neg]) @ p
+    e = (e - e.mean(0)) / (e - e.mean(0)).pow(2).mean().sqrt()
+    assert x.shape == (60, 6) and torch.allclose(x[:30, :5], e[:30]) and torch.allclose(x[30:, :5], -e[30:])
+    assert torch.equal(x[:30, 5], torch.ones(30, dtype=torch.float64)) and torch.equal(x[30:, 5], -torch.ones(30,
+                                                                                       dtype=torch.float64))
+    assert torch.equal(wt, torch.cat([weight, weight]))
+    bt, same = features(pos, neg, weight, p, "bradley_terry")
+    assert bt.shape == (30, 5) and torch.equal(same, weight)
+
+
+def test_a_pointwise_linear_head_learns_the_preference():
+    pos, neg = _pairs(300, 16, 0)
+    cfg = RewardConfig(heads=("linear",), loss="pointwise")
+    groups = [f"p{i // 2}" for i in range(300)]
+    fit = fit_reward_head(cfg, "linear", PairSet(pos, neg), PairSet(pos[:40], neg[:40]), 0, groups, pos, neg)
+    tpos, tneg = _pairs(500, 16, 0, draws=1)
+    assert fit.failure is None and head_accuracy(fit.head, tpos, tneg) > 0.8
+    pairwise = fit_reward_head(RewardConfig(heads=("linear",)), "linear", PairSet(pos, neg),
+                               PairSet(pos[:40], neg[:40]), 0, groups, pos, neg)
+    assert not torch.allclose(fit.head.w, pairwise.head.w)          # another objective, another head

@@ -39,8 +39,27 @@ def test_candidates_names_and_stages():
     two = stage_two([Candidate((-10,), "linear")], ("lens",), (4, 8))
     assert [c.name for c in two] == ["layer -10 linear + lens x4", "layer -10 linear + lens x8"]
     assert two[0].simplicity > Candidate((-10,), "mlp").simplicity > Candidate((-1,), "linear").simplicity
-    assert two[1].record() == {"layer": [-10], "head_kind": "linear", "method": "lens", "factor": 8}
-    assert one[0].record() == {"layer": [-1], "head_kind": "mean_diff", "method": "original", "factor": 1}
+    assert two[1].record() == {"layer": [-10], "head_kind": "linear", "method": "lens", "factor": 8,
+                               "loss": "bradley_terry"}
+    assert one[0].record() == {"layer": [-1], "head_kind": "mean_diff", "method": "original", "factor": 1,
+                               "loss": "bradley_terry"}
+    assert all(Candidate.of(c.record()) == c for c in one + two)
+
+
+def test_each_trained_head_with_each_loss_and_the_default_loss_preferred():
+    """selection.losses: a trained head once per loss (mean_diff fits nothing: once); the pointwise candidate is
+    named so, stage two keeps its finalist's loss, and within the rule bradley_terry is the simpler."""
+    one = stage_one([(-1,)], ("mean_diff", "linear", "mlp"), ("bradley_terry", "pointwise"))
+    assert [c.name for c in one] == ["layer -1 mean_diff", "layer -1 linear", "layer -1 linear (pointwise)",
+                                     "layer -1 mlp", "layer -1 mlp (pointwise)"]
+    two = stage_two([one[2]], ("lens",), (4,))
+    assert two[0].name == "layer -1 linear (pointwise) + lens x4" and two[0].loss == "pointwise"
+    assert one[1].simplicity < one[2].simplicity < one[3].simplicity      # loss breaks a tie of head, not before
+    rows = [{**c.record(), "candidate": c.name, "status": "ok", "kfold_accuracy": acc, "kfold_se": 0.01}
+            for c, acc in zip(one[1:3], (0.640, 0.645))]
+    assert choose(rows)["candidate"] == "layer -1 linear"                    # within one se: the default loss
+    rows[1]["kfold_accuracy"] = 0.70
+    assert choose(rows)["candidate"] == "layer -1 linear (pointwise)"        # beyond it: the k-fold decides
 
 
 def _groups(n: int, per: int = 2) -> list[str]:

@@ -151,7 +151,7 @@ def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
               "kfold_bon_gold_se": pick.get("kfold_bon_gold_se"), **held, "head": f"heads/{NAME}",
               "folds": sc.folds, "objective": sc.objective, "seeds": per_seed,
               "rule": f"highest mean k-fold {sc.objective}, then the simplest candidate within one standard error "
-                      "of it (no augmentation, then mean_diff, linear, mlp)",
+                      "of it (no augmentation, then mean_diff, linear, mlp, then the bradley_terry loss)",
               "note": NOTE, "levers": levers(rows, pick, tuple(cfg.embed.layer), sc.objective), "candidates": rows}
     r = rewards(head, torch.from_numpy(np.concatenate([emb.seed_pos, emb.seed_neg])))
     save_model(store, NAME, head.state_dict(), head.config(),

@@ -35,9 +35,10 @@ def test_every_candidate_is_measured_and_the_pick_follows_the_rule(local_run):
     _, report, out = local_run
     sel = report["selected"]
     names = [r["candidate"] for r in sel["candidates"]]
-    stage_one = [f"layer {layer} {head}" for layer in (-1, -2) for head in ("mean_diff", "linear", "mlp")]
-    assert names[:6] == stage_one                            # the tiny model's 2 blocks: layers -1 and -2
-    stage_two = names[6:]
+    stage_one = [f"layer {layer} {head}" for layer in (-1, -2)
+                 for head in ("mean_diff", "linear", "linear (pointwise)", "mlp", "mlp (pointwise)")]
+    assert names[:10] == stage_one          # the tiny model's 2 blocks: layers -1 and -2; selection.losses: both
+    stage_two = names[10:]
     assert len(stage_two) == 1 * 3 * 2                       # 1 finalist x 3 augmenting methods x factors 2, 4
     assert {n.split(" + ")[1] for n in stage_two} == {f"{m} x{f}" for m in ("direct_perturbation",
                                                                             "gaussian_sampling", "lens")
@@ -55,7 +56,7 @@ def test_the_picks_figures_are_what_its_folds_and_stored_head_give(local_run):
     run = FinishedRun.open(out.uri)
     inputs = run.inputs()
     seed_pos, seed_neg, eval_pos, eval_neg = _tables(run, sel["layer"])
-    cand = Candidate(tuple(sel["layer"]), sel["head_kind"], sel["method"], sel["factor"])
+    cand = Candidate.of(sel)
     splits = fold_splits(inputs.groups, 3, run.config.data.val_fraction, run.config.data.split_seed)
     folds = [fold_scores(run.config, [cand], seed_pos, seed_neg, inputs.groups, s, f)[cand.name]["accuracy"]
              for f, s in enumerate(splits)]

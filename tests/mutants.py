@@ -37,6 +37,7 @@ import argparse
 import ast
 import atexit
 import copy
+import dataclasses
 import functools
 import json
 import os
@@ -44,6 +45,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -72,10 +74,12 @@ class Mutant:
     change: str          # what was changed, in words
     source: str          # the mutated module's source
     lines: range | None  # the enclosing statement's lines inside a function; None: it runs at import
+    end: int | None = None   # the node's end column, named only where nested nodes share a start ("4 * n * n")
 
     @property
     def key(self) -> str:
-        return f"{self.module}.py:{self.line}:{self.col}: {self.change}"
+        at = f"{self.col}-{self.end}" if self.end is not None else f"{self.col}"
+        return f"{self.module}.py:{self.line}:{at}: {self.change}"
 
 
 def _skip(node: ast.AST, parents: list[ast.AST]) -> bool:
@@ -193,6 +197,11 @@ def mutants(module: str, operators=OPERATORS) -> list[Mutant]:
         except (SyntaxError, ValueError):
             continue
         out.append(Mutant(module, target.lineno, target.col_offset, change, text, lines))
+        out[-1].end = target.end_col_offset                   # kept below only where two keys would be one
+    twins = Counter(dataclasses.replace(m, end=None).key for m in out)
+    for m in out:
+        if twins[dataclasses.replace(m, end=None).key] == 1:
+            m.end = None
     return out
 
 

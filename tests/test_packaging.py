@@ -39,3 +39,8 @@ def test_make_run_reads_the_sample_beside_the_checkout_or_else_the_hub():
     if sample.exists():
         assert "jobs/run.py --data ../shared/data/hh_harmless_dev.jsonl.gz" in dry()
     assert "jobs/run.py --data mine.jsonl" in dry("DATA=mine.jsonl")
+    # the hub may be reached by `make run` on hf:// data only; every other target (make test) stays offline
+    db = lambda *a: subprocess.run(["make", "-p", "-n", "run", *a], cwd=root, capture_output=True,  # noqa: E731
+                                   text=True, timeout=60).stdout
+    assert "run: HF_HUB_OFFLINE := 0" in db("SAMPLE=/nonexistent.jsonl.gz")
+    assert "run: HF_HUB_OFFLINE := 1" in db("DATA=mine.jsonl") and "\nHF_HUB_OFFLINE := 1" in db()

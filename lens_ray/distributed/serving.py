@@ -132,7 +132,8 @@ class RewardServer:
         response = await self._route(request, path)
         seconds = time.perf_counter() - started
         route = path if path in proxy_guard.ROUTES else "other"           # a bounded label set, whatever clients send
-        ACCESS.info("%s %s %d %.1fms", request.method, path[:200], response.status_code, 1000 * seconds)
+        shown = path[:200].encode("unicode_escape").decode()          # a client's %0A cannot forge a log line
+        ACCESS.info("%s %s %d %.1fms", request.method, shown, response.status_code, 1000 * seconds)
         self.metrics.observe(route, response.status_code, seconds)
         return response
 

@@ -25,7 +25,7 @@ import numpy as np
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer, prepare_model
 from ray.train.torch.config import _TorchBackend
 from safetensors.torch import load as st_load
@@ -299,7 +299,8 @@ def _fit(loop, config: dict, workers: int, cpus: float, run_name: str, storage: 
         loop, train_loop_config=config, datasets=datasets, torch_config=LoopbackTorchConfig(),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus}),
         run_config=RunConfig(name=run_name, storage_path=storage.path(), storage_filesystem=storage.fs,
-                             failure_config=FailureConfig(max_failures=max_failures)),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             logging_config=LoggingConfig(log_level="WARNING")),   # its INFO: Train's log files
     )
     result = trainer.fit()
     if result.checkpoint is None:

@@ -181,7 +181,7 @@ class Storage:
 
     def _holds(self, rel: str, data: bytes) -> bool:
         try:
-            return sha256(self.read_bytes(rel)) == sha256(data)
+            return self.read_bytes(rel) == data
         except StorageError:
             return False
 

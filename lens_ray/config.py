@@ -175,6 +175,16 @@ class SelectionConfig:
     losses: tuple[str, ...] = setting(("bradley_terry",), "losses each trained candidate head is fitted with "
                                       "(reward.loss); with both, the k-fold decides (bradley_terry preferred within "
                                       "one standard error)", choices=LOSSES, nonempty=True)
+    concat_layers: bool = setting(False, "also try each head on the candidate layers concatenated (one embedding "
+                                  "of layers x d dims, from the same forward pass)")
+    mlp_seeds: int = setting(1, "MLP candidates also as a seed ensemble of this many fits (their standardized rewards "
+                             "averaged); 1: none", ge=1, le=16)
+    ensembles: tuple[int, ...] = setting((), "top-k ensembles tried, each k: the mean standardized reward of the k "
+                                         "best other candidates (in the k-fold ranked on the other folds only)",
+                                         ge=2, le=16)
+    max_minutes: float = setting(10.0, "refuse, with the estimate, a candidate set whose k-fold fits would take "
+                                 "longer than this (one fit of each kind is timed on the data first); 0: no limit",
+                                 ge=0)
     folds: int = setting(5, "k-fold over the seed pairs, whole prompts per fold", ge=2, le=50)
     objective: str = setting("accuracy", "what the folds rank candidates by: accuracy on the held fold's pairs, or "
                              "bon_gold: the mean gold score of each held prompt's highest-rewarded response among "
@@ -357,10 +367,16 @@ class LensConfig:
         once = (("methods", "method", self.methods), ("factors", "factor", self.factors),
                 ("curve.sizes", "size", self.curve.sizes), ("reward.heads", "head", self.reward.heads),
                 ("selection.layers", "layer", self.selection.layers),
-                ("selection.heads", "head", self.selection.heads))
+                ("selection.heads", "head", self.selection.heads),
+                ("selection.ensembles", "k", self.selection.ensembles))
         for path, word, values in once:
             if len(set(values)) != len(values):
                 raise ConfigError(f"{path}: each {word} once, got {list(values)}")
+        sc = self.selection
+        if len(self.embed.layer) > 1 and (sc.concat_layers or sc.ensembles):
+            what = "selection.concat_layers" if sc.concat_layers else "selection.ensembles"
+            raise ConfigError(f"{what} combines the candidate layers itself: it needs one embed.layer, got "
+                              f"{list(self.embed.layer)}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -152,7 +152,8 @@ def local_run(ray_cluster, tiny_llama, hh_path, tmp_path_factory):
     argv = ["--data", str(hh_path), "--model", tiny_llama, "--seed-pairs", "60", "--eval-pairs", "40",
             "--seeds", "2", "--factors", "2,4", "--storage", str(storage), "--name", "t"] + FAST + \
         ["--set", "selection.enabled=true", "--set", "selection.folds=3", "--set", "selection.finalists=1",
-         "--set", "selection.losses=bradley_terry,pointwise",
+         "--set", "selection.losses=bradley_terry,pointwise", "--set", "selection.concat_layers=true",
+         "--set", "selection.mlp_seeds=2", "--set", "selection.ensembles=2,3",
          "--set", f"tracking.mlflow_uri=file://{storage / 'mlruns'}"]       # MLflow's file store, as a server
     console = io.StringIO()
     with contextlib.redirect_stdout(console):         # what a user reads, kept for tests of it (console.log)

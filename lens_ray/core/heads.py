@@ -48,6 +48,34 @@ class LinearScorer(nn.Module):
         return {"kind": "linear", "dim": self.dim}
 
 
+class EnsembleHead(nn.Module):
+    """r(e) = mean over members k of (r_k(e's layers `layers[k]`) - mean_k) / std_k: the members' rewards, each
+    standardized by its own training-reward statistics (`reward_scale`), averaged.
+
+    e: (..., L * width), L layers' embeddings of `width` dims each, concatenated (embed.layer_combine=concat);
+    member k reads the layers `layers[k]` (indices into the L, in its own order), concatenated: (..., len * width).
+    """
+
+    def __init__(self, members: list[nn.Module], layers: list[list[int]], width: int, scales: list[dict]):
+        super().__init__()
+        if not (len(members) == len(layers) == len(scales) >= 1):
+            raise ValueError(f"ensemble: {len(members)} members, {len(layers)} layer lists, {len(scales)} scales")
+        self.members = nn.ModuleList(members)
+        self.layers, self.width = [list(x) for x in layers], width
+        self.dim = width * (1 + max(i for x in self.layers for i in x))
+        self.register_buffer("mean", torch.tensor([s["mean"] for s in scales], dtype=torch.float32))
+        self.register_buffer("std", torch.tensor([max(s["std"], 1e-12) for s in scales], dtype=torch.float32))
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        x = e.unflatten(-1, (-1, self.width))                                        # (..., L, width)
+        r = torch.stack([m(x[..., idx, :].flatten(-2)) for m, idx in zip(self.members, self.layers)], -1)
+        return ((r - self.mean) / self.std).mean(-1)                                 # (..., K) -> (...)
+
+    def config(self) -> dict:
+        return {"kind": "ensemble", "dim": self.dim, "width": self.width, "layers": self.layers,
+                "members": [m.config() for m in self.members]}
+
+
 def mean_diff_direction(e_pos: torch.Tensor, e_neg: torch.Tensor) -> torch.Tensor:
     """(n, d) x2 -> (d,): the mean chosen minus the mean rejected embedding."""
     return e_pos.mean(0) - e_neg.mean(0)
@@ -102,6 +130,8 @@ def build_head(config: dict) -> nn.Module:
     """Rebuild a head from its saved `config()` (weights loaded separately); sizes read from storage are
     bounded before anything is allocated."""
     kind = config.get("kind")
+    if kind == "ensemble":
+        return _build_ensemble(config)
     if kind == "linear":
         bounded_sizes("head config", [config.get("dim"), 1], max_layers=0)
         return LinearScorer(torch.zeros(config["dim"]))
@@ -112,3 +142,21 @@ def build_head(config: dict) -> nn.Module:
         raise ValueError(f"head config: depth {depth!r} or dropout {dropout!r} out of bounds")
     bounded_sizes("head config", [config.get("dim")] + [config.get("hidden_dim")] * depth + [1], max_layers=16)
     return RewardHead(config["dim"], config["hidden_dim"], depth, float(dropout))
+
+
+MAX_MEMBERS = 64
+
+
+def _build_ensemble(config: dict) -> EnsembleHead:
+    """An ensemble's members (none an ensemble itself), each checked to read `width` x its layers' dims."""
+    members, layers, width = config.get("members"), config.get("layers"), config.get("width")
+    if not (isinstance(members, list) and isinstance(layers, list) and 1 <= len(members) == len(layers) <= MAX_MEMBERS
+            and isinstance(width, int) and not isinstance(width, bool) and width >= 1
+            and all(isinstance(x, list) and x and all(isinstance(i, int) and 0 <= i < 256 for i in x) for x in layers)
+            and all(isinstance(m, dict) and m.get("kind") != "ensemble" for m in members)):
+        raise ValueError("head config: an ensemble's members, layers or width out of bounds")
+    built = [build_head(m) for m in members]
+    for m, x in zip(built, layers):
+        if m.dim != width * len(x):
+            raise ValueError(f"head config: an ensemble member reads {len(x)} layers of {width} but has dim {m.dim}")
+    return EnsembleHead(built, layers, width, [{"mean": 0.0, "std": 1.0}] * len(built))

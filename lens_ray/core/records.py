@@ -68,6 +68,13 @@ class Embedded:
     def dim(self) -> int:
         return int(self.seed_pos.shape[1])
 
+    @classmethod
+    def concat(cls, parts: list["Embedded"]) -> "Embedded":
+        """Several layers' tables -> one (..., sum of d) in their order, as embed.layer_combine=concat embeds."""
+        cat = lambda xs: None if xs[0] is None else np.concatenate(xs, -1)  # noqa: E731
+        return cls(*(cat([getattr(p, f) for p in parts]) for f in ("seed_pos", "seed_neg", "eval_pos", "eval_neg",
+                                                                  "bon")), parts[0].bon_gold, dict(parts[0].stats))
+
 
 @dataclass
 class SeedData:

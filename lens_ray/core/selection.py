@@ -2,7 +2,10 @@
 
 A *candidate* is (layer, head, method, factor, loss): head mean_diff | linear | mlp, method `original` (no
 augmentation) or an augmenting method at a factor, loss what a trained head fits (bradley_terry, or pointwise:
-each response on its own). Stage 1 scores every layer x head on the original pairs;
+each response on its own). Its layer may be several layers concatenated (selection.concat_layers); an MLP may be
+a seed ensemble (selection.mlp_seeds); and a `top-k ensemble` (selection.ensembles) averages the standardized
+rewards of the k best other candidates, ranked in each fold on the other folds only, so its k-fold figure pays
+for choosing its members as any candidate's does. Stage 1 scores every layer x head on the original pairs;
 stage 2 tries each augmenting method at each factor on the best `finalists` (layer, trained head) of stage 1.
 One *unit* is (one layer's candidates, fold f): fit on the other folds less an inner validation part (whole
 prompts; the MLP early-stops on it), score on fold f. Every candidate sees the same folds, so two candidates'
@@ -20,21 +23,22 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from lens_ray.config import LensConfig
 from lens_ray.core.fit import NonFiniteError, fit_vae
-from lens_ray.core.heads import rewards
+from lens_ray.core.heads import EnsembleHead, reward_scale, rewards, standardize
 from lens_ray.core.metrics import grouped_best_gold, preference_accuracy
 from lens_ray.core.pairs import inner_split, kfold_by_group
 from lens_ray.core.rng import SELECTION, keyed_rng
 from lens_ray.core.search import fit_method
 from lens_ray.core.stats import standard_error
 
-SIMPLER = {"mean_diff": 0, "linear": 1, "mlp": 2}      # the order the one-standard-error rule prefers
+SIMPLER = {"mean_diff": 0, "linear": 1, "mlp": 2, "ensemble": 3}     # the order the one-standard-error rule prefers
 LAYER_FRACTIONS = (0.0, 0.3, 0.5)       # HH x SmolLM2 in bf16: -10 best; MiniLM on Best-of-N: -3 (RESULTS)
 
 
@@ -44,39 +48,50 @@ def candidate_layers(depth: int, fractions: tuple[float, ...] = LAYER_FRACTIONS)
     return tuple(dict.fromkeys(-1 - round(f * depth) for f in fractions))
 
 
-def simplicity(method: str, head: str, loss: str = "bradley_terry") -> tuple[bool, int, bool]:
-    """What the one-standard-error rule prefers, smallest first: no augmentation, then the simpler head, then the
-    default loss."""
-    return method != "original", SIMPLER[head], loss != "bradley_terry"
+def simplicity(method: str, head: str, loss: str = "bradley_terry", layers: int = 1,
+               seeds: int = 1) -> tuple[bool, int, bool, bool, bool]:
+    """What the one-standard-error rule prefers, smallest first: no augmentation, then the simpler head, then one
+    layer, then one seed, then the default loss."""
+    return method != "original", SIMPLER[head], layers > 1, seeds > 1, loss != "bradley_terry"
 
 
 @dataclass(frozen=True)
 class Candidate:
-    layer: tuple[int, ...]      # the embedding's layer(s), as embed.layer
-    head: str                   # mean_diff | linear | mlp
+    layer: tuple[int, ...]      # the embedding's layer(s), as embed.layer (several: concatenated)
+    head: str                   # mean_diff | linear | mlp | ensemble
     method: str = "original"    # original, or the augmenting method
     factor: int = 1
     loss: str = "bradley_terry"  # what a trained head fits (reward.loss); mean_diff fits nothing
+    mlp_seeds: int = 1          # an MLP fitted with this many seeds, their standardized rewards averaged
+    top: int = 0                # head ensemble: the mean of the `top` best other candidates' standardized rewards
+    members: tuple["Candidate", ...] = field(default=(), compare=False)   # an ensemble's, once chosen
 
     @property
     def name(self) -> str:
+        if self.head == "ensemble":
+            return f"top-{self.top} ensemble"
         aug = "" if self.method == "original" else f" + {self.method} x{self.factor}"
         loss = "" if self.loss == "bradley_terry" else f" ({self.loss})"
-        return f"layer {','.join(map(str, self.layer))} {self.head}{loss}{aug}"
+        seeds = "" if self.mlp_seeds == 1 else f" x{self.mlp_seeds} seeds"
+        return f"layer {','.join(map(str, self.layer))} {self.head}{seeds}{loss}{aug}"
 
     @property
-    def simplicity(self) -> tuple[bool, int, bool]:
-        return simplicity(self.method, self.head, self.loss)
+    def simplicity(self) -> tuple[bool, int, bool, bool, bool]:
+        return simplicity(self.method, self.head, self.loss, len(self.layer), self.mlp_seeds)
 
     @classmethod
     def of(cls, row: dict) -> "Candidate":
         """The candidate a result row (or the selection record) describes."""
         return cls(tuple(row["layer"]), row["head_kind"], row.get("method", "original"), row.get("factor", 1),
-                   row.get("loss", "bradley_terry"))
+                   row.get("loss", "bradley_terry"), row.get("mlp_seeds", 1), row.get("top", 0),
+                   tuple(cls.of(m) for m in row.get("members", ())))
 
     def record(self) -> dict:
+        extra = {k: v for k, v in (("mlp_seeds", self.mlp_seeds), ("top", self.top)) if v != (k == "mlp_seeds")}
+        if self.members:
+            extra["members"] = [m.record() for m in self.members]
         return {"layer": list(self.layer), "head_kind": self.head, "method": self.method, "factor": self.factor,
-                "loss": self.loss}
+                "loss": self.loss, **extra}
 
 
 @dataclass
@@ -97,44 +112,141 @@ def fold_splits(groups: list[str], folds: int, val_fraction: float, seed: int) -
     return out
 
 
-def stage_one(layers: list[tuple[int, ...]], heads: tuple[str, ...],
-              losses: tuple[str, ...] = ("bradley_terry",)) -> list[Candidate]:
-    """Every layer x head, each trained head with each loss (mean_diff fits nothing: once)."""
-    return [Candidate(layer, head, loss=loss) for layer in layers for head in heads
-            for loss in (("bradley_terry",) if head == "mean_diff" else losses)]
+def stage_one(layers: list[tuple[int, ...]], heads: tuple[str, ...], losses: tuple[str, ...] = ("bradley_terry",),
+              mlp_seeds: int = 1) -> list[Candidate]:
+    """Every layer x head, each trained head with each loss (mean_diff fits nothing: once); with mlp_seeds > 1,
+    each MLP also as a seed ensemble."""
+    out = [Candidate(layer, head, loss=loss) for layer in layers for head in heads
+           for loss in (("bradley_terry",) if head == "mean_diff" else losses)]
+    return out + [Candidate(c.layer, c.head, loss=c.loss, mlp_seeds=mlp_seeds) for c in out
+                  if c.head == "mlp" and mlp_seeds > 1]
+
+
+def ensembles(tops: tuple[int, ...]) -> list[Candidate]:
+    return [Candidate((), "ensemble", top=k) for k in tops]
 
 
 def stage_two(finalists: list[Candidate], methods: tuple[str, ...], factors: tuple[int, ...]) -> list[Candidate]:
-    return [Candidate(c.layer, c.head, m, f, c.loss) for c in finalists for m in methods for f in factors]
+    return [Candidate(c.layer, c.head, m, f, c.loss, c.mlp_seeds) for c in finalists for m in methods for f in factors]
 
 
 def fold_scores(cfg: LensConfig, candidates: list[Candidate], pos: np.ndarray, neg: np.ndarray,
-                groups: list[str], split: FoldSplit, fold: int,
-                gold: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, dict | None]:
+                groups: list[str], split: FoldSplit, fold: int, gold: tuple[np.ndarray, np.ndarray] | None = None,
+                keep_rewards: bool = False) -> dict[str, dict | None]:
     """Fit each candidate of one layer (pos, neg: (n, d) that layer's seed embeddings) on the fold's training
     part and score it on the held fold: {candidate name: {"accuracy", "bon_gold"}, or None if its fit
     diverged}. gold: (n,) x2, the chosen and rejected responses' gold scores, or None: then bon_gold is None;
     else it is the mean gold of each held prompt's highest-rewarded response among its pairs' responses.
-    LENS's VAE is fitted once per fold and shared by its candidates."""
+    keep_rewards: each also gives "rewards", its held chosen and rejected rewards (h,) x2 standardized by its
+    training responses' rewards (what the top-k ensembles average). LENS's VAE is fitted once per fold and shared
+    by its candidates."""
     t = lambda idx: (torch.from_numpy(pos[idx]), torch.from_numpy(neg[idx]))  # noqa: E731
     train, val, held = t(split.train), t(split.val), t(split.held)
     train_groups = [groups[i] for i in split.train]
-    held_groups = [groups[i] for i in split.held] * 2
     seed = 7919 * (fold + 1)
     vae, out = None, {}
     for c in candidates:
         try:
             if c.method == "lens" and vae is None:
                 vae = fit_vae(cfg.vae, *train, seed)[0]
-            model = fit_method(_with_head(cfg, c.head, c.loss), "mean_diff" if c.head == "mean_diff" else c.method,
-                               c.factor, *train, *val, seed, train_groups, vae if c.method == "lens" else None)
+            models = [fit_method(_with_head(cfg, c.head, c.loss), "mean_diff" if c.head == "mean_diff" else c.method,
+                                 c.factor, *train, *val, seed + 104_729 * s, train_groups,
+                                 vae if c.method == "lens" else None) for s in range(c.mlp_seeds)]
+            model = models[0] if c.mlp_seeds == 1 else seed_ensemble(models, torch.cat(train).numpy())
             r_pos, r_neg = rewards(model, held[0]), rewards(model, held[1])
-            out[c.name] = {"accuracy": preference_accuracy(r_pos, r_neg), "bon_gold": None if gold is None else
-                           grouped_best_gold(np.concatenate([r_pos, r_neg]),
-                                             np.concatenate([gold[0][split.held], gold[1][split.held]]), held_groups)}
+            out[c.name] = held_scores(r_pos, r_neg, split, groups, gold)
+            if keep_rewards:
+                scale = reward_scale(rewards(model, torch.cat(train)))
+                out[c.name]["rewards"] = [standardize(r, scale).tolist() for r in (r_pos, r_neg)]
         except NonFiniteError:
             out[c.name] = None
     return out
+
+
+def held_scores(r_pos: np.ndarray, r_neg: np.ndarray, split: FoldSplit, groups: list[str],
+                gold: tuple[np.ndarray, np.ndarray] | None) -> dict:
+    """Rewards of the held fold's pairs (h,) x2 -> {"accuracy", "bon_gold" (None without gold)}."""
+    held_groups = [groups[i] for i in split.held] * 2
+    return {"accuracy": preference_accuracy(r_pos, r_neg), "bon_gold": None if gold is None else
+            grouped_best_gold(np.concatenate([r_pos, r_neg]),
+                              np.concatenate([gold[0][split.held], gold[1][split.held]]), held_groups)}
+
+
+def seed_ensemble(models: list[torch.nn.Module], train: np.ndarray) -> EnsembleHead:
+    """Heads of one layer (d) -> their mean standardized reward, each scaled on the training responses (m, d)."""
+    x = torch.from_numpy(train)
+    return EnsembleHead(models, [[0]] * len(models), train.shape[1], [reward_scale(rewards(m, x)) for m in models])
+
+
+def ensemble_units(tops: tuple[int, ...], rows: list[dict], units: list[dict[str, dict | None]],
+                   splits: list[FoldSplit], groups: list[str], gold: tuple[np.ndarray, np.ndarray] | None = None,
+                   objective: str = "accuracy") -> list[dict[str, dict | None]]:
+    """Each fold's score of each top-k ensemble: in fold f the candidates (rows: summarized, ok, with "rewards"
+    in every unit; never ensembles) are ranked by their mean objective over the other folds, and the k best's
+    standardized held rewards averaged. -> one {"top-k ensemble": {"accuracy", "bon_gold"}} per fold."""
+    folds_key = OBJECTIVES[objective][0]
+    ok = [r for r in rows if r["status"] == "ok" and r["head_kind"] != "ensemble"
+          and all(u.get(r["candidate"]) and "rewards" in u[r["candidate"]] for u in units)]
+    out = []
+    for f, (unit, split) in enumerate(zip(units, splits)):
+        ranked = sorted(ok, key=lambda r: -np.mean([v for j, v in enumerate(r[folds_key]) if j != f]))
+        scores = {}
+        for c in ensembles(tops):
+            top = ranked[:c.top]
+            if len(top) < c.top:
+                scores[c.name] = None
+                continue
+            pos, neg = (np.mean([unit[r["candidate"]]["rewards"][i] for r in top], 0) for i in (0, 1))
+            scores[c.name] = held_scores(pos, neg, split, groups, gold)
+        out.append(scores)
+    return out
+
+
+def members(rows: list[dict], k: int, objective: str = "accuracy") -> tuple[Candidate, ...]:
+    """A top-k ensemble's members once chosen: the k best candidates (not ensembles) by mean k-fold objective."""
+    mean = OBJECTIVES[objective][1]
+    ok = [r for r in rows if r["status"] == "ok" and r["head_kind"] != "ensemble"]
+    return tuple(Candidate.of(r) for r in sorted(ok, key=lambda r: -r[mean])[:k])
+
+
+def resolved(pick: Candidate, rows: list[dict], objective: str = "accuracy") -> Candidate:
+    """The pick as it is refitted: a top-k ensemble with its members, on the union of their layers (in the
+    members' order; each candidate layer is one, several are concatenated candidates); any other as it is."""
+    if pick.head != "ensemble":
+        return pick
+    chosen = members(rows, pick.top, objective)
+    union = tuple(dict.fromkeys(x for m in chosen for x in m.layer))
+    return Candidate(union, "ensemble", top=pick.top, members=chosen)
+
+
+def cost_kinds(candidates: list[Candidate]) -> dict[tuple, Candidate]:
+    """One plain candidate per (head, loss, number of layers): what a fit of each costs, the rest scale from."""
+    out: dict[tuple, Candidate] = {}
+    for c in candidates:
+        if c.head != "ensemble":
+            out.setdefault(_kind(c), Candidate(c.layer, c.head, loss=c.loss))
+    return out
+
+
+def _kind(c: Candidate) -> tuple:
+    return c.head, c.loss, len(c.layer)
+
+
+def fit_seconds(cfg: LensConfig, c: Candidate, pos: np.ndarray, neg: np.ndarray, groups: list[str],
+                split: FoldSplit) -> float:
+    """Seconds one fold's fit and scoring of candidate c takes (what the select stage's plan is timed with)."""
+    t0 = time.perf_counter()
+    fold_scores(cfg, [c], pos, neg, groups, split, 0)
+    return time.perf_counter() - t0
+
+
+def planned_seconds(candidates: list[Candidate], seconds: dict[tuple, float], folds: int, slots: int) -> float:
+    """The candidates' k-fold fits in seconds, `slots` units at a time: each candidate's timed kind, times its
+    seeds, times (1 + factor) for an augmented one (its head fits on that many times the pairs; a rough bound);
+    ensembles of other candidates' rewards cost nothing."""
+    total = sum(seconds[_kind(c)] * c.mlp_seeds * (1 if c.method == "original" else 1 + c.factor)
+                for c in candidates if c.head != "ensemble")
+    return total * folds / max(1, slots)
 
 
 def _with_head(cfg: LensConfig, head: str, loss: str = "bradley_terry") -> LensConfig:
@@ -188,8 +300,7 @@ def choose(rows: list[dict], objective: str = "accuracy") -> dict:
     best = max(ok, key=lambda r: r[mean])
     bar = best[mean] - _se(best, objective)
     near = [r for r in ok if r[mean] >= bar]
-    return min(near, key=lambda r: (*simplicity(r["method"], r["head_kind"], r.get("loss", "bradley_terry")),
-                                    -r[mean]))
+    return min(near, key=lambda r: (*Candidate.of(r).simplicity, -r[mean]))
 
 
 def paired_gain(a: dict, b: dict, objective: str = "accuracy") -> dict | None:
@@ -226,9 +337,22 @@ def levers(rows: list[dict], pick: dict, run_layer: tuple[int, ...],
 
 def refit(cfg: LensConfig, pick: Candidate, pos: np.ndarray, neg: np.ndarray, groups: list[str],
           train: np.ndarray, val: np.ndarray, seed: int) -> torch.nn.Module:
-    """The pick fitted on the seed pairs (pos, neg: (n, d) at its layer): mean_diff and linear on all of them,
-    the MLP on `train` with `val` to early-stop; an augmenting pick synthesizes from what it is fitted on."""
+    """The pick fitted on the seed pairs (pos, neg: (n, d) at its layer(s), concatenated), mean_diff and linear
+    on all of them, the MLP on `train` with `val` to early-stop; an augmenting pick synthesizes from what it is
+    fitted on. An ensemble (resolved: with its members) fits each member on its layers' part of pos and neg and
+    scales it on the seed pairs' responses."""
+    if pick.head == "ensemble":
+        width = pos.shape[1] // len(pick.layer)
+        index = [[pick.layer.index(x) for x in m.layer] for m in pick.members]
+        part = lambda a, idx: a.reshape(len(a), -1, width)[:, idx].reshape(len(a), -1)  # noqa: E731
+        heads = [refit(cfg, m, part(pos, idx), part(neg, idx), groups, train, val, seed)
+                 for m, idx in zip(pick.members, index)]
+        scales = [reward_scale(rewards(h, torch.from_numpy(np.concatenate([part(pos, idx), part(neg, idx)]))))
+                  for h, idx in zip(heads, index)]
+        return EnsembleHead(heads, index, width, scales)
     fit_on = train if pick.head == "mlp" else np.sort(np.concatenate([train, val]))
     t = lambda idx: (torch.from_numpy(pos[idx]), torch.from_numpy(neg[idx]))  # noqa: E731
-    return fit_method(_with_head(cfg, pick.head, pick.loss), "mean_diff" if pick.head == "mean_diff" else pick.method,
-                      pick.factor, *t(fit_on), *t(val), seed, [groups[i] for i in fit_on])
+    models = [fit_method(_with_head(cfg, pick.head, pick.loss), "mean_diff" if pick.head == "mean_diff"
+                         else pick.method, pick.factor, *t(fit_on), *t(val), seed + 104_729 * s,
+                         [groups[i] for i in fit_on]) for s in range(pick.mlp_seeds)]
+    return models[0] if pick.mlp_seeds == 1 else seed_ensemble(models, np.concatenate([pos[fit_on], neg[fit_on]]))

@@ -94,11 +94,19 @@ class FinishedRun:
             raise StorageError(f"{self.uri}: no head {name!r}; heads: {', '.join(known) or 'none'}")
         head, meta = load_model(heads, name, build_head)
         self._check_inner(name, meta)
-        dim = self.report.get("embedding_dim")
+        dim = self._dim_at(self.embed_config(meta))
         if dim is not None and head.dim != dim:
             raise ChecksumError(f"{heads.uri_of(name)}.json: a head of dimension {head.dim}, but the run's embeddings "
-                                f"have dimension {dim}: not this run's head")
+                                f"at its layers have dimension {dim}: not this run's head")
         return head, name, meta
+
+    def _dim_at(self, e: EmbedConfig) -> int | None:
+        """The run's embedding dimension at these layers: one layer's width, times the layers where concatenated."""
+        dim, run = self.report.get("embedding_dim"), self.config.embed
+        if dim is None:
+            return None
+        width = dim // len(run.layer) if run.layer_combine == "concat" else dim
+        return width * len(e.layer) if e.layer_combine == "concat" else width
 
     def _check_inner(self, name: str, meta: dict) -> None:
         """A head at an inner layer of a causal LM fitted before inner layers were read through the model's
@@ -115,10 +123,13 @@ class FinishedRun:
         return checked_scale(name, meta.get("reward_norm"))
 
     def embed_config(self, meta: dict) -> EmbedConfig:
-        """The embedding settings a head (its stored meta) scores with: the run's, at the head's own layer when
-        it has one (the selection's pick may be another layer of the same forward pass)."""
+        """The embedding settings a head (its stored meta) scores with: the run's, at the head's own layer(s) when
+        it has them (the selection's pick may be other layers of the same forward pass, concatenated)."""
         e = self.config.embed
-        return dataclasses.replace(e, layer=tuple(meta["embed_layer"])) if meta.get("embed_layer") else e
+        if not meta.get("embed_layer"):
+            return e
+        return dataclasses.replace(e, layer=tuple(meta["embed_layer"]),
+                                   layer_combine=meta.get("layer_combine", e.layer_combine))
 
     def table(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
         """A stored embedding table (seed, eval, bon), verified against its checksum."""

@@ -147,6 +147,11 @@ def _call(fn: Callable, threads: int, *args) -> Any:
     return fn(*args)
 
 
+def task_slots(res: ResourcesConfig) -> int:
+    """How many of remote_calls' tasks the cluster runs at once now (its CPUs / CPUs per task, at least 1)."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1) // res.tune_cpus_per_trial))
+
+
 def remote_calls(calls: dict[str, tuple], res: ResourcesConfig,
                  on_done: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
     """{key: (fn, *args)} run as Ray tasks of resources.tune_cpus_per_trial CPUs each, all at once -> {key: result}.

@@ -7,6 +7,8 @@ from the same inputs, and the `selected` record of the report.
 """
 from __future__ import annotations
 
+import dataclasses
+import time
 from typing import Callable
 
 import numpy as np
@@ -23,11 +25,17 @@ from lens_ray.core.selection import (
     Candidate,
     candidate_layers,
     choose,
+    cost_kinds,
+    ensemble_units,
+    ensembles,
     finalists,
+    fit_seconds,
     fold_scores,
     fold_splits,
     levers,
+    planned_seconds,
     refit,
+    resolved,
     stage_one,
     stage_two,
     summarize,
@@ -84,8 +92,84 @@ def selection_key(cfg: LensConfig, layers: list[tuple[int, ...]], base_key: str)
     augmentation = (tuple(m for m in cfg.methods if m in AUGMENTING), cfg.factors, cfg.vae, cfg.synth) \
         if cfg.selection.finalists else ()
     inner = [INNER] if any(x != (-1,) for x in layers) else []      # how inner layers were read
-    return fingerprint(base_key, cfg.selection, [list(x) for x in layers], *augmentation, cfg.reward,
+    chose = {k: v for k, v in dataclasses.asdict(cfg.selection).items()       # what the pick depends on
+             if k != "max_minutes" and OFF.get(k, ...) != v}
+    return fingerprint(base_key, chose, [list(x) for x in layers], *augmentation, cfg.reward,
                        cfg.data.val_fraction, cfg.data.split_seed, cfg.seeds, *inner)
+
+
+# candidates added after picks were stored: off, they leave a stored pick's key as it was
+OFF = {"concat_layers": False, "mlp_seeds": 1, "ensembles": ()}
+
+
+class Folds:
+    """The select stage's k-fold work on one run: each candidate's tables (several layers concatenated from the
+    single layers'), its (layer, fold) units as Ray tasks (each committed as it ends, so a re-run keeps it), and
+    the plan each stage is timed with and refused by (selection.max_minutes)."""
+
+    def __init__(self, cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
+                 embedded_at: Callable[[tuple[int, ...]], Embedded], key: str, out: Storage, log: Log):
+        sc = cfg.selection
+        self.cfg, self.key, self.log = cfg, key, log
+        self.groups = [p.group for p in ds.seed_pairs]
+        self.splits = fold_splits(self.groups, sc.folds, cfg.data.val_fraction, cfg.data.split_seed)
+        self.gold = seed_gold(ds) if sc.objective == "bon_gold" else None
+        self.tables = {layer: embedded_at(layer) for layer in layers}
+        self.store = out.child("selection")
+        self.units: list[dict] = [{} for _ in self.splits]     # every candidate's fold results, fold by fold
+        self.timed: dict[tuple, float] = {}                    # one fit of each kind of candidate, seconds
+        self.named: dict[tuple, str] = {}                      # the candidate each kind was timed on
+        self.began = time.monotonic()
+
+    def table(self, layer: tuple[int, ...]) -> Embedded:
+        """A candidate's tables: one layer's, or several layers' concatenated."""
+        if layer not in self.tables:
+            self.tables[layer] = Embedded.concat([self.tables[(x,)] for x in layer])
+        return self.tables[layer]
+
+    def score(self, cands: list[Candidate], stage: str) -> list[dict]:
+        """Run the candidates' units not kept from an earlier try; -> their summarized rows."""
+        from lens_ray.distributed.trials import remote_calls, task_slots
+        sc, n = self.cfg.selection, self.cfg.selection.folds
+        by_layer = {layer: [c for c in cands if c.layer == layer] for layer in dict.fromkeys(c.layer for c in cands)}
+        names = {(layer, f): "unit-" + fingerprint(self.key, list(layer), f, sorted(c.name for c in cs))
+                 for layer, cs in by_layer.items() for f in range(n)}
+        kept = {k: r for k, r in ((k, _kept_unit(self.store, name)) for k, name in names.items()) if r is not None}
+        calls = {(layer, f): (fold_scores, self.cfg, cs, self.table(layer).seed_pos, self.table(layer).seed_neg,
+                              self.groups, self.splits[f], f, self.gold, bool(sc.ensembles))
+                 for layer, cs in by_layer.items() for f in range(n) if (layer, f) not in kept}
+        again = f"; {len(kept)} kept from an earlier try" if kept else ""
+        self.log(f"  selection {stage}: {len(cands)} candidates x {n} folds ({len(calls)} tasks{again}) ...")
+        if sc.max_minutes and calls:
+            self.check_plan([c for layer, _ in calls for c in by_layer[layer]],
+                            min(len(calls), task_slots(self.cfg.resources)))
+        done = iter(range(1, len(calls) + 1))
+
+        def commit(k, result) -> None:
+            self.store.write_checked_json(f"{names[k]}.json", {"result": result})
+            self.log(f"    layer {','.join(map(str, k[0]))} fold {k[1] + 1}/{n} done ({next(done)}/{len(calls)})")
+        results = {**kept, **(remote_calls(calls, self.cfg.resources, on_done=commit) if calls else {})}
+        for (_, f), r in results.items():
+            self.units[f].update(r)
+        return summarize(cands, self.units)
+
+    def check_plan(self, todo: list[Candidate], slots: int) -> None:
+        """Time one fit of each kind not yet timed; refuse a stage whose fits would end past selection.max_minutes."""
+        from lens_ray.distributed.trials import remote_calls
+        kinds = {k: c for k, c in cost_kinds(todo).items() if k not in self.timed}
+        self.named.update({k: c.name for k, c in kinds.items()})
+        self.timed.update(remote_calls({k: (fit_seconds, self.cfg, c, self.table(c.layer).seed_pos,
+                                            self.table(c.layer).seed_neg, self.groups, self.splits[0])
+                                        for k, c in kinds.items()}, self.cfg.resources) if kinds else {})
+        planned = planned_seconds(todo, self.timed, 1, slots)
+        limit = self.cfg.selection.max_minutes
+        self.log(f"    planned: about {_minutes(planned)} ({slots} task(s) at a time; one fit of each kind timed)")
+        if time.monotonic() - self.began + planned > 60 * limit:
+            each = ", ".join(f"{self.named[k]} {t:.1f} s" for k, t in self.timed.items())
+            raise ConfigError(f"selection: its fits would take about {_minutes(planned)} more ({len(todo)} candidate "
+                              f"folds, {slots} at a time; one fit: {each}), past selection.max_minutes={limit:g}; "
+                              "try fewer candidates (selection.mlp_seeds, concat_layers, losses, layers, finalists) "
+                              "or raise selection.max_minutes (0: no limit)")
 
 
 def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
@@ -104,46 +188,25 @@ def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
     if stored and "selected" in stored[1]:
         log(f"  reused the stored pick: {stored[1]['selected']['candidate']}")
         return stored[1]["selected"]
-    groups = [p.group for p in ds.seed_pairs]
-    folds = fold_splits(groups, sc.folds, cfg.data.val_fraction, cfg.data.split_seed)
-    gold = seed_gold(ds) if sc.objective == "bon_gold" else None
-    tables = {layer: embedded_at(layer) for layer in layers}
-
-    unit_store = out.child("selection")       # each (layer, fold) unit's result, committed as it ends
-
-    def score(cands: list[Candidate], stage: str) -> list[dict]:
-        by_layer = {layer: [c for c in cands if c.layer == layer] for layer in dict.fromkeys(c.layer for c in cands)}
-        names = {(layer, f): "unit-" + fingerprint(key, list(layer), f, sorted(c.name for c in cs))
-                 for layer, cs in by_layer.items() for f in range(sc.folds)}
-        kept = {k: r for k, r in ((k, _kept_unit(unit_store, name)) for k, name in names.items()) if r is not None}
-        calls = {(layer, f): (fold_scores, cfg, cs, tables[layer].seed_pos, tables[layer].seed_neg, groups,
-                              folds[f], f, gold) for layer, cs in by_layer.items() for f in range(sc.folds)
-                 if (layer, f) not in kept}
-        again = f"; {len(kept)} kept from an earlier try" if kept else ""
-        log(f"  selection {stage}: {len(cands)} candidates x {sc.folds} folds ({len(calls)} tasks{again}) ...")
-        done = iter(range(1, len(calls) + 1))
-
-        def commit(k, result) -> None:
-            unit_store.write_checked_json(f"{names[k]}.json", {"result": result})
-            log(f"    layer {','.join(map(str, k[0]))} fold {k[1] + 1}/{sc.folds} done ({next(done)}/{len(calls)})")
-        results = {**kept, **(remote_calls(calls, cfg.resources, on_done=commit) if calls else {})}
-        units = [{n: a for (_, f), r in results.items() if f == fold for n, a in r.items()}
-                 for fold in range(sc.folds)]
-        return summarize(cands, units)
-
-    rows = score(stage_one(layers, sc.heads, sc.losses), "1 (layer x head, original pairs)")
+    work = Folds(cfg, ds, layers, embedded_at, key, out, log)
+    concat = [tuple(x[0] for x in layers)] if sc.concat_layers and len(layers) > 1 else []
+    rows = work.score(stage_one(layers + concat, sc.heads, sc.losses, sc.mlp_seeds),
+                      "1 (layer x head, original pairs)")
     best = finalists(rows, sc.finalists, sc.objective)
     if best and methods:
-        rows += score(stage_two(best, methods, cfg.factors), "2 (augmentation on the best "
-                                                            f"{len(best)})")
+        rows += work.score(stage_two(best, methods, cfg.factors), f"2 (augmentation on the best {len(best)})")
+    if sc.ensembles:
+        rows += summarize(ensembles(sc.ensembles), ensemble_units(sc.ensembles, rows, work.units, work.splits,
+                                                                  work.groups, work.gold, sc.objective))
     pick = choose(rows, sc.objective)
-    cand = Candidate.of(pick)
+    cand = resolved(Candidate.of(pick), rows, sc.objective)
     _, mean, se = OBJECTIVES[sc.objective]
     log(f"  pick: {cand.name}, k-fold {sc.objective} {pick[mean]:.3f}"
-        + (f" ± {pick[se]:.3f}" if pick[se] is not None else "") + "; refitting on the seed pairs")
-    emb = tables[cand.layer]
-    heads = remote_calls({sp.seed: (refit, cfg, cand, emb.seed_pos, emb.seed_neg, groups, sp.train, sp.val, sp.seed)
-                          for sp in splits}, cfg.resources)
+        + (f" ± {pick[se]:.3f}" if pick[se] is not None else "")
+        + (f" ({'; '.join(m.name for m in cand.members)})" if cand.members else "") + "; refitting on the seed pairs")
+    emb = work.table(cand.layer)
+    heads = remote_calls({sp.seed: (refit, cfg, cand, emb.seed_pos, emb.seed_neg, work.groups, sp.train, sp.val,
+                                    sp.seed) for sp in splits}, cfg.resources)
     per_seed = [{"seed": seed, **head_metrics(h, emb)} for seed, h in sorted(heads.items())]
     head, held = heads[splits[0].seed], {k: per_seed[0][k] for k in ("accuracy", "bon_gold")}
     record = {"candidate": cand.name, **cand.record(), "kfold_accuracy": pick["kfold_accuracy"],
@@ -151,12 +214,14 @@ def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
               "kfold_bon_gold_se": pick.get("kfold_bon_gold_se"), **held, "head": f"heads/{NAME}",
               "folds": sc.folds, "objective": sc.objective, "seeds": per_seed,
               "rule": f"highest mean k-fold {sc.objective}, then the simplest candidate within one standard error "
-                      "of it (no augmentation, then mean_diff, linear, mlp, then the bradley_terry loss)",
+                      "of it (no augmentation, then mean_diff, linear, mlp, ensemble, then one layer, one seed, "
+                      "the bradley_terry loss)",
               "note": NOTE, "levers": levers(rows, pick, tuple(cfg.embed.layer), sc.objective), "candidates": rows}
     r = rewards(head, torch.from_numpy(np.concatenate([emb.seed_pos, emb.seed_neg])))
     save_model(store, NAME, head.state_dict(), head.config(),
                {"fingerprint": key, "metrics": held, "embed_layer": list(cand.layer), "selected": record,
-                "reward_norm": reward_scale(r), "inner": INNER})
+                "reward_norm": reward_scale(r), "inner": INNER,
+                **({"layer_combine": "concat"} if len(cand.layer) > 1 else {})})
     return record
 
 
@@ -173,3 +238,7 @@ def versus_fixed(selected: dict, results: list[dict]) -> dict[str, dict]:
             out[method] = {m: {**mean_std(g), "se": standard_error(g) if len(g) > 1 else None} if g else None
                            for m, g in gains.items()}      # se None, not NaN, from one seed: report.json stays JSON
     return out
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"

@@ -65,6 +65,32 @@ class _LinearHead(nn.Module):
         return e @ self.w
 
 
+class _EnsembleHead(nn.Module):
+    """The members' rewards, each standardized by its own training-reward mean and std, averaged; member k reads
+    the embedding's layers cfg["layers"][k] (blocks of cfg["width"] dims)."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.members = nn.ModuleList([_head(m) for m in cfg["members"]])
+        self.layers, self.width = cfg["layers"], cfg["width"]
+        self.register_buffer("mean", torch.zeros(len(self.members)))
+        self.register_buffer("std", torch.ones(len(self.members)))
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        x = e.unflatten(-1, (-1, self.width))
+        r = torch.stack([m(x[..., idx, :].flatten(-2)) for m, idx in zip(self.members, self.layers)], -1)
+        return ((r - self.mean) / self.std).mean(-1)
+
+
+HEADS = {"linear": _LinearHead, "mlp": _MLPHead, "ensemble": _EnsembleHead}     # kind -> class, as lens-ray's
+
+
+def _head(cfg: dict) -> nn.Module:
+    if cfg.get("kind") not in HEADS:
+        raise ValueError(f"lens_reward head: unknown kind {cfg.get('kind')!r} (known: {sorted(HEADS)})")
+    return HEADS[cfg["kind"]](cfg)
+
+
 class LensRewardModel(PreTrainedModel):
     config_class = LensRewardConfig
     base_model_prefix = "model"
@@ -79,7 +105,7 @@ class LensRewardModel(PreTrainedModel):
         spec = config.lens_reward
         base = AutoConfig.for_model(**config.base_config)
         self.model = AutoModel.from_config(base)
-        self.head = (_LinearHead if spec["head"]["kind"] == "linear" else _MLPHead)(spec["head"])
+        self.head = _head(spec["head"])
         self.post_init()
 
     @classmethod

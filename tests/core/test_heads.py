@@ -107,3 +107,40 @@ def test_pointwise_loss_by_hand():
     # unlike the pairwise loss it sees each reward's level: shifting both rewards changes it
     assert float(pointwise_loss(r_pos + 3, r_neg + 3)) != float(pointwise_loss(r_pos, r_neg))
     assert LOSS["pointwise"] is pointwise_loss and LOSS["bradley_terry"] is bradley_terry_loss
+
+
+def test_ensemble_averages_its_members_standardized_rewards_on_their_own_layers():
+    """EnsembleHead: member k reads its layers' blocks of the concatenated embedding (in its own order), its
+    reward standardized by its own mean and std; the ensemble is their mean. Rebuilt from its config."""
+    from lens_ray.core.heads import EnsembleHead
+    torch.manual_seed(0)
+    width = 3
+    a, b = LinearScorer(torch.randn(width)), RewardHead(2 * width, hidden_dim=4)
+    head = EnsembleHead([a, b], [[1], [2, 0]], width, [{"mean": 1.0, "std": 2.0}, {"mean": -0.5, "std": 0.0}])
+    e = torch.randn(5, 3 * width)
+    blocks = e.unflatten(-1, (3, width))
+    b.eval()
+    want = ((a(blocks[:, 1]) - 1.0) / 2.0 + (b(torch.cat([blocks[:, 2], blocks[:, 0]], -1)) + 0.5) / 1e-12) / 2
+    assert torch.allclose(head(e), want) and head.dim == 9
+    assert head(e.reshape(1, 5, 9)).shape == (1, 5)                      # any leading shape
+    again = build_head(head.config())
+    again.load_state_dict(head.state_dict())
+    head.eval(), again.eval()
+    assert torch.equal(head(e), again(e))
+    assert again.config() == {"kind": "ensemble", "dim": 9, "width": 3, "layers": [[1], [2, 0]],
+                              "members": [a.config(), b.config()]}
+
+
+def test_build_head_refuses_an_ensemble_that_does_not_fit_together():
+    ok = {"kind": "ensemble", "width": 4, "layers": [[0], [0, 1]],
+          "members": [{"kind": "linear", "dim": 4}, {"kind": "linear", "dim": 8}]}
+    assert len(build_head(ok).members) == 2
+    nested = {**ok, "members": [ok, {"kind": "linear", "dim": 8}]}
+    for bad in ({"width": 0}, {"width": True}, {"layers": [[0]]}, {"layers": [[0], []]}, {"layers": [[0], [0, -1]]},
+                {"members": [], "layers": []}, {"members": "linear"}, nested):
+        with pytest.raises(ValueError, match="out of bounds"):
+            build_head({**ok, **bad})
+    with pytest.raises(ValueError, match="reads 2 layers of 4 but has dim 4"):
+        build_head({**ok, "members": [{"kind": "linear", "dim": 4}, {"kind": "linear", "dim": 4}]})
+    with pytest.raises(ValueError, match="unknown kind"):
+        build_head({**ok, "members": [{"kind": "tree"}, {"kind": "linear", "dim": 8}]})

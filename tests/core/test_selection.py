@@ -290,3 +290,137 @@ def test_a_candidates_config_is_a_copy():
     cfg = LensConfig()
     heads = cfg.reward.heads
     assert _with_head(cfg, "linear").reward.heads == ("linear",) and cfg.reward.heads == heads
+
+
+def test_concatenated_layers_seed_ensembles_and_top_k_ensembles_as_candidates():
+    """selection.concat_layers / mlp_seeds / ensembles: their names, records and place in the simplicity order
+    (a head first, then one layer, then one seed; an ensemble of candidates is the least simple)."""
+    from lens_ray.core.selection import ensembles
+    one = stage_one([(-1,), (-2,), (-1, -2)], ("mean_diff", "linear", "mlp"), mlp_seeds=3)
+    names = [c.name for c in one]
+    assert names[6:9] == ["layer -1,-2 mean_diff", "layer -1,-2 linear", "layer -1,-2 mlp"]
+    assert names[9:] == ["layer -1 mlp x3 seeds", "layer -2 mlp x3 seeds", "layer -1,-2 mlp x3 seeds"]
+    tops = ensembles((2, 5))
+    assert [c.name for c in tops] == ["top-2 ensemble", "top-5 ensemble"]
+    order = [Candidate((-1,), "linear"), Candidate((-1, -2), "linear"), Candidate((-1,), "mlp"),
+             Candidate((-1,), "mlp", mlp_seeds=3), Candidate((-1, -2), "mlp"), tops[0]]
+    assert sorted(order, key=lambda c: c.simplicity) == order
+    assert one[-1].record() == {"layer": [-1, -2], "head_kind": "mlp", "method": "original", "factor": 1,
+                                "loss": "bradley_terry", "mlp_seeds": 3}
+    assert tops[1].record()["top"] == 5 and "mlp_seeds" not in tops[1].record()
+    assert all(Candidate.of(c.record()) == c for c in one + tops)
+    assert stage_one([(-1,)], ("mean_diff", "linear"), mlp_seeds=3) == stage_one([(-1,)], ("mean_diff", "linear"))
+
+
+def _layered(n: int = 90, width: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Two layers of `width`, concatenated: the preference shows on layer 0's first coordinate only."""
+    pos, neg = _separable(n, width)
+    g = np.random.default_rng(5)
+    noise = g.standard_normal((2, n, width)).astype(np.float32)
+    return np.concatenate([pos, noise[0]], 1), np.concatenate([neg, noise[1]], 1)
+
+
+def test_fold_scores_keep_standardized_rewards_and_a_seed_ensemble_averages_seeds():
+    from lens_ray.core.heads import reward_scale, standardize
+    from lens_ray.core.selection import seed_ensemble
+    pos, neg = _separable(80)
+    groups = _groups(80)
+    cfg = LensConfig()
+    cfg.reward.max_steps, cfg.reward.eval_every = 40, 10
+    split = fold_splits(groups, 4, 0.2, seed=0)[1]
+    cands = [Candidate((-1,), "mean_diff"), Candidate((-1,), "mlp"), Candidate((-1,), "mlp", mlp_seeds=2)]
+    got = fold_scores(cfg, cands, pos, neg, groups, split, 1, keep_rewards=True)
+    assert "rewards" not in fold_scores(cfg, cands[:1], pos, neg, groups, split, 1)["layer -1 mean_diff"]
+    md = mean_diff_head(torch.from_numpy(pos[split.train]), torch.from_numpy(neg[split.train]))
+    scale = reward_scale(rewards(md, torch.from_numpy(np.concatenate([pos[split.train], neg[split.train]]))))
+    for i, x in enumerate((pos, neg)):
+        want = standardize(rewards(md, torch.from_numpy(x[split.held])), scale)
+        assert np.allclose(got["layer -1 mean_diff"]["rewards"][i], want, atol=1e-5)
+    # the seed ensemble: seed 0's MLP (the plain candidate's) and one more, each standardized, averaged
+    cfg.reward.heads = ("mlp",)
+    t = lambda idx: (torch.from_numpy(pos[idx]), torch.from_numpy(neg[idx]))  # noqa: E731
+    fits = [fit_method(cfg, "original", 1, *t(split.train), *t(split.val), 7919 * 2 + 104_729 * s,
+                       [groups[i] for i in split.train]) for s in range(2)]
+    both = seed_ensemble(fits, np.concatenate([pos[split.train], neg[split.train]]))
+    r = [rewards(both, torch.from_numpy(x[split.held])) for x in (pos, neg)]
+    assert got["layer -1 mlp x2 seeds"]["accuracy"] == pytest.approx(float(np.mean(r[0] > r[1])))
+    plain = rewards(fits[0], torch.from_numpy(pos[split.held]))
+    assert got["layer -1 mlp"]["accuracy"] == pytest.approx(
+        float(np.mean(plain > rewards(fits[0], torch.from_numpy(neg[split.held])))))
+    assert not np.allclose(r[0], standardize(plain, reward_scale(rewards(fits[0], torch.from_numpy(
+        np.concatenate([pos[split.train], neg[split.train]]))))), atol=1e-3)    # the second seed counts
+
+
+def test_a_top_k_ensemble_ranks_its_members_on_the_other_folds_only():
+    """In fold f the top k are ranked by their mean over the other folds: a candidate that is best only on
+    fold f is not a member there. The ensemble's held rewards are the members' standardized rewards averaged."""
+    from lens_ray.core.selection import ensemble_units
+    groups = _groups(12)
+    splits = [FoldSplitFor(groups, held) for held in (np.arange(0, 4), np.arange(4, 8), np.arange(8, 12))]
+    a, b, c = Candidate((-1,), "linear"), Candidate((-1,), "mlp"), Candidate((-2,), "linear")
+    held_r = {   # candidate -> per fold: (pos rewards, neg rewards) of the fold's 4 held pairs
+        a.name: [([1, 1, 1, 1], [0, 0, 0, 0])] * 3,                     # right everywhere
+        b.name: [([1, 1, 0, 0], [0, 0, 1, 1]), ([1, 1, 1, 0], [0, 0, 0, 1]), ([1, 1, 1, 1], [0, 0, 0, 0])],
+        c.name: [([0, 0, 0, 0], [1, 1, 1, 1]), ([0, 1, 0, 0], [1, 0, 1, 1]), ([3, 3, 3, 3], [0, 0, 0, 0])]}
+    units = [{n: {"accuracy": float(np.mean(np.array(v[f][0]) > np.array(v[f][1]))), "bon_gold": None,
+                  "rewards": [list(map(float, v[f][0])), list(map(float, v[f][1]))]} for n, v in held_r.items()}
+             for f in range(3)]
+    rows = summarize([a, b, c], units)
+    got = ensemble_units((2,), rows, units, splits, groups)
+    # fold 3: c is best there but ranked on folds 1-2 (0.0, 0.25) it is last; the members are a and b
+    assert got[2]["top-2 ensemble"]["accuracy"] == pytest.approx(1.0)
+    # fold 1: ranked on folds 2-3, a (1.0) and b (0.875) again; their mean: (1, 1, 0.5, 0.5) vs (0, 0, .5, .5)
+    assert got[0]["top-2 ensemble"]["accuracy"] == pytest.approx(0.5 + 0.5 * 0.5)   # ties count half
+    assert got[1]["top-2 ensemble"]["accuracy"] == pytest.approx(0.875)     # (1, 1, 1, .5) vs (0, 0, 0, .5)
+    assert ensemble_units((4,), rows, units, splits, groups)[0]["top-4 ensemble"] is None    # too few candidates
+    rows[2]["status"] = "failed"                                         # a failed candidate is never a member
+    assert ensemble_units((3,), rows, units, splits, groups)[0]["top-3 ensemble"] is None
+
+
+def FoldSplitFor(groups: list[str], held: np.ndarray):
+    from lens_ray.core.selection import FoldSplit
+    rest = np.setdiff1d(np.arange(len(groups)), held)
+    return FoldSplit(rest[:-2], rest[-2:], held)
+
+
+def test_an_ensemble_pick_is_refitted_on_its_members_layers():
+    """resolved: the k best by k-fold, on the union of their layers; refit fits each member on its part of the
+    concatenated tables and scales it on the seed pairs' responses; the stored config rebuilds it."""
+    from lens_ray.core.heads import build_head, reward_scale, standardize
+    from lens_ray.core.selection import resolved
+    pos, neg = _layered(60)
+    rows = [_row(-2, "linear", [0.7, 0.7]), _row(-1, "mean_diff", [0.9, 0.8]), _row(-1, "mlp", [0.5, 0.5])]
+    cat = Candidate((-1, -2), "linear")
+    rows.append(summarize([cat], [{cat.name: {"accuracy": 0.8, "bon_gold": None}}] * 2)[0])
+    top = Candidate.of(summarize([Candidate((), "ensemble", top=3)],
+                                 [{"top-3 ensemble": {"accuracy": 0.9, "bon_gold": None}}] * 2)[0])
+    pick = resolved(top, rows)
+    assert [m.name for m in pick.members] == ["layer -1 mean_diff", "layer -1,-2 linear", "layer -2 linear"]
+    assert pick.layer == (-1, -2) and pick.name == top.name and resolved(cat, rows) is cat
+    assert Candidate.of(pick.record()).members == pick.members
+    train, val = np.arange(0, 50), np.arange(50, 60)
+    cfg = LensConfig()
+    head = refit(cfg, pick, pos, neg, _groups(60), train, val, 0)
+    assert head.config()["layers"] == [[0], [0, 1], [1]] and head.width == 4
+    e = torch.from_numpy(pos[:7])
+    both = torch.from_numpy(np.concatenate([pos, neg]))
+    parts = [refit(cfg, Candidate((-1,), "mean_diff"), pos[:, :4], neg[:, :4], _groups(60), train, val, 0),
+             refit(cfg, cat, pos, neg, _groups(60), train, val, 0),
+             refit(cfg, Candidate((-2,), "linear"), pos[:, 4:], neg[:, 4:], _groups(60), train, val, 0)]
+    cut = (slice(0, 4), slice(0, 8), slice(4, 8))
+    want = np.mean([standardize(rewards(p, e[:, s]), reward_scale(rewards(p, both[:, s])))
+                    for p, s in zip(parts, cut)], 0)
+    assert np.allclose(rewards(head, e), want, atol=1e-5)
+    again = build_head(head.config())
+    again.load_state_dict(head.state_dict())
+    assert np.allclose(rewards(again, e), want, atol=1e-5)
+
+
+def test_an_ensemble_is_picked_only_beyond_one_standard_error():
+    linear = _row(-1, "linear", [0.70, 0.72, 0.74])
+    top = summarize([Candidate((), "ensemble", top=2)],
+                    [{"top-2 ensemble": {"accuracy": a, "bon_gold": None}} for a in (0.71, 0.73, 0.75)])[0]
+    assert choose([top, linear])["candidate"] == "layer -1 linear"
+    top = summarize([Candidate((), "ensemble", top=2)],
+                    [{"top-2 ensemble": {"accuracy": a, "bon_gold": None}} for a in (0.80, 0.82, 0.84)])[0]
+    assert choose([top, linear])["candidate"] == "top-2 ensemble"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from lens_ray.core.selection import OBJECTIVES
+from lens_ray.core.selection import OBJECTIVES, Candidate
 from lens_ray.core.stats import mean_std, paired, wilson_interval
 from lens_ray.store.storage import Storage
 
@@ -96,6 +96,9 @@ def selection_lines(report: dict) -> list[str]:
              f"k-fold accuracy on the seed pairs {estimate(sel['kfold_accuracy'], sel['kfold_se'], sel['folds'])}"
              f"{kgold}; held-out accuracy {sel['accuracy']:.3f}{ci(sel['accuracy'], report['eval_pairs'])}{bon} "
              "(its stored refit, seed 0)"]
+    if sel.get("members"):
+        lines.append("  its members, each standardized, averaged: "
+                     + "; ".join(Candidate.of(m).name for m in sel["members"]))
     seeds = sel.get("seeds") or []
     if len(seeds) > 1:
         over = {m: mean_std(r[m] for r in seeds) for m in ("accuracy", "bon_gold")}

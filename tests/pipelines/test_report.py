@@ -124,3 +124,16 @@ def test_the_search_verdict_never_contradicts_its_k_fold_or_its_test(beats, held
     assert ("did not pay off" in text) == (not beats and not held)
     assert ("does not hold" in text) == (beats and not held)
     assert ("not a gain to stand behind" in text) == (not beats and held)
+
+
+def test_an_ensemble_pick_names_its_members():
+    from lens_ray.core.selection import Candidate
+    from lens_ray.pipelines.report import selection_lines
+    members = [Candidate((-1,), "linear"), Candidate((-1, -2), "mlp", mlp_seeds=3)]
+    sel = {"candidate": "top-2 ensemble", "objective": "accuracy", "kfold_accuracy": 0.7, "kfold_se": 0.01,
+           "folds": 5, "accuracy": 0.69, "members": [m.record() for m in members], "levers": {}, "seeds": [],
+           "note": "n", "candidates": []}
+    lines = selection_lines({"selected": sel, "eval_pairs": 100, "config": {"embed": {"layer": [-1]}},
+                             "results": [], "summary": []})
+    assert lines[0].startswith("reward model (heads/selected): top-2 ensemble, by k-fold accuracy")
+    assert lines[1] == "  its members, each standardized, averaged: layer -1 linear; layer -1,-2 mlp x3 seeds"

@@ -46,6 +46,20 @@ def _one_layer_pick(copy) -> dict:
     return doc
 
 
+def _batch_scored(run, pairs, tmp_path) -> np.ndarray:
+    """`lens-ray batch-score` on the run's default head: the chosen responses' rewards of these pairs."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from lens_ray.cli import batch_score_main
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected})
+                              for p in pairs))
+    batch_score_main(["--run", str(run), "--data", str(data), "--out", str(tmp_path / "scored")])
+    return pq.read_table(tmp_path / "scored" / "rewards.parquet").column("chosen_reward").to_numpy()
+
+
 def test_every_candidate_is_measured_and_the_pick_follows_the_rule(local_run):
     _, report, out = local_run
     sel = report["selected"]
@@ -123,13 +137,10 @@ def test_the_pick_is_the_runs_reward_model_at_its_own_layer(local_run, tiny_llam
 def test_a_head_at_another_layer_is_scored_at_it_by_every_entry_point(local_run, hh_path, tmp_path):
     """A copy of the run whose pick is declared at layer -2: RewardModel, batch scoring and the Hugging Face
     export all embed at -2 (what the run stored there), not at the run's layer -1."""
-    import json
     import shutil
 
-    import pyarrow.parquet as pq
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from lens_ray.cli import batch_score_main
     from lens_ray.scoring.export import export, exported_logits
     _, _, out = local_run
     copy = tmp_path / "run"
@@ -146,12 +157,7 @@ def test_a_head_at_another_layer_is_scored_at_it_by_every_entry_point(local_run,
     assert not np.allclose(want, other, atol=1e-3)                        # the layers do differ
     want = rm.normalized(want)                                            # every entry point: standardized
     assert np.allclose(rm.score([p.prompt for p in pairs], [p.chosen for p in pairs]), want, atol=1e-4)
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("\n".join(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected})
-                              for p in pairs))
-    batch_score_main(["--run", str(copy), "--data", str(data), "--out", str(tmp_path / "scored")])
-    got = pq.read_table(tmp_path / "scored" / "rewards.parquet").column("chosen_reward").to_numpy()
-    assert np.allclose(got, want, atol=1e-4)
+    assert np.allclose(_batch_scored(copy, pairs, tmp_path), want, atol=1e-4)
     folder, form = export(rm, str(tmp_path / "hf"))
     assert form == "standard"                                             # at layer -2: the 1-layer classifier
     model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
@@ -169,12 +175,9 @@ def test_an_ensemble_on_several_layers_is_scored_at_them_by_every_entry_point(lo
     import json
     import shutil
 
-    import pyarrow.parquet as pq
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from lens_ray.cli import batch_score_main
     from lens_ray.core.heads import reward_scale
-    from lens_ray.core.records import Embedded
     from lens_ray.core.selection import refit, resolved
     from lens_ray.scoring.export import export, exported_logits
     from lens_ray.store.artifacts import save_model
@@ -202,14 +205,7 @@ def test_an_ensemble_on_several_layers_is_scored_at_them_by_every_entry_point(lo
     pairs = sp[:3]
     want = rm.normalized(rewards(rm.head, torch.from_numpy(seed_pos[:3])))
     assert np.allclose(rm.score([p.prompt for p in pairs], [p.chosen for p in pairs]), want, atol=1e-4)
-    emb = Embedded(seed_pos, seed_neg, eval_pos, eval_neg, None, None)
-    assert 0 <= head_metrics(rm.head, emb)["accuracy"] <= 1
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("\n".join(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected})
-                              for p in pairs))
-    batch_score_main(["--run", str(copy), "--data", str(data), "--out", str(tmp_path / "scored")])
-    got = pq.read_table(tmp_path / "scored" / "rewards.parquet").column("chosen_reward").to_numpy()
-    assert np.allclose(got, want, atol=1e-4)
+    assert np.allclose(_batch_scored(copy, pairs, tmp_path), want, atol=1e-4)
     folder, form = export(rm, str(tmp_path / "hf"))
     assert form == "lens" and json.load(open(f"{folder}/config.json"))["lens_reward"]["head"]["kind"] == "ensemble"
     model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True,

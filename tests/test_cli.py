@@ -141,8 +141,8 @@ def test_a_head_of_another_dimension_is_refused_naming_both(local_run, tmp_path)
     head = RewardHead(report["embedding_dim"] + 1, 8)                  # self-consistent files, another dimension
     save_model(Storage(str(copy)).child("heads"), "foreign", head.state_dict(), head.config())
     _one_line(_cli("score", "--run", str(copy), "--head", "foreign", "--prompt", "a", "--response", "b"),
-              f"a head of dimension {report['embedding_dim'] + 1}, but the run's embeddings have dimension "
-              f"{report['embedding_dim']}")
+              f"a head of dimension {report['embedding_dim'] + 1}, but the run's embeddings at its layers have "
+              f"dimension {report['embedding_dim']}")
 
 
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lens_ray.config import RewardConfig, VAEConfig
+from lens_ray.config import HEADS, RewardConfig, VAEConfig
 from lens_ray.core.augment import PairSet
 from lens_ray.core.heads import LOSS, RewardHead
 from lens_ray.core.linear_head import fit_linear_head
@@ -168,16 +168,13 @@ def fit_head(cfg: RewardConfig, train: PairSet, val: PairSet, seed: int, norm_po
     return HeadFit(head, best[0], best[1], step, history)
 
 
-FITTED = ("mlp", "paper", "linear")          # the head kinds fit_reward_head fits (config.HEADS)
-
-
 def fit_reward_head(cfg: RewardConfig, kind: str, train: PairSet, val: PairSet, seed: int, groups: list[str],
                     norm_pos: torch.Tensor, norm_neg: torch.Tensor, workers: Workers = ALONE) -> HeadFit:
     """A head of `kind`: mlp (fit_head), paper (fit_head as the LENS paper trains its head: `paper_config`,
     final weights) or linear (fit_linear_head, its design chosen by k-fold over the training pairs by prompt,
     `groups` the prompt of each real training pair)."""
-    if kind not in FITTED:
-        raise ValueError(f"reward head kind {kind!r}: not one of {', '.join(FITTED)}")
+    if kind not in HEADS:
+        raise ValueError(f"reward head kind {kind!r}: not one of {', '.join(HEADS)}")
     if kind == "mlp":
         return fit_head(cfg, train, val, seed, norm_pos, norm_neg, workers)
     if kind == "paper":

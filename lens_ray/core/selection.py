@@ -87,7 +87,9 @@ class Candidate:
                    tuple(cls.of(m) for m in row.get("members", ())))
 
     def record(self) -> dict:
-        extra = {k: v for k, v in (("mlp_seeds", self.mlp_seeds), ("top", self.top)) if v != (k == "mlp_seeds")}
+        extra: dict = {"mlp_seeds": self.mlp_seeds} if self.mlp_seeds != 1 else {}
+        if self.top:
+            extra["top"] = self.top
         if self.members:
             extra["members"] = [m.record() for m in self.members]
         return {"layer": list(self.layer), "head_kind": self.head, "method": self.method, "factor": self.factor,
@@ -149,10 +151,7 @@ def fold_scores(cfg: LensConfig, candidates: list[Candidate], pos: np.ndarray, n
         try:
             if c.method == "lens" and vae is None:
                 vae = fit_vae(cfg.vae, *train, seed)[0]
-            models = [fit_method(_with_head(cfg, c.head, c.loss), "mean_diff" if c.head == "mean_diff" else c.method,
-                                 c.factor, *train, *val, seed + 104_729 * s, train_groups,
-                                 vae if c.method == "lens" else None) for s in range(c.mlp_seeds)]
-            model = models[0] if c.mlp_seeds == 1 else seed_ensemble(models, torch.cat(train).numpy())
+            model = _fitted(cfg, c, train, val, seed, train_groups, vae if c.method == "lens" else None)
             r_pos, r_neg = rewards(model, held[0]), rewards(model, held[1])
             out[c.name] = held_scores(r_pos, r_neg, split, groups, gold)
             if keep_rewards:
@@ -170,6 +169,15 @@ def held_scores(r_pos: np.ndarray, r_neg: np.ndarray, split: FoldSplit, groups: 
     return {"accuracy": preference_accuracy(r_pos, r_neg), "bon_gold": None if gold is None else
             grouped_best_gold(np.concatenate([r_pos, r_neg]),
                               np.concatenate([gold[0][split.held], gold[1][split.held]]), held_groups)}
+
+
+def _fitted(cfg: LensConfig, c: Candidate, train: tuple[torch.Tensor, torch.Tensor],
+            val: tuple[torch.Tensor, torch.Tensor], seed: int, groups: list[str], vae=None) -> torch.nn.Module:
+    """Candidate c fitted on training pairs (m, d) x2, an MLP early-stopping on val; with mlp_seeds > 1 that many
+    fits (seed, seed + 104,729, ...), their ensemble scaled on the training responses."""
+    models = [fit_method(_with_head(cfg, c.head, c.loss), "mean_diff" if c.head == "mean_diff" else c.method,
+                         c.factor, *train, *val, seed + 104_729 * s, groups, vae) for s in range(c.mlp_seeds)]
+    return models[0] if c.mlp_seeds == 1 else seed_ensemble(models, torch.cat(train).numpy())
 
 
 def seed_ensemble(models: list[torch.nn.Module], train: np.ndarray) -> EnsembleHead:
@@ -240,13 +248,13 @@ def fit_seconds(cfg: LensConfig, c: Candidate, pos: np.ndarray, neg: np.ndarray,
     return time.perf_counter() - t0
 
 
-def planned_seconds(candidates: list[Candidate], seconds: dict[tuple, float], folds: int, slots: int) -> float:
-    """The candidates' k-fold fits in seconds, `slots` units at a time: each candidate's timed kind, times its
-    seeds, times (1 + factor) for an augmented one (its head fits on that many times the pairs; a rough bound);
-    ensembles of other candidates' rewards cost nothing."""
+def planned_seconds(candidates: list[Candidate], seconds: dict[tuple, float], slots: int) -> float:
+    """Fits of these candidates (one per unit they are in) in seconds, `slots` at a time: each one's timed
+    kind, times its seeds, times (1 + factor) for an augmented one (its head fits on that many times the pairs;
+    a rough bound); ensembles of other candidates' rewards cost nothing."""
     total = sum(seconds[_kind(c)] * c.mlp_seeds * (1 if c.method == "original" else 1 + c.factor)
                 for c in candidates if c.head != "ensemble")
-    return total * folds / max(1, slots)
+    return total / max(1, slots)
 
 
 def _with_head(cfg: LensConfig, head: str, loss: str = "bradley_terry") -> LensConfig:
@@ -352,7 +360,4 @@ def refit(cfg: LensConfig, pick: Candidate, pos: np.ndarray, neg: np.ndarray, gr
         return EnsembleHead(heads, index, width, scales)
     fit_on = train if pick.head == "mlp" else np.sort(np.concatenate([train, val]))
     t = lambda idx: (torch.from_numpy(pos[idx]), torch.from_numpy(neg[idx]))  # noqa: E731
-    models = [fit_method(_with_head(cfg, pick.head, pick.loss), "mean_diff" if pick.head == "mean_diff"
-                         else pick.method, pick.factor, *t(fit_on), *t(val), seed + 104_729 * s,
-                         [groups[i] for i in fit_on]) for s in range(pick.mlp_seeds)]
-    return models[0] if pick.mlp_seeds == 1 else seed_ensemble(models, np.concatenate([pos[fit_on], neg[fit_on]]))
+    return _fitted(cfg, pick, t(fit_on), t(val), seed, [groups[i] for i in fit_on])

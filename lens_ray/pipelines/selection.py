@@ -161,7 +161,7 @@ class Folds:
         self.timed.update(remote_calls({k: (fit_seconds, self.cfg, c, self.table(c.layer).seed_pos,
                                             self.table(c.layer).seed_neg, self.groups, self.splits[0])
                                         for k, c in kinds.items()}, self.cfg.resources) if kinds else {})
-        planned = planned_seconds(todo, self.timed, 1, slots)
+        planned = planned_seconds(todo, self.timed, slots)
         limit = self.cfg.selection.max_minutes
         self.log(f"    planned: about {_minutes(planned)} ({slots} task(s) at a time; one fit of each kind timed)")
         if time.monotonic() - self.began + planned > 60 * limit:

@@ -191,7 +191,7 @@ def test_fit_reward_head_of_each_kind():
                       np.concatenate([np.arange(120)] * 2),
                       torch.cat([torch.ones(120, dtype=torch.bool), torch.zeros(120, dtype=torch.bool)]))
     assert head_accuracy(fit_reward_head(cfg, "linear", flipped, val, 0, groups, pos, neg).head, vpos, vneg) > 0.8
-    with pytest.raises(ValueError, match="reward head kind 'tree': not one of mlp, paper, linear"):
+    with pytest.raises(ValueError, match="reward head kind 'tree': not one of mlp, linear, paper"):
         fit_reward_head(cfg, "tree", train, val, 0, groups, pos, neg)          # never fitted as linear
 
 

@@ -102,7 +102,7 @@ def _read_jsonl(uri: str, raw: bytes, q: Quarantine) -> tuple[list[Any], list[st
 
 def _read_saved_dataset(uri: str, store: Storage, path: str) -> list[Any]:
     import datasets
-    if store.protocol != "file":
+    if not store.local:
         raise DataError(f"{uri}: a saved HF dataset folder must be local")
     try:
         ds = datasets.load_from_disk(store.local_path(path))

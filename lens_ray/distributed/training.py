@@ -289,8 +289,7 @@ def _set_threads() -> int:
 def _fit(loop, config: dict, workers: int, cpus: float, run_name: str, storage: Storage, max_failures: int,
          datasets: dict | None = None, with_metrics: bool = False):
     """One TorchTrainer run -> the models of its last checkpoint (and its last metrics, if asked)."""
-    if storage.protocol == "file":
-        os.makedirs(storage.path(), exist_ok=True)
+    storage.make_folder()
     # Train's controller handles a worker's report (each fitted model's checkpoint) on its next poll of the
     # workers; Ray's default 2 s poll cost ~2 s per reward head (14 heads: 53 s -> 28 s). A value the user
     # set wins; the controller reads it from this process's environment when the fit starts.

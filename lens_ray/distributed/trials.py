@@ -44,8 +44,7 @@ def _tune(trial: Callable, res: ResourcesConfig, store: Storage, name: str, tune
           param_space: dict | None = None, callbacks: list | None = None) -> tune.ResultGrid:
     """The one Tune setup of a search or a curve: `trial` (already holding its parameters) on
     resources.tune_cpus_per_trial CPUs, its folders in a new attempt folder under `store`."""
-    if store.protocol == "file":
-        os.makedirs(store.path(), exist_ok=True)
+    store.make_folder()
     tuner = Tuner(tune.with_resources(trial, {"cpu": res.tune_cpus_per_trial}), param_space=param_space,
                   tune_config=tune_config,
                   run_config=RunConfig(name=f"{name}-{len(store.listdir())}", storage_path=store.path(),

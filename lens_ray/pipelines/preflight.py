@@ -51,7 +51,7 @@ def check_model(spec: str) -> None:
 def check_writable(store: Storage) -> None:
     """Local: the folder, or the nearest folder above it that exists, is a writable folder (nothing is created
     before the checks pass). S3: write and delete a probe object (finds a missing bucket or credentials)."""
-    if store.protocol == "file":
+    if store.local:
         at = os.path.abspath(store.path())
         while not os.path.exists(at):
             at = os.path.dirname(at)
@@ -65,7 +65,7 @@ def check_writable(store: Storage) -> None:
         store.delete(probe)
     except (OSError, StorageError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = "; does the bucket exist, and are AWS credentials set?" if store.protocol == "s3" else ""
+        hint = "; does the bucket exist, and are AWS credentials set?" if not store.local else ""
         raise StorageError(f"cannot write to {store.uri} ({first}){hint}") from exc
 
 

@@ -54,7 +54,7 @@ def plan(cfg: LensConfig, run: FinishedRun, out_uri: str, yes: bool = False, ove
 
 def _free_bytes(store: Storage) -> int | None:
     """Free bytes where a local folder will be written (its nearest existing parent); None on object storage."""
-    if store.protocol != "file":
+    if not store.local:
         return None
     path = store.path()
     while not os.path.exists(path) and os.path.dirname(path) != path:

@@ -1,9 +1,8 @@
 """One job at a time per output folder: a lease (<folder>/lease.json) taken before a job writes, refreshed
 while it runs, released when it ends. No Ray.
 
-- Local storage: the lease file is read and written under an exclusive `flock` of <folder>/lease.lock.
-- S3: conditional writes, the only atomic primitive S3 has: created with `If-None-Match: *`, refreshed and
-  taken over with `If-Match: <etag>`, so of two jobs racing for a lease exactly one gets it.
+How the lease document is taken atomically is the storage backend's (`backends.LeaseFile`: a flock locally,
+conditional writes on S3); this module is what every backend shares: the holder, staleness, the heartbeat.
 A lease is stale when its holder stopped refreshing it for `ttl_s`, or when the holder was a process on
 this host that no longer runs (a killed job): then the next job takes it over. A job that finds a live
 lease is refused with the holder's id, or waits for it (`wait=True`).
@@ -11,7 +10,6 @@ lease is refused with the holder's id, or waits for it (`wait=True`).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
@@ -21,8 +19,6 @@ import uuid
 
 from lens_ray.core.progress import Log
 from lens_ray.store.storage import Storage, StorageError
-
-NAME = "lease.json"
 
 
 class LeaseError(StorageError):
@@ -44,7 +40,8 @@ class Lease:
         self.store, self.ttl_s, self.what = store, ttl_s, what
         self.doc = {"holder": f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
                     "host": socket.gethostname(), "pid": os.getpid(), "what": what, "started": time.time()}
-        self._token: str | None = None
+        self.file = store.backend.lease_file(store)
+        self._taken = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost: str | None = None
@@ -87,11 +84,11 @@ class Lease:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
-        if self._token is not None and not self.lost:
-            self._delete_if_ours()
-        self._token = None
+        if self._taken and not self.lost:
+            self.file.release()
+        self._taken = False
 
-    # ---- the protocol
+    # ---- what every backend shares
     def _stale(self, doc: dict) -> bool:
         if time.time() - doc.get("heartbeat", 0) > doc.get("ttl_s", self.ttl_s):     # the holder's own ttl
             return True
@@ -102,15 +99,15 @@ class Lease:
 
     def _try_take(self) -> dict | None:
         """Take the lease if it is free or stale; else return its holder's document."""
-        if self.store.protocol == "file":
-            return self._take_local()
-        return self._take_s3()
+        holder = self.file.take(self._payload(), self._stale)
+        self._taken = holder is None
+        return holder
 
     def _beat(self) -> None:
         last_ok = time.time()
         while not self._stop.wait(self.ttl_s / 4):
             try:
-                if not self._refresh():
+                if not self.file.refresh(self._payload()):
                     self.lost = "another job took over the lease"
                     return
                 last_ok = time.time()
@@ -118,96 +115,3 @@ class Lease:
                 if time.time() - last_ok > self.ttl_s:
                     self.lost = f"could not refresh it for {self.ttl_s:.0f}s ({exc})"
                     return
-
-    # ---- local: flock around read-modify-write
-    @contextlib.contextmanager
-    def _locked(self):
-        os.makedirs(self.store.path(), exist_ok=True)
-        with open(self.store.path("lease.lock"), "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
-    def _read_local(self) -> dict | None:
-        try:
-            with open(self.store.path(NAME)) as fh:
-                return json.load(fh)
-        except (FileNotFoundError, ValueError):
-            return None
-
-    def _take_local(self) -> dict | None:
-        with self._locked():
-            doc = self._read_local()
-            if doc is not None and not self._stale(doc):
-                return doc
-            self.store.write_bytes(NAME, self._payload())
-            self._token = self.doc["holder"]
-        return None
-
-    def _refresh(self) -> bool:
-        if self.store.protocol != "file":
-            return self._refresh_s3()
-        with self._locked():
-            doc = self._read_local()
-            if not doc or doc.get("holder") != self.doc["holder"]:
-                return False
-            self.store.write_bytes(NAME, self._payload())
-        return True
-
-    def _delete_if_ours(self) -> None:
-        if self.store.protocol != "file":
-            return self._delete_s3()
-        with self._locked():
-            doc = self._read_local()
-            if doc and doc.get("holder") == self.doc["holder"]:
-                os.remove(self.store.path(NAME))
-
-    # ---- S3: conditional writes
-    def _s3(self):
-        import boto3
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        bucket, _, prefix = self.store.uri[len("s3://"):].partition("/")
-        return boto3.client("s3", endpoint_url=endpoint), bucket, f"{prefix}/{NAME}" if prefix else NAME
-
-    def _take_s3(self) -> dict | None:
-        from botocore.exceptions import ClientError
-        client, bucket, key = self._s3()
-        try:
-            self._token = client.put_object(Bucket=bucket, Key=key, Body=self._payload(), IfNoneMatch="*")["ETag"]
-            return None
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] not in ("PreconditionFailed", "ConditionalRequestConflict"):
-                raise StorageError(f"{self.store.uri}: cannot take the lease ({exc})") from exc
-        try:
-            got = client.get_object(Bucket=bucket, Key=key)
-        except ClientError:
-            return {"holder": "a job that just released it", "heartbeat": time.time()}   # gone: retry
-        doc, etag = json.loads(got["Body"].read()), got["ETag"]
-        if not self._stale(doc):
-            return doc
-        try:                                   # take over the stale lease, unless someone else just did
-            self._token = client.put_object(Bucket=bucket, Key=key, Body=self._payload(), IfMatch=etag)["ETag"]
-            return None
-        except ClientError:
-            return doc
-
-    def _refresh_s3(self) -> bool:
-        from botocore.exceptions import BotoCoreError, ClientError
-        client, bucket, key = self._s3()
-        try:
-            self._token = client.put_object(Bucket=bucket, Key=key, Body=self._payload(), IfMatch=self._token)["ETag"]
-            return True
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] in ("PreconditionFailed", "NoSuchKey", "404"):
-                return False
-            raise StorageError(str(exc)) from exc
-        except BotoCoreError as exc:
-            raise StorageError(str(exc)) from exc
-
-    def _delete_s3(self) -> None:
-        from botocore.exceptions import ClientError
-        client, bucket, key = self._s3()
-        with contextlib.suppress(ClientError):
-            client.delete_object(Bucket=bucket, Key=key, IfMatch=self._token)

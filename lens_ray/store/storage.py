@@ -1,7 +1,6 @@
-"""Storage: one layer for every artifact, over a local path, file:// or s3://bucket/prefix. No Ray.
+"""Storage: one layer for every artifact, over any backend of `backends.BACKENDS` (a local path or file://,
+s3://bucket/prefix). No Ray.
 
-- S3 goes through pyarrow's S3FileSystem. Endpoint and region come from AWS_ENDPOINT_URL and
-  AWS_REGION / AWS_DEFAULT_REGION, credentials from the usual AWS chain; none are ever logged.
 - Writes are atomic: a local file is written beside its target and renamed into place; an S3 object
   becomes visible only when its upload completes. A killed writer leaves no half-file to trust.
 - Parquet shards carry a sha256 in their directory's manifest; reads verify it, so a corrupt or
@@ -23,53 +22,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-
-class StorageError(IOError):
-    pass
+from lens_ray.store.backends import Backend, StorageError, backend_of, s3_limits
 
 
 class ChecksumError(StorageError):
     pass
-
-
-def s3_limits() -> tuple[float, int]:
-    """(seconds one S3 request may stall, attempts per call): an endpoint that stops answering ends a call in
-    about their product, never hangs a run. LENS_RAY_S3_TIMEOUT_S and LENS_RAY_S3_ATTEMPTS change them."""
-    try:
-        timeout = float(os.environ.get("LENS_RAY_S3_TIMEOUT_S", "20"))
-        attempts = int(os.environ.get("LENS_RAY_S3_ATTEMPTS", "3"))
-    except ValueError as exc:
-        raise StorageError(f"LENS_RAY_S3_TIMEOUT_S / LENS_RAY_S3_ATTEMPTS: not a number ({exc})") from exc
-    if not (0 < timeout < float("inf") and attempts >= 1):          # nan and inf would remove the bound
-        raise StorageError("LENS_RAY_S3_TIMEOUT_S must be a finite number > 0 and LENS_RAY_S3_ATTEMPTS >= 1")
-    return timeout, attempts
-
-
-def _s3_filesystem() -> pafs.S3FileSystem:
-    timeout, attempts = s3_limits()
-    # a stalled connection or transfer (no byte for `timeout` seconds) fails the attempt; 5xx and timeouts are
-    # retried by the SDK, with backoff, up to `attempts` in all
-    kwargs: dict[str, Any] = {"connect_timeout": min(timeout, 10.0), "request_timeout": timeout,
-                              "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=attempts)}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        kwargs["region"] = region
-    return pafs.S3FileSystem(**kwargs)
-
-
-def resolve(uri: str) -> tuple[pafs.FileSystem, str, str]:
-    """URI -> (filesystem, path on it, protocol). Paths and file:// are local; s3:// is S3."""
-    if uri.startswith("s3://"):
-        return _s3_filesystem(), uri[len("s3://"):].rstrip("/"), "s3"
-    if uri.startswith("file://"):
-        uri = uri[len("file://"):]
-    if "://" in uri:
-        raise StorageError(f"{uri}: unsupported scheme; use a path, file:// or s3://")
-    return pafs.LocalFileSystem(), os.path.abspath(uri), "file"
 
 
 def absolute(uri: str) -> str:
@@ -105,9 +62,11 @@ class Storage:
     """A folder of artifacts at `uri`; every method takes a path relative to it ('' is the folder)."""
 
     def __init__(self, uri: str):
-        self.fs, self.root, self.protocol = resolve(uri)
+        self.backend: Backend = backend_of(uri)
+        self.local = self.backend.local
+        self.fs, self.root = self.backend.filesystem(), self.backend.root(uri)
         # local URIs become absolute: Ray workers run in other working directories
-        self.uri = self.root if self.protocol == "file" else uri.rstrip("/")
+        self.uri = self.root if self.local else uri.rstrip("/")
 
     def child(self, rel: str) -> "Storage":
         return Storage(self.uri_of(rel))
@@ -119,7 +78,7 @@ class Storage:
         return f"{self.uri}/{rel}" if rel else self.uri
 
     def local_path(self, rel: str = "") -> str:
-        if self.protocol != "file":
+        if not self.local:
             raise StorageError(f"{self.uri_of(rel)} is not local")
         return self.path(rel)
 
@@ -148,7 +107,7 @@ class Storage:
         """Atomic: readers see the old file, or the whole new one."""
         target = self.path(rel)
         parent = posixpath.dirname(target)
-        if self.protocol == "file":
+        if self.local:
             tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
             try:
                 self.fs.create_dir(parent, recursive=True)
@@ -186,11 +145,12 @@ class Storage:
             return False
 
     def _attempts(self) -> str:
-        """What an S3 failure's one line adds: the attempts made and their bound."""
-        if self.protocol != "s3":
-            return ""
-        timeout, attempts = s3_limits()
-        return f" (after {attempts} attempt(s), each allowed {timeout:g} s without progress)"
+        return self.backend.attempts_note()
+
+    def make_folder(self) -> None:
+        """Create the folder where folders exist (locally); object storage has none to create."""
+        if self.local:
+            os.makedirs(self.root, exist_ok=True)
 
     def delete(self, rel: str) -> None:
         info = self.fs.get_file_info(self.path(rel))

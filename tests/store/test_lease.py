@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from lens_ray.store.lease import NAME, Lease, LeaseError
+from lens_ray.store.backends import LEASE
+from lens_ray.store.lease import Lease, LeaseError
 from lens_ray.store.storage import Storage
 
 
@@ -25,7 +26,7 @@ def test_second_job_is_refused_naming_the_holder(folder):
     with first.held():
         with pytest.raises(LeaseError, match=first.doc["holder"]):
             Lease(folder, what="run b").acquire()
-    assert not folder.exists(NAME)                                    # released at the end
+    assert not folder.exists(LEASE)                                    # released at the end
     with Lease(folder).held():                                        # and free again
         pass
 
@@ -38,7 +39,7 @@ def test_lease_of_a_dead_process_is_taken_over(folder):
     first._stop.set()                                                 # it stopped refreshing: it died
     taker = Lease(folder)
     taker.acquire()
-    assert json.loads(folder.read_bytes(NAME))["holder"] == taker.doc["holder"]
+    assert json.loads(folder.read_bytes(LEASE))["holder"] == taker.doc["holder"]
     taker.release()
 
 
@@ -82,7 +83,7 @@ def test_a_held_lease_stays_refused_past_several_ttls(folder):
 
 def _overwrite(folder, doc: dict) -> None:
     """Another job writing the lease file without asking (an operator, a clock-skewed host)."""
-    folder.write_bytes(NAME, json.dumps(doc).encode())
+    folder.write_bytes(LEASE, json.dumps(doc).encode())
 
 
 def test_a_foreign_lease_stops_the_holder_within_a_beat_and_is_left_in_place(folder):
@@ -98,6 +99,6 @@ def test_a_foreign_lease_stops_the_holder_within_a_beat_and_is_left_in_place(fol
     with pytest.raises(LeaseError, match="lease lost"):
         holder.ensure_held()
     time.sleep(0.5)                                                   # no refresh after that overwrites it
-    assert json.loads(folder.read_bytes(NAME))["holder"] == foreign["holder"]
+    assert json.loads(folder.read_bytes(LEASE))["holder"] == foreign["holder"]
     holder.release()                                                  # nor does its release delete it
-    assert json.loads(folder.read_bytes(NAME))["holder"] == foreign["holder"]
+    assert json.loads(folder.read_bytes(LEASE))["holder"] == foreign["holder"]

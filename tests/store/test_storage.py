@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -66,8 +68,45 @@ def test_file_uri_and_bad_scheme(tmp_path):
     s = Storage(f"file://{tmp_path}")
     s.write_bytes("z", b"1")
     assert (tmp_path / "z").read_bytes() == b"1"
-    with pytest.raises(StorageError, match="unsupported scheme"):
+    with pytest.raises(StorageError, match=r"unsupported scheme 'gs'; use a path or one of file://, s3://"):
         Storage("gs://bucket/x")
+
+
+def test_a_new_backend_is_one_entry_and_brings_its_lease(tmp_path, monkeypatch):
+    """A backend added to BACKENDS is what Storage and Lease use for its scheme: its filesystem, its root, its
+    lease file (a lease is never sent to another backend's primitive)."""
+    import pyarrow.fs as pafs
+
+    from lens_ray.store import backends
+    from lens_ray.store.lease import Lease, LeaseError
+
+    taken = []
+
+    class Recording(backends.LocalLeaseFile):
+        def take(self, payload, stale):
+            taken.append(self.store.uri)
+            return super().take(payload, stale)
+
+    class Sub(backends.Local):                       # a folder under tmp_path, addressed as sub://<name>
+        scheme = "sub"
+
+        def filesystem(self):
+            return pafs.LocalFileSystem()
+
+        def root(self, uri):
+            return str(tmp_path / uri.removeprefix("sub://"))
+
+        def lease_file(self, store):
+            return Recording(store)
+
+    monkeypatch.setitem(backends.BACKENDS, "sub", Sub())
+    s = Storage("sub://box")
+    s.write_json("a.json", {"x": 1})
+    assert s.local and json.loads((tmp_path / "box" / "a.json").read_text()) == {"x": 1}
+    with Lease(s, what="test").held():
+        with pytest.raises(LeaseError, match="in use by test"):
+            Lease(Storage("sub://box")).acquire()
+    assert taken == [s.uri, s.uri]
 
 
 def test_embedding_cache_keeps_every_shard_of_concurrent_writers(store):

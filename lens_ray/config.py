@@ -26,8 +26,8 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the field."""
 
 
-METHODS = ("original", "mean_diff", "direct_perturbation", "gaussian_sampling", "lens")
-AUGMENTING = ("direct_perturbation", "gaussian_sampling", "lens")
+AUGMENTING = ("direct_perturbation", "gaussian_sampling", "lens")   # core.augment.AUGMENTERS' names (checked equal)
+METHODS = ("original", "mean_diff", *AUGMENTING)                   # the baselines, then every augmenting method
 HEADS = ("mlp", "linear", "paper")
 LOSSES = ("bradley_terry", "pointwise")          # what a trained head fits: pairs, or each response alone
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")   # run, head and search names: no path parts

@@ -6,8 +6,8 @@ baselines (baselines.py), one entry point for every augmenting method and the tr
 data-parallel workers (fit.py), metrics (metrics.py), summary statistics (stats.py), keyed randomness
 (rng.py), preference pairs and their splits (pairs.py), the records stages hand each other (records.py), the
 search's space and objective (search.py), the learning curve's task (curve.py), and progress lines
-(progress.py). A new head goes in heads.py; a new augmenting method in baselines.py or synth.py, wired in
-augment.py.
+(progress.py). A new head goes in heads.py; a new augmenting method's math in baselines.py or synth.py and
+its one entry in augment.py's `AUGMENTERS` (its name in config.AUGMENTING).
 
 What it may import: `lens_ray.config` and itself. Never Ray, the store, the network or the packages above
 (a test imports every module of it in a fresh interpreter and checks).

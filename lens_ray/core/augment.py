@@ -7,6 +7,7 @@ Shapes: B = source pairs in a batch, k = synthetic embeddings per side, d = embe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -17,31 +18,74 @@ from lens_ray.core.synth import combinatorial_pairs, gather_pairs, lens_synthesi
 from lens_ray.core.vae import PreferenceVAE
 
 
+@dataclass(frozen=True)
+class Method:
+    """One augmenting method. `fit(synth, train_pos, train_neg, vae)` -> its state, fitted on a seed's training
+    pairs (n, d) x2 (never validation or eval); `draw(state, synth, e_pos, e_neg, pair_ids, k, seed)` -> k
+    synthetic embeddings per side of each source pair, (B, d) x2 -> (B, k, d) x2, labels inherited and drawn from
+    generators keyed by (seed, pair id). `vae`: the method needs the seed's fitted VAE."""
+    fit: Callable[[SynthConfig, torch.Tensor, torch.Tensor, PreferenceVAE | None], Any]
+    draw: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    vae: bool = False
+
+
+def _fit_lens(synth, train_pos, train_neg, vae):
+    if vae is None:
+        raise ValueError("lens needs a fitted VAE")
+    return vae
+
+
+def _draw_lens(vae, synth, e_pos, e_neg, pair_ids, k, seed):
+    return lens_synthesize(vae, e_pos, e_neg, pair_ids, k, synth, seed)
+
+
+def _fit_spread(synth, train_pos, train_neg, vae):
+    return torch.cat([train_pos, train_neg]).std(0).clamp_min(1e-6)              # (d,)
+
+
+def _draw_perturbed(std, synth, e_pos, e_neg, pair_ids, k, seed):
+    return direct_perturbation(e_pos, e_neg, pair_ids, k, std, synth.dp_noise_var, seed)
+
+
+def _fit_gaussians(synth, train_pos, train_neg, vae):
+    return tuple(ClassGaussian.fit(e, synth.gs_covariance, synth.gs_shrinkage) for e in (train_pos, train_neg))
+
+
+def _draw_gaussians(gaussians, synth, e_pos, e_neg, pair_ids, k, seed):
+    return gaussian_sampling(*gaussians, pair_ids, k, seed)
+
+
+# Every augmenting method: the one table fitting, synthesis at scale, the search and the selection read. A new
+# method is one entry here and its name in config.AUGMENTING (the settings' choices), checked equal below.
+AUGMENTERS: dict[str, Method] = {
+    "direct_perturbation": Method(_fit_spread, _draw_perturbed),
+    "gaussian_sampling": Method(_fit_gaussians, _draw_gaussians),
+    "lens": Method(_fit_lens, _draw_lens, vae=True),
+}
+if tuple(AUGMENTERS) != AUGMENTING:
+    raise ImportError(f"core.augment.AUGMENTERS {tuple(AUGMENTERS)} and config.AUGMENTING {AUGMENTING} differ")
+
+
+def needs_vae(method: str) -> bool:
+    """Whether `method` (any of config.METHODS) synthesizes from the seed's VAE."""
+    return method in AUGMENTERS and AUGMENTERS[method].vae
+
+
 @dataclass
 class Augmenter:
-    """What one (method, seed) needs to synthesize; fitted on the seed's training pairs."""
+    """What one (method, seed) needs to synthesize: its state, fitted on the seed's training pairs."""
     method: str
     seed: int
     synth: SynthConfig
-    vae: PreferenceVAE | None = None             # lens
-    std: torch.Tensor | None = None              # direct_perturbation: (d,)
-    gauss_pos: ClassGaussian | None = None       # gaussian_sampling
-    gauss_neg: ClassGaussian | None = None
+    state: Any = None
 
     @classmethod
     def fit(cls, method: str, seed: int, synth: SynthConfig, train_pos: torch.Tensor, train_neg: torch.Tensor,
             vae: PreferenceVAE | None = None) -> "Augmenter":
         """train_pos, train_neg: (n, d) training embeddings of the seed (never validation or eval)."""
-        if method == "lens":
-            if vae is None:
-                raise ValueError("lens needs a fitted VAE")
-            return cls(method, seed, synth, vae=vae)
-        if method == "direct_perturbation":
-            return cls(method, seed, synth, std=torch.cat([train_pos, train_neg]).std(0).clamp_min(1e-6))
-        if method == "gaussian_sampling":
-            pos, neg = (ClassGaussian.fit(e, synth.gs_covariance, synth.gs_shrinkage) for e in (train_pos, train_neg))
-            return cls(method, seed, synth, gauss_pos=pos, gauss_neg=neg)
-        raise ValueError(f"{method!r} does not augment; augmenting methods: {AUGMENTING}")
+        if method not in AUGMENTERS:
+            raise ValueError(f"{method!r} does not augment; augmenting methods: {', '.join(AUGMENTERS)}")
+        return cls(method, seed, synth, AUGMENTERS[method].fit(synth, train_pos, train_neg, vae))
 
     def synthesize(self, e_pos: torch.Tensor, e_neg: torch.Tensor, pair_ids: np.ndarray,
                    factor: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
@@ -53,11 +97,7 @@ class Augmenter:
     def draw(self, e_pos: torch.Tensor, e_neg: torch.Tensor, pair_ids: np.ndarray,
              k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, d) x2, (B,) ids -> k synthetic embeddings per side (B, k, d) x2, labels inherited."""
-        if self.method == "lens":
-            return lens_synthesize(self.vae, e_pos, e_neg, pair_ids, k, self.synth, self.seed)
-        if self.method == "direct_perturbation":
-            return direct_perturbation(e_pos, e_neg, pair_ids, k, self.std, self.synth.dp_noise_var, self.seed)
-        return gaussian_sampling(self.gauss_pos, self.gauss_neg, pair_ids, k, self.seed)
+        return AUGMENTERS[self.method].draw(self.state, self.synth, e_pos, e_neg, pair_ids, k, self.seed)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from lens_ray.config import AUGMENTING, LensConfig
-from lens_ray.core.augment import PairSet, training_pairs
+from lens_ray.core.augment import PairSet, needs_vae, training_pairs
 from lens_ray.core.fit import NonFiniteError, fit_reward_head, fit_vae
 from lens_ray.core.heads import mean_diff_head
 from lens_ray.core.metrics import head_metrics
@@ -58,14 +58,14 @@ def task_rows(cfg: LensConfig, emb: Embedded, groups: list[str], label: str, see
     rows = [{**base, "status": "ok", **head_metrics(mean_diff_head(pos, neg), emb), "method": "mean_diff",
              "factor": 1, "head_kind": "linear"}]
     vae, vae_failure = None, None
-    if "lens" in cfg.methods:
+    if any(needs_vae(m) for m in cfg.methods):
         try:
             vae = fit_vae(cfg.vae, pos, neg, seed)[0]
         except NonFiniteError as exc:
             vae_failure = f"VAE: {exc}"
     for method in (m for m in cfg.methods if m != "mean_diff"):
         for factor in (cfg.factors if method in AUGMENTING else (1,)):
-            if method == "lens" and vae_failure:
+            if needs_vae(method) and vae_failure:
                 rows += [{**base, "method": method, "factor": factor, "head_kind": h, "status": "failed",
                           "reason": vae_failure, "accuracy": None, "bon_gold": None} for h in cfg.reward.heads]
                 continue

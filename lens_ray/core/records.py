@@ -45,6 +45,65 @@ class Cell:
         return self.method != "mean_diff"
 
 
+@dataclass
+class Result:
+    """One cell's evaluation, a row of report.json's "results": accuracy on the eval pairs, Best-of-N gold (None
+    without a Best-of-N set), the validation accuracy its fit stopped at; a failed cell has a reason and no
+    metric. `of` reads every stored form (rows written before heads had kinds are MLPs), `row` writes one."""
+    method: str
+    factor: int
+    seed: int
+    head_kind: str = "mlp"
+    status: str = "ok"                   # ok | failed
+    accuracy: float | None = None
+    bon_gold: float | None = None
+    val_accuracy: float | None = None
+    head: str | None = None              # heads/<name> in the run, None for a failed cell
+    reason: str | None = None            # why it failed
+
+    @classmethod
+    def of(cls, row: dict) -> "Result":
+        return cls(**{f: row[f] for f in RESULT_FIELDS if f in row})
+
+    def row(self) -> dict:
+        out = {f: getattr(self, f) for f in RESULT_FIELDS}
+        return out if self.reason is not None else {k: v for k, v in out.items() if k != "reason"}
+
+    @property
+    def cell(self) -> Cell:
+        return Cell(self.method, self.factor, self.seed, self.head_kind)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class Summary:
+    """Per (method, factor, head kind) over seeds, a row of report.json's "summary": accuracy and Best-of-N gold
+    as {mean, std, n} (None without values) and their gains over `original` on the same head kind, paired by
+    seed (None for original itself); `failed` cells are left out of the figures."""
+    method: str
+    factor: int
+    head_kind: str = "mlp"
+    failed: int = 0
+    accuracy: dict | None = None
+    bon_gold: dict | None = None
+    accuracy_vs_original: dict | None = None
+    bon_gold_vs_original: dict | None = None
+
+    @classmethod
+    def of(cls, row: dict) -> "Summary":
+        return cls(**{f: row[f] for f in SUMMARY_FIELDS if f in row})
+
+    def row(self) -> dict:
+        return {f: getattr(self, f) for f in SUMMARY_FIELDS}
+
+
+RESULT_FIELDS = tuple(Result.__dataclass_fields__)
+SUMMARY_FIELDS = tuple(Summary.__dataclass_fields__)
+
+
 def plan_cells(cfg: LensConfig) -> list[Cell]:
     """Every (method, factor, seed, head) the config asks for, in the config's method order."""
     def heads(m: str) -> tuple[str, ...]:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from lens_ray.config import LensConfig, TuneConfig, apply_overrides
-from lens_ray.core.augment import PairSet, training_pairs
+from lens_ray.core.augment import PairSet, needs_vae, training_pairs
 from lens_ray.core.fit import NonFiniteError, fit_reward_head, fit_vae
 from lens_ray.core.heads import mean_diff_head
 from lens_ray.core.metrics import head_accuracy, head_metrics
@@ -138,7 +138,7 @@ def fit_method(cfg: LensConfig, method: str, factor: int, train_pos: torch.Tenso
     pairs, if already fitted (else fitted here). A fit that diverges raises."""
     if method == "mean_diff":
         return mean_diff_head(train_pos, train_neg)
-    if method == "lens" and vae is None:
+    if needs_vae(method) and vae is None:
         vae = fit_vae(cfg.vae, train_pos, train_neg, seed)[0]
     train = training_pairs(method, factor, train_pos, train_neg, seed, cfg.synth, cfg.reward.synthetic_weight, vae)
     fit = fit_reward_head(cfg.reward, cfg.reward.heads[0], train, PairSet(val_pos, val_neg), seed, groups,

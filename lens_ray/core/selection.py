@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from lens_ray.config import LensConfig
+from lens_ray.core.augment import needs_vae
 from lens_ray.core.fit import NonFiniteError, fit_vae
 from lens_ray.core.heads import EnsembleHead, reward_scale, rewards, standardize
 from lens_ray.core.metrics import grouped_best_gold, preference_accuracy
@@ -149,9 +150,9 @@ def fold_scores(cfg: LensConfig, candidates: list[Candidate], pos: np.ndarray, n
     vae, out = None, {}
     for c in candidates:
         try:
-            if c.method == "lens" and vae is None:
+            if needs_vae(c.method) and vae is None:
                 vae = fit_vae(cfg.vae, *train, seed)[0]
-            model = _fitted(cfg, c, train, val, seed, train_groups, vae if c.method == "lens" else None)
+            model = _fitted(cfg, c, train, val, seed, train_groups, vae if needs_vae(c.method) else None)
             r_pos, r_neg = rewards(model, held[0]), rewards(model, held[1])
             out[c.name] = held_scores(r_pos, r_neg, split, groups, gold)
             if keep_rewards:

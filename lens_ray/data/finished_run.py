@@ -21,7 +21,7 @@ import torch
 from lens_ray.config import PLAIN_NAME, EmbedConfig, LensConfig, config_from_dict, fingerprint
 from lens_ray.core.heads import build_head
 from lens_ray.core.pairs import Pair
-from lens_ray.core.records import Cell, Embedded, bon_draws, table_texts
+from lens_ray.core.records import Embedded, Result, bon_draws, table_texts
 from lens_ray.core.vae import PreferenceVAE
 from lens_ray.data.embed import INNER, model_kind, settings_key
 from lens_ray.data.ingest import load_datasets
@@ -75,12 +75,10 @@ class FinishedRun:
         or, in a run without one, the best validation accuracy among the heads that did not fail."""
         if self.report.get("selected"):
             return "selected"
-        scored = [r for r in self.report["results"] if r.get("val_accuracy") is not None
-                  and r.get("status", "ok") == "ok"]
+        scored = [r for r in map(Result.of, self.report["results"]) if r.val_accuracy is not None and r.ok]
         if not scored:
             raise StorageError(f"{self.uri}: no trained head with a validation accuracy; name one with --head")
-        best = max(scored, key=lambda r: r["val_accuracy"])
-        return Cell(best["method"], best["factor"], best["seed"], best.get("head_kind", "mlp")).name
+        return max(scored, key=lambda r: r.val_accuracy).cell.name
 
     def head(self, name: str | None = None) -> tuple[torch.nn.Module, str, dict]:
         """(head, its name, its meta) for `name` under <run>/heads (None: `default_head()`), verified and bounded,

@@ -17,9 +17,12 @@ import os
 
 from starlette.middleware import Middleware
 
+from lens_ray.scoring.protocols import PROTOCOLS
+
 CALLBACK = "lens_ray.distributed.proxy_guard:install"
 HEADER_TIMEOUT, MAX_CONNECTIONS = "LENS_RAY_SERVE_HEADER_TIMEOUT_S", "LENS_RAY_SERVE_MAX_CONNECTIONS"
-ROUTES = ("/get_reward", "/score", "/info", "/healthz")     # lens-ray's; Serve's own 404 for them becomes a 503
+# lens-ray's routes: Serve's own 404 for them (no app deployed yet) becomes a 503
+ROUTES = (*(p.route for p in PROTOCOLS.values()), "/info", "/healthz")
 BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
         b"Retry-After: 1\r\nContent-Length: %d\r\n\r\n%s")
 

@@ -41,14 +41,7 @@ from lens_ray.core.progress import Log
 from lens_ray.data.finished_run import FinishedRun
 from lens_ray.distributed import proxy_guard
 from lens_ray.distributed.session import connect
-from lens_ray.scoring.protocols import (
-    BadRequest,
-    Limits,
-    openrlhf_items,
-    openrlhf_reply,
-    parse_json,
-    score_items,
-)
+from lens_ray.scoring.protocols import PROTOCOLS, BadRequest, Limits, Protocol, parse_json
 from lens_ray.scoring.reward_model import RewardModel
 from lens_ray.store.storage import StorageError
 
@@ -142,16 +135,16 @@ class RewardServer:
             return self._health()
         if self.token_sha256 and not self._authorized(request):
             return JSONResponse({"error": "missing or wrong bearer token", "field": "Authorization"}, 401)
-        routes = {("GET", "/info"): self.info, ("POST", "/get_reward"): self.get_reward,
-                  ("POST", "/score"): self.score}
-        handler = routes.get((request.method, path))
-        if handler is None:
-            known = ", ".join(f"{m} {p}" for m, p in routes) + ", GET /healthz"
+        protocol = next((p for p in PROTOCOLS.values() if p.route == path), None)
+        if (request.method, path) != ("GET", "/info") and (request.method != "POST" or protocol is None):
+            known = ", ".join(f"POST {p.route}" for p in PROTOCOLS.values()) + ", GET /info, GET /healthz"
             return JSONResponse({"error": f"no route {request.method} {path}; routes: {known}", "field": "path"}, 404)
         try:
-            if handler != self.info and self.rm is None:
+            if protocol is None:
+                return self.info()
+            if self.rm is None:
                 return self._health()
-            return await handler(request)
+            return await self._answer(protocol, request)
         except BadRequest as bad:
             self.stats["errors"] += 1
             return JSONResponse(bad.body(), bad.status)
@@ -185,7 +178,7 @@ class RewardServer:
             self.waiting_bodies -= 1
         return parse_json(body, self.limits)
 
-    async def info(self, request: Request) -> JSONResponse:
+    def info(self) -> JSONResponse:
         rm = self.rm
         model = {} if rm is None else {
             "run": rm.run_uri, "head": rm.head_name, "model": rm.lm.model_id, "embedding_dim": int(rm.head.dim),
@@ -195,14 +188,10 @@ class RewardServer:
                              "normalize": self.sc.normalize, **model, **self.stats,
                              "waiting_bodies": self.waiting_bodies})
 
-    async def get_reward(self, request: Request) -> JSONResponse:
-        items = openrlhf_items(await self._body(request), self.limits, self.template)
-        return JSONResponse(openrlhf_reply(await self._rewards(items, "query")))
-
-    async def score(self, request: Request) -> JSONResponse:
-        items = score_items(await self._body(request), self.limits)
-        return JSONResponse({"rewards": await self._rewards(items, "responses"), "head": self.rm.head_name,
-                             "model": self.rm.lm.model_id})
+    async def _answer(self, protocol: Protocol, request: Request) -> JSONResponse:
+        items = protocol.parse(await self._body(request), self.limits, self.template)
+        rewards = await self._rewards(items, protocol.items)
+        return JSONResponse(protocol.reply(rewards, {"head": self.rm.head_name, "model": self.rm.lm.model_id}))
 
     async def _rewards(self, items, field: str) -> list[float]:
         self.stats["requests"] += 1

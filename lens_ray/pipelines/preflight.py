@@ -9,6 +9,7 @@ import os
 import uuid
 
 from lens_ray.config import ConfigError, LensConfig
+from lens_ray.core.augment import needs_vae
 from lens_ray.core.pairs import Datasets
 from lens_ray.core.records import plan_cells
 from lens_ray.data.embed import ModelLoadError, model_depth, model_positions, resolve_model
@@ -101,7 +102,7 @@ def check_plan(cfg: LensConfig, log=print) -> None:
     """The plan's size, said before Ray starts, and refused when it is far past any study's."""
     cells = plan_cells(cfg)
     sets = len({c.synthetic_name for c in cells if c.factor > 1})
-    vaes = cfg.seeds if "lens" in cfg.methods else 0
+    vaes = cfg.seeds if any(needs_vae(m) for m in cfg.methods) else 0
     if len(cells) > MAX_HEADS:
         raise ConfigError(f"the plan has {len(cells):,} heads to fit ({len(cfg.methods)} methods x factors "
                           f"{list(cfg.factors)} x heads {list(cfg.reward.heads)} x {cfg.seeds} seeds); at most "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+from lens_ray.core.records import Result, Summary
 from lens_ray.core.selection import OBJECTIVES, Candidate
 from lens_ray.core.stats import mean_std, paired, wilson_interval
 from lens_ray.store.storage import Storage
@@ -16,23 +17,22 @@ ORDER = ("mean_diff", "original", "direct_perturbation", "gaussian_sampling", "l
 FEW_EVAL_PAIRS = 400              # below, the standard error of an accuracy is over 2.4 points
 
 
-def summarize(results: list[dict]) -> list[dict]:
+def summarize(results: list[Result]) -> list[Summary]:
     """Per (method, factor, head kind): accuracy and BoN gold, mean and std over seeds, and the gain over
     `original` on the same head kind, paired by seed (same validation split, same budget)."""
     by_key: dict[tuple[str, int, str], dict[int, dict]] = defaultdict(dict)
     for r in results:
-        by_key[(r["method"], r["factor"], r.get("head_kind", "mlp"))][r["seed"]] = r
+        by_key[(r.method, r.factor, r.head_kind)][r.seed] = r.row()
     rank = {m: i for i, m in enumerate(ORDER)}
     out = []
     for (method, factor, head), seeds in sorted(by_key.items(),
                                                 key=lambda kv: (rank.get(kv[0][0], 99), kv[0][2], kv[0][1])):
         base = by_key.get(("original", 1, head)) or by_key.get(("original", 1, "mlp"), {})
-        row = {"method": method, "factor": factor, "head_kind": head,
-               "failed": sum(r.get("status") == "failed" for r in seeds.values())}
+        figures = {}
         for metric in ("accuracy", "bon_gold"):
-            row[metric] = mean_std(r[metric] for r in seeds.values())
-            row[f"{metric}_vs_original"] = mean_std(paired(seeds, base, metric)) if method != "original" else None
-        out.append(row)
+            figures[metric] = mean_std(r[metric] for r in seeds.values())
+            figures[f"{metric}_vs_original"] = mean_std(paired(seeds, base, metric)) if method != "original" else None
+        out.append(Summary(method, factor, head, sum(r["status"] == "failed" for r in seeds.values()), **figures))
     return out
 
 
@@ -56,9 +56,8 @@ def cell(c: dict | None, signed: bool = False, spread: str = "std", digits: int 
 def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     """The per-method table of a run: header and rows (mean ± std over seeds; gains paired by seed)."""
     header = ["method", "factor", "head", "accuracy", "vs original", "BoN gold", "vs original"]
-    rows = [[r["method"], f"{r['factor']}x", r.get("head_kind", "mlp"), cell(r["accuracy"]),
-             cell(r["accuracy_vs_original"], signed=True), cell(r["bon_gold"]),
-             cell(r["bon_gold_vs_original"], signed=True)] for r in report["summary"]]
+    rows = [[r.method, f"{r.factor}x", r.head_kind, cell(r.accuracy), cell(r.accuracy_vs_original, signed=True),
+             cell(r.bon_gold), cell(r.bon_gold_vs_original, signed=True)] for r in summary_of(report)]
     return header, rows
 
 
@@ -78,10 +77,15 @@ def selection_rows(selected: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def default_row(report: dict, method: str, head: str) -> dict | None:
+def summary_of(report: dict) -> list[Summary]:
+    """A report's per-method table, typed (a report of any lens-ray version)."""
+    return [Summary.of(r) for r in report.get("summary") or []]
+
+
+def default_row(report: dict, method: str, head: str) -> Summary | None:
     """The per-method table's row of (method, head) at factor 1, if the run has it."""
-    return next((r for r in report["summary"] if r["method"] == method and r["factor"] == 1
-                 and (r["head_kind"] == head or method == "mean_diff")), None)
+    return next((r for r in summary_of(report) if r.method == method and r.factor == 1
+                 and (r.head_kind == head or method == "mean_diff")), None)
 
 
 def selection_lines(report: dict) -> list[str]:
@@ -109,11 +113,11 @@ def selection_lines(report: dict) -> list[str]:
     for label, method in ((f"the fixed default (layer {layer}, original, MLP)", "original"),
                           (f"mean_diff (layer {layer})", "mean_diff")):
         row = default_row(report, method, "mlp")
-        if row and row["accuracy"]:
+        if row and row.accuracy:
             gain = (sel.get("versus") or {}).get(method) or {}
             paired_by_seed = "; ".join(f"{name} {cell(gain[m], signed=True, spread='se')}"
                                        for m, name in (("accuracy", "accuracy"), ("bon_gold", "gold")) if gain.get(m))
-            lines.append(f"  beside {label}: held-out accuracy {cell(row['accuracy'])} over seeds"
+            lines.append(f"  beside {label}: held-out accuracy {cell(row.accuracy)} over seeds"
                          + (f"; the pick's gain, paired by seed: {paired_by_seed}" if paired_by_seed else ""))
     worth = [f"{k} {estimate(v['mean'], v['se'], sel['folds'], signed=True)} "
              f"({v.get('candidate', 'the pick')} vs {v['versus']})" for k, v in sel["levers"].items() if v]
@@ -168,10 +172,10 @@ def table(report: dict) -> str:
     lines.append("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["timings_s"].items()))
     if report.get("quarantined"):
         lines.append("quarantined: " + ", ".join(f"{k} x{v}" for k, v in report["quarantined"].items()))
-    failed = [r for r in report["results"] if r.get("status") == "failed"]
+    failed = [r for r in map(Result.of, report["results"]) if not r.ok]
     if failed:
         lines.append(f"FAILED (no metrics, left out of the table above): {len(failed)} of {len(report['results'])} "
-                     "models: " + "; ".join(sorted({r["reason"] for r in failed})))
+                     "models: " + "; ".join(sorted({str(r.reason) for r in failed})))
     return "\n".join(lines)
 
 

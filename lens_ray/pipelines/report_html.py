@@ -14,8 +14,18 @@ import shlex
 
 import numpy as np
 
+from lens_ray.core.records import Summary
 from lens_ray.core.stats import mean_std, wilson_interval
-from lens_ray.pipelines.report import ORDER, cell, estimate, selection_lines, selection_rows, summary_rows, table
+from lens_ray.pipelines.report import (
+    ORDER,
+    cell,
+    estimate,
+    selection_lines,
+    selection_rows,
+    summary_of,
+    summary_rows,
+    table,
+)
 
 COLORS = {"mean_diff": "#7f7f7f", "original": "#000000", "direct_perturbation": "#1f77b4",
           "gaussian_sampling": "#2ca02c", "lens": "#d62728"}
@@ -29,26 +39,26 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def metric_vs_factor(summary: list[dict], metric: str, title: str, baselines: dict | None = None,
+def metric_vs_factor(summary: list[Summary], metric: str, title: str, baselines: dict | None = None,
                      pick: tuple[str, float, float, float] | None = None) -> str | None:
     """The metric of every method against the augmentation factor; baselines: {name: value} drawn dotted;
     pick: (label, value, low, high), the run's chosen reward model with its interval, drawn as a band."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = [r for r in summary if r.get(metric)]
+    rows = [r for r in summary if getattr(r, metric)]
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    factors = sorted({r["factor"] for r in rows})
-    kinds = sorted({r.get("head_kind", "mlp") for r in rows if r["method"] != "mean_diff"})
-    lines = sorted({(r["method"], r.get("head_kind", "mlp")) for r in rows},
+    factors = sorted({r.factor for r in rows})
+    kinds = sorted({r.head_kind for r in rows if r.method != "mean_diff"})
+    lines = sorted({(r.method, r.head_kind) for r in rows},
                    key=lambda mh: (ORDER.index(mh[0]) if mh[0] in ORDER else 99, mh[1]))
     for method, head in lines:
         label = method if len(kinds) < 2 or method == "mean_diff" else f"{method} ({head})"
         style = "--" if method == "mean_diff" or head == "linear" else "-"
-        pts = sorted((r["factor"], r[metric]["mean"], r[metric]["std"]) for r in rows
-                     if r["method"] == method and r.get("head_kind", "mlp") == head)
+        pts = sorted((r.factor, getattr(r, metric)["mean"], getattr(r, metric)["std"]) for r in rows
+                     if r.method == method and r.head_kind == head)
         if len(pts) == 1 and pts[0][0] == 1:       # factor-1 methods: a band across the plot
             _, m, s = pts[0]
             ax.axhline(m, color=COLORS.get(method, "k"), ls=style, lw=1, label=label)
@@ -177,9 +187,10 @@ def usage(run_uri: str) -> str:
 
 def render(report: dict, projection_png: str | None = None, trials: list[dict] | None = None,
            run_uri: str | None = None) -> str:
-    figs = [("Preference accuracy", metric_vs_factor(report["summary"], "accuracy", "accuracy on eval pairs",
+    summary = summary_of(report)
+    figs = [("Preference accuracy", metric_vs_factor(summary, "accuracy", "accuracy on eval pairs",
                                                      report.get("baselines"), chosen_band(report))),
-            ("Best-of-N gold", metric_vs_factor(report["summary"], "bon_gold",
+            ("Best-of-N gold", metric_vs_factor(summary, "bon_gold",
                                                 f"Best-of-{report.get('bon_n')} mean gold of the pick")),
             ("Tuning landscape", landscape(trials) if trials else None),
             ("Embeddings", projection_png)]

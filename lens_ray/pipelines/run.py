@@ -11,19 +11,19 @@ from __future__ import annotations
 import copy
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
 import torch
 
 from lens_ray.config import LensConfig, fingerprint
-from lens_ray.core.augment import Augmenter
+from lens_ray.core.augment import Augmenter, needs_vae
 from lens_ray.core.heads import build_head, mean_diff_head, reward_scale, rewards
 from lens_ray.core.metrics import bon_oracle, bon_random, head_metrics, longer_response_accuracy
 from lens_ray.core.pairs import Datasets, Split, seed_splits
 from lens_ray.core.progress import Log, Stages
-from lens_ray.core.records import Cell, Embedded, SeedData, bon_draws, plan_cells, table_texts
+from lens_ray.core.records import Cell, Embedded, Result, SeedData, bon_draws, plan_cells, table_texts
 from lens_ray.core.vae import PreferenceVAE
 from lens_ray.data.embed import (
     INNER,
@@ -92,7 +92,7 @@ def run(cfg: LensConfig, log: Log = print, ds: Datasets | None = None,
     keys = StageKeys(cfg, splits, emb.dim)
     cells = plan_cells(cfg)
     vaes: dict[int, FittedVAE] = {}
-    if any(j.method == "lens" for j in cells):
+    if any(needs_vae(j.method) for j in cells):
         with t.stage("fit_vae", log):
             vaes = fit_vae_stage(cfg, seeds, keys, out, log)
     failures: dict[Cell, str] = {}
@@ -145,7 +145,7 @@ class StageKeys:
         return fingerprint(self.base, self.cfg.vae, seed)
 
     def synthetic(self, cell: Cell) -> str:
-        made_from = self.vae(cell.seed) if cell.method == "lens" else None
+        made_from = self.vae(cell.seed) if needs_vae(cell.method) else None
         return fingerprint(self.base, self.cfg.synth, cell.synthetic_name, made_from)
 
     def head(self, cell: Cell) -> str:
@@ -316,7 +316,7 @@ def synthesize_stage(cfg: LensConfig, cells: list[Cell], seeds: list[SeedData], 
     made from the same inputs). Returns the cells that failed, with the reason (no VAE, non-finite values)."""
     from lens_ray.distributed.synthesis import synthesize_sets
 
-    failures = {j: vaes[j.seed].failure for j in cells if j.method == "lens" and vaes[j.seed].failure}
+    failures = {j: vaes[j.seed].failure for j in cells if needs_vae(j.method) and vaes[j.seed].failure}
     sets = list({j.synthetic_name: j for j in cells if j not in failures}.values())     # one per set, any head
     todo = [j for j in sets if read_synthetic(out, j.synthetic_name, keys.synthetic(j)) is None]
     log(f"  {len(sets) - len(todo)} synthetic sets reused, {len(todo)} to synthesize")
@@ -325,7 +325,7 @@ def synthesize_stage(cfg: LensConfig, cells: list[Cell], seeds: list[SeedData], 
     by_seed = {sd.seed: sd for sd in seeds}
     augmenters = {j: Augmenter.fit(j.method, j.seed, cfg.synth, torch.from_numpy(by_seed[j.seed].train_pos),
                                    torch.from_numpy(by_seed[j.seed].train_neg),
-                                   vaes[j.seed].vae if j.method == "lens" else None) for j in todo}
+                                   vaes[j.seed].vae if needs_vae(j.method) else None) for j in todo}
     train = {sd.seed: (sd.train_pos, sd.train_neg) for sd in seeds}
     for cell, (sp, sn) in synthesize_sets(augmenters, train, cfg.resources, log).items():
         if not (np.isfinite(sp).all() and np.isfinite(sn).all()):
@@ -398,19 +398,19 @@ def _store(store: Storage, keys: StageKeys, th: TrainedHead, sd: SeedData) -> Tr
 
 # ------------------------------------------------------------------ evaluation and report
 
-def evaluate_stage(heads: list[TrainedHead], emb: Embedded) -> list[dict]:
-    """One result row per cell: accuracy on the eval pairs and Best-of-N gold; a failed cell's row carries
-    its reason and no metric."""
-    rows = []
+def evaluate_stage(heads: list[TrainedHead], emb: Embedded) -> list[Result]:
+    """One result per cell: accuracy on the eval pairs and Best-of-N gold; a failed cell's carries its reason
+    and no metric."""
+    out = []
     for th in sorted(heads, key=lambda h: h.cell.name):
         j = th.cell
-        row = {"method": j.method, "factor": j.factor, "seed": j.seed, "head_kind": j.head, "accuracy": None,
-               "bon_gold": None, "val_accuracy": None, "head": f"heads/{j.name}", "status": "ok"}
+        row = Result(j.method, j.factor, j.seed, j.head)
         if th.failure:
-            rows.append({**row, "status": "failed", "reason": th.failure, "head": None})
+            out.append(replace(row, status="failed", reason=th.failure))
             continue
-        rows.append({**row, **head_metrics(th.head, emb), "val_accuracy": th.metrics.get("val_acc")})
-    return rows
+        out.append(replace(row, **head_metrics(th.head, emb), val_accuracy=th.metrics.get("val_acc"),
+                           head=f"heads/{j.name}"))
+    return out
 
 
 def baselines(ds: Datasets) -> dict[str, float]:
@@ -420,14 +420,14 @@ def baselines(ds: Datasets) -> dict[str, float]:
     return {"chance": 0.5, "longer_response": longer, "shorter_response": 1.0 - longer}
 
 
-def build_report(cfg: LensConfig, ds: Datasets, emb: Embedded, results: list[dict], vaes: dict[int, FittedVAE],
+def build_report(cfg: LensConfig, ds: Datasets, emb: Embedded, results: list[Result], vaes: dict[int, FittedVAE],
                  timings: dict[str, float], selected: dict | None = None) -> dict:
     report = {
         "name": cfg.run_name, "model": cfg.embed.model, "model_id": resolve_model(cfg.embed.model).model_id,
         "embedding_dim": emb.dim, "seed_pairs": len(ds.seed_pairs), "eval_pairs": len(ds.eval_pairs),
         "bon_prompts": len(ds.bon_prompts), "bon_n": cfg.data.bon_n if ds.bon_prompts else None,
         "selected": selected,
-        "results": results,
+        "results": [r.row() for r in results],
         "bon_random": bon_random(emb.bon_gold) if emb.bon_gold is not None else None,
         "bon_oracle": bon_oracle(emb.bon_gold) if emb.bon_gold is not None else None,
         "baselines": baselines(ds),
@@ -441,7 +441,7 @@ def build_report(cfg: LensConfig, ds: Datasets, emb: Embedded, results: list[dic
         "vae": {f"seed-{s}": v.metrics for s, v in sorted(vaes.items()) if v.vae is not None},
         "config": cfg.to_dict(),
     }
-    report["summary"] = reporting.summarize(results)
+    report["summary"] = [s.row() for s in reporting.summarize(results)]
     return report
 
 

@@ -19,7 +19,7 @@ from lens_ray.core.heads import build_head, reward_scale, rewards
 from lens_ray.core.metrics import head_metrics
 from lens_ray.core.pairs import Datasets, Split
 from lens_ray.core.progress import Log
-from lens_ray.core.records import Embedded
+from lens_ray.core.records import Embedded, Result
 from lens_ray.core.selection import (
     OBJECTIVES,
     Candidate,
@@ -225,14 +225,14 @@ def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
     return record
 
 
-def versus_fixed(selected: dict, results: list[dict]) -> dict[str, dict]:
+def versus_fixed(selected: dict, results: list[Result]) -> dict[str, dict]:
     """The pick's held-out figures against the per-method table's fixed choices at the run's layer, paired by
     seed: {"original" (the original pairs' MLP) | "mean_diff": {metric: {mean, se, n} or None}}."""
     mine = {r["seed"]: r for r in selected["seeds"]}
     out = {}
     for method, head in (("original", "mlp"), ("mean_diff", None)):
-        base = {r["seed"]: r for r in results if r["method"] == method and r["factor"] == 1 and r["status"] == "ok"
-                and (head is None or r["head_kind"] == head)}
+        base = {r.seed: r.row() for r in results if r.method == method and r.factor == 1 and r.ok
+                and (head is None or r.head_kind == head)}
         if base:
             gains = {m: paired(mine, base, m) for m in ("accuracy", "bon_gold")}
             out[method] = {m: {**mean_std(g), "se": standard_error(g) if len(g) > 1 else None} if g else None

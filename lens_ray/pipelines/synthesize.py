@@ -11,7 +11,7 @@ import time
 import torch
 
 from lens_ray.config import ConfigError, LensConfig
-from lens_ray.core.augment import Augmenter
+from lens_ray.core.augment import Augmenter, needs_vae
 from lens_ray.core.progress import Log
 from lens_ray.data.finished_run import FinishedRun
 from lens_ray.store.storage import Manifest, Storage
@@ -66,9 +66,9 @@ def synthesize_pairs(cfg: LensConfig, run: FinishedRun, out_uri: str, log: Log =
     """cfg.scale says how many pairs, which method and mode; cfg.synth (the run's own) how to draw them."""
     sc = cfg.scale
     pos, neg = run.table("seed")
-    vae = run.vae(sc.seed) if sc.method == "lens" else None
-    if sc.method == "lens" and vae is None:
-        raise ConfigError(f"{run.uri} has no VAE for seed {sc.seed}; run it with the lens method")
+    vae = run.vae(sc.seed) if needs_vae(sc.method) else None
+    if needs_vae(sc.method) and vae is None:
+        raise ConfigError(f"{run.uri} has no VAE for seed {sc.seed}; run it with the {sc.method} method")
     aug = Augmenter.fit(sc.method, sc.seed, cfg.synth, torch.from_numpy(pos), torch.from_numpy(neg), vae)
     meta = {"from_run": run.uri, "method": sc.method, "mode": sc.mode, "pairs": sc.pairs, "k": sc.k, "seed": sc.seed,
             "dim": int(pos.shape[1]), "sources": int(len(pos)),

@@ -22,6 +22,8 @@ import re
 import tempfile
 
 from lens_ray.config import ConfigError
+from lens_ray.core.records import Result
+from lens_ray.pipelines.report import summary_of
 from lens_ray.store.storage import Storage
 
 FOLDER = "tensorboard"
@@ -30,15 +32,13 @@ FOLDER = "tensorboard"
 def scalars(report: dict) -> list[tuple[str, float, int]]:
     """(tag, value, step) of every figure of the report that TensorBoard shows; nothing that is None."""
     out: list[tuple[str, float, int]] = []
-    for row in report.get("summary", []):
-        name = f"{row['method']}-{row.get('head_kind', 'mlp')}"
+    for row in summary_of(report):
         for metric in ("accuracy", "bon_gold"):
-            if row.get(metric):
-                out.append((f"{metric}/{name}", row[metric]["mean"], int(row["factor"])))
-    for r in report.get("results", []):
-        if r.get("accuracy") is not None:
-            out.append((f"seeds/accuracy/{r['method']}-f{r['factor']}-{r.get('head_kind', 'mlp')}", r["accuracy"],
-                        int(r["seed"])))
+            if getattr(row, metric):
+                out.append((f"{metric}/{row.method}-{row.head_kind}", getattr(row, metric)["mean"], row.factor))
+    for r in map(Result.of, report.get("results", [])):
+        if r.accuracy is not None:
+            out.append((f"seeds/accuracy/{r.method}-f{r.factor}-{r.head_kind}", r.accuracy, r.seed))
     sel = report.get("selected") or {}
     for c in sel.get("candidates", []):
         if c.get("kfold_accuracy") is not None:

@@ -18,7 +18,7 @@ import os
 import urllib.request
 from typing import Any, Callable
 
-from lens_ray.scoring.protocols import Limits, conversation, openrlhf_items, openrlhf_reply
+from lens_ray.scoring.protocols import PROTOCOLS, Limits, conversation
 from lens_ray.scoring.reward_model import RewardModel
 
 
@@ -92,7 +92,8 @@ def openrlhf_reward_func(queries: list[str], prompts: list[str], labels: list[st
             raise RuntimeError("set LENS_RAY_RUN to a finished lens-ray run (and LENS_RAY_HEAD to pick a head)")
         _MODEL = RewardModel.from_run(os.environ["LENS_RAY_RUN"], os.environ.get("LENS_RAY_HEAD") or None)
     body = {"query": list(queries), "prompts": list(prompts)} | ({"labels": list(labels)} if labels else {})
-    items = openrlhf_items(body, Limits(max_items=1 << 30), _MODEL.chat_template)
+    openrlhf = PROTOCOLS["openrlhf"]
+    items = openrlhf.parse(body, Limits(max_items=1 << 30), _MODEL.chat_template)
     rewards = _MODEL.score(items.prompts, items.responses, normalize=os.environ.get("LENS_RAY_NORMALIZE") != "0")
-    reply = openrlhf_reply([float(r) for r in rewards])
+    reply = openrlhf.reply([float(r) for r in rewards], None)
     return {**reply, "rewards": torch.tensor(reply["rewards"]), "scores": torch.tensor(reply["scores"])}

@@ -189,7 +189,9 @@ def hh_prompt(text: str) -> list[dict[str, str]] | None:
         return None
 
 
-def score_items(obj: dict, limits: Limits) -> Items:
+def score_items(obj: dict, limits: Limits, template: "ChatTemplate | None" = None) -> Items:
+    """/score's request -> its (prompt, response) items. Prompts come as messages or plain strings, never rendered
+    with a template, so `template` is not read (it is every protocol's parser's parameter)."""
     raw = _list(obj, "prompts", limits)
     prompts = [_prompt(p, f"prompts[{i}]", limits) for i, p in enumerate(raw)]
     responses = _strings(obj, "responses", limits)
@@ -198,9 +200,33 @@ def score_items(obj: dict, limits: Limits) -> Items:
     return Items(prompts, responses)
 
 
-def openrlhf_reply(rewards: list[float], extra: dict | None = None) -> dict:
+def openrlhf_reply(rewards: list[float], model: dict[str, str] | None = None) -> dict:
     """OpenRLHF reads "rewards" (used for the advantage) and "scores" (logged); both are the reward here."""
-    return {"rewards": rewards, "scores": rewards, "extra_logs": extra or {}}
+    return {"rewards": rewards, "scores": rewards, "extra_logs": {}}
+
+
+def score_reply(rewards: list[float], model: dict[str, str] | None = None) -> dict:
+    """/score's answer: the rewards and what scored them ({"head", "model"})."""
+    return {"rewards": rewards, **(model or {})}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One wire protocol: a POST to `route` whose JSON body `parse` checks into Items (a BadRequest naming the
+    field otherwise; `template` reads back chat-templated prompts), answered with `reply(rewards, model)`;
+    `items` is the request's field an item's failure is reported under."""
+    route: str
+    items: str
+    parse: Callable[[dict, Limits, "ChatTemplate | None"], Items]
+    reply: Callable[[list[float], "dict[str, str] | None"], dict]
+
+
+# Every protocol the reward server speaks (and its routes); a new one is one entry. The in-process callables of
+# integrations.py use the same entries.
+PROTOCOLS: dict[str, Protocol] = {
+    "openrlhf": Protocol("/get_reward", "query", openrlhf_items, openrlhf_reply),
+    "score": Protocol("/score", "responses", score_items, score_reply),
+}
 
 
 # ---------------------------------------------------------------- chat templates, read back

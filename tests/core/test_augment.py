@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lens_ray.config import SynthConfig
-from lens_ray.core.augment import Augmenter, PairSet, augmented_set, training_pairs
+from lens_ray.core.augment import AUGMENTERS, Augmenter, Method, PairSet, augmented_set, needs_vae, training_pairs
 
 
 def _pairs(n=12, d=6, seed=0):
@@ -43,8 +43,26 @@ def test_training_pairs_per_method():
     assert torch.equal(dp.pos, augmented_set(pos, neg, syn_pos, syn_neg, 4, 0, 0.5).pos)     # one recipe
     with pytest.raises(ValueError, match="lens needs a fitted VAE"):
         training_pairs("lens", 4, pos, neg, 0, SynthConfig(), 1.0)
-    with pytest.raises(ValueError, match="does not augment"):
+    with pytest.raises(ValueError, match="does not augment; augmenting methods: direct_perturbation, gaussian"):
         Augmenter.fit("mean_diff", 0, SynthConfig(), pos, neg)
+
+
+def test_a_new_method_is_one_entry(monkeypatch):
+    """An entry of AUGMENTERS is all the fitting path needs: its fit sees the training pairs, its draw the batch."""
+    pos, neg = _pairs()
+    mirror = Method(lambda synth, p, n, vae: (p - n).mean(0),                      # state: the mean gap (d,)
+                    lambda gap, synth, e_pos, e_neg, ids, k, seed: ((e_pos + gap)[:, None].expand(-1, k, -1),
+                                                                     (e_neg - gap)[:, None].expand(-1, k, -1)))
+    monkeypatch.setitem(AUGMENTERS, "mirror", mirror)
+    pairs = training_pairs("mirror", 2, pos, neg, 0, SynthConfig(), 0.5)
+    gap, syn = (pos - neg).mean(0), ~pairs.originals()
+    src = pairs.sources()[syn.numpy()]
+    moved_pos = ~torch.isclose(pairs.pos[syn], pos[src]).all(1)
+    moved_neg = ~torch.isclose(pairs.neg[syn], neg[src]).all(1)
+    assert len(pairs) == 24 and (moved_pos | moved_neg).all()                      # each synthetic pair is new
+    assert torch.allclose(pairs.pos[syn][moved_pos], (pos[src] + gap)[moved_pos])
+    assert torch.allclose(pairs.neg[syn][moved_neg], (neg[src] - gap)[moved_neg])
+    assert needs_vae("lens") and not needs_vae("mirror") and not needs_vae("original")
 
 
 @pytest.mark.parametrize("method", ["lens", "direct_perturbation", "gaussian_sampling"])

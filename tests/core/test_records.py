@@ -3,7 +3,7 @@ import numpy as np
 
 from lens_ray.config import LensConfig, load_config
 from lens_ray.core.pairs import Datasets, Pair, Quarantine, ScoredPrompt, Split
-from lens_ray.core.records import Cell, Embedded, SeedData, bon_draws, plan_cells, table_texts
+from lens_ray.core.records import Cell, Embedded, Result, SeedData, Summary, bon_draws, plan_cells, table_texts
 
 
 def test_cell_names_and_kinds():
@@ -12,6 +12,21 @@ def test_cell_names_and_kinds():
     assert Cell("lens", 8, 2, "linear").synthetic_name == Cell("lens", 8, 2).synthetic_name == "lens-f8-s2"
     assert Cell("lens", 4, 0).augments and not Cell("original", 1, 0).augments
     assert Cell("original", 1, 0).trained and not Cell("mean_diff", 1, 0, "linear").trained
+
+
+def test_results_and_summaries_read_every_stored_form_and_write_report_json_rows():
+    """A row written before heads had kinds (or a status) reads as an MLP that succeeded; rows write back as the run
+    writes them: an ok row has no reason key, a failed one has its reason and no metric."""
+    old = Result.of({"method": "lens", "factor": 4, "seed": 1, "accuracy": 0.61, "bon_gold": None,
+                     "val_accuracy": 0.6, "head": "heads/lens-f4-s1"})
+    assert old.head_kind == "mlp" and old.ok and old.cell.name == "lens-f4-s1"
+    assert old.row() == {"method": "lens", "factor": 4, "seed": 1, "head_kind": "mlp", "status": "ok",
+                         "accuracy": 0.61, "bon_gold": None, "val_accuracy": 0.6, "head": "heads/lens-f4-s1"}
+    failed = Result("lens", 4, 0, "linear", status="failed", reason="VAE: non-finite loss")
+    assert Result.of(failed.row()) == failed and failed.row()["reason"] == "VAE: non-finite loss"
+    assert not failed.ok and failed.row()["accuracy"] is None and failed.row()["head"] is None
+    s = Summary.of({"method": "original", "factor": 1, "failed": 0, "accuracy": {"mean": 0.6, "std": 0.0, "n": 1}})
+    assert s.head_kind == "mlp" and s.accuracy_vs_original is None and Summary.of(s.row()) == s
 
 
 def test_plan_covers_every_method_factor_head_and_seed():

@@ -266,7 +266,9 @@ def test_token_routes_and_survival(server):
     assert _call(url, "/score", {"prompts": ["a"], "responses": ["b"]}, token=None)[0] == 401
     assert _call(url, "/score", {"prompts": ["a"], "responses": ["b"]}, token="wrong")[0] == 401
     assert _call(url, "/healthz", None, token=None, method="GET")[0] == 200          # health needs no token
-    assert _call(url, "/nope", {})[0] == 404
+    status, body = _call(url, "/nope", {})
+    assert status == 404 and body["error"].endswith("routes: POST /get_reward, POST /score, GET /info, GET /healthz")
+    assert _call(url, "/info", {})[0] == 404 and _call(url, "/score", None, method="GET")[0] == 404   # wrong method
     long = "word " * 600                                # over max_length (64 tokens), under the body limit
     status, body = _call(url, "/score", {"prompts": [long], "responses": ["fine"]})
     info = _call(url, "/info", None, method="GET")[1]

@@ -7,6 +7,7 @@ import pytest
 
 from lens_ray.config import AUGMENTING, METHODS, LensConfig
 from lens_ray.core.curve import summarize_curve, verdicts
+from lens_ray.core.records import Result
 from lens_ray.pipelines import report as reporting
 from lens_ray.pipelines import report_html
 from lens_ray.pipelines.search import compare_on_test, verdict
@@ -27,6 +28,11 @@ def _rows(methods, heads, seeds, sizes=(None,), factors=(2, 4)):
     return rows
 
 
+def _summary(rows: list[dict]) -> list[dict]:
+    """report.json's "summary" of these result rows, as the run writes it."""
+    return [s.row() for s in reporting.summarize([Result.of(r) for r in rows])]
+
+
 def _no_unbacked_numbers(text: str, seeds: int) -> None:
     assert not re.search(r"\bnan\b", text, re.I), text
     if seeds < 2:                                      # a number with a spread needs two values behind it
@@ -40,7 +46,7 @@ def test_run_report_renders_every_combination(methods, heads, seeds):
     results = _rows(methods, heads, seeds)
     report = {"name": "t", "model": "tiny", "embedding_dim": 8, "seed_pairs": 100, "eval_pairs": 60,
               "bon_prompts": 0, "results": results, "timings_s": {"embed": 1.0}, "quarantined": {},
-              "config": cfg.to_dict(), "summary": reporting.summarize(results),
+              "config": cfg.to_dict(), "summary": _summary(results),
               "baselines": {"chance": 0.5, "longer_response": 0.5475, "shorter_response": 0.4525}}
     text = reporting.table(report)
     page = report_html.render(report)
@@ -92,7 +98,7 @@ def test_summary_gains_are_the_hand_computed_ones():
                _row("original", 1, "linear", 0, 0.50, 0.40), _row("original", 1, "linear", 1, 0.52, 0.44),
                _row("lens", 4, "mlp", 0, 0.63, 0.55), _row("lens", 4, "mlp", 1, 0.61, 0.58),
                _row("lens", 4, "linear", 0, 0.60, 0.41), _row("lens", 4, "linear", 1, 0.70, 0.50)]
-    summary = {(r["method"], r["head_kind"]): r for r in reporting.summarize(results)}
+    summary = {(r["method"], r["head_kind"]): r for r in _summary(results)}
     lens_mlp, lens_linear = summary[("lens", "mlp")], summary[("lens", "linear")]
     # lens on the MLP: seed 0 +0.03, seed 1 -0.01 -> mean +0.01, std (ddof 1) 0.02 * sqrt(2) / 2 * 2 = 0.028284
     assert lens_mlp["accuracy_vs_original"]["mean"] == pytest.approx(0.01)
@@ -103,7 +109,7 @@ def test_summary_gains_are_the_hand_computed_ones():
     assert lens_linear["bon_gold_vs_original"]["mean"] == pytest.approx(0.035)      # +0.01, +0.06
     assert summary[("original", "linear")]["accuracy_vs_original"] is None
     assert summary[("original", "linear")]["accuracy"]["mean"] == pytest.approx(0.51)
-    header, rows = reporting.summary_rows({"summary": reporting.summarize(results)})
+    header, rows = reporting.summary_rows({"summary": _summary(results)})
     assert header[3:] == ["accuracy", "vs original", "BoN gold", "vs original"]
     cells = {(r[0], r[2]): r[3:] for r in rows}
     assert cells[("lens", "linear")] == ["0.650 ± 0.071", "+0.140 ± 0.057", "0.455 ± 0.064", "+0.035 ± 0.035"]

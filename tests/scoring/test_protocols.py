@@ -64,3 +64,22 @@ def test_conversation_reads_each_form_a_prompt_string_comes_in():
     assert conversation("\n\nHuman: Hi\n\nAssistant:", " Hello", TEMPLATE) == (msgs, "Hello")
     assert conversation("Hi", "Hello", TEMPLATE) == ("Hi", "Hello")             # plain: one user turn
     assert conversation("Hi", "Hello", None) == ("Hi", "Hello")
+
+
+def test_every_protocol_is_one_entry_with_a_route_a_parser_and_a_reply():
+    """The server's routes, the proxy's and the in-process callables read PROTOCOLS: each entry parses its own
+    request shape and answers in its consumer's shape; routes are distinct."""
+    from lens_ray.scoring.protocols import PROTOCOLS
+    assert len({p.route for p in PROTOCOLS.values()}) == len(PROTOCOLS)
+    requests = {"openrlhf": {"query": ["Hi there"], "prompts": ["Hi "]},
+                "score": {"prompts": [[{"role": "user", "content": "Hi"}]], "responses": ["there"]}}
+    assert set(requests) == set(PROTOCOLS)
+    model = {"head": "h", "model": "m"}
+    for name, protocol in PROTOCOLS.items():
+        items = protocol.parse(requests[name], Limits(), None)
+        assert len(items.prompts) == len(items.responses) == 1 and items.responses[0] == "there"
+        with pytest.raises(BadRequest) as bad:
+            protocol.parse({}, Limits(), None)
+        assert bad.value.status == 422
+    assert PROTOCOLS["openrlhf"].reply([0.5], model) == {"rewards": [0.5], "scores": [0.5], "extra_logs": {}}
+    assert PROTOCOLS["score"].reply([0.5], model) == {"rewards": [0.5], "head": "h", "model": "m"}

@@ -148,3 +148,42 @@ def test_a_yaml_alias_bomb_is_refused_in_one_short_line(tmp_path):
 def test_the_settings_that_multiply_work_are_bounded(setting):
     with pytest.raises(ConfigError, match=rf"{setting}: must be <="):
         load_config(None, {setting: 1_000_000})
+
+
+# parameters that share a setting's name and value by coincidence: another idea, not a restated default
+NOT_A_SETTING = {("text_key", "dtype"),               # a cache address's compute dtype (part of stored keys)
+                 ("train_head_streaming", "seed"),    # the fit's seed, not synthesis at scale's
+                 ("embeddings_to_arrow", "dtype")}    # any column's dtype
+
+
+def test_no_function_restates_a_settings_default():
+    """One default per setting: a function parameter named as a setting either has no default or takes the
+    setting's own (`RewardConfig.hidden_dim`), never the same value written again."""
+    import ast
+    import dataclasses
+    from pathlib import Path
+
+    from lens_ray import config
+    defaults: dict[str, set[str]] = {}
+    for obj in vars(config).values():
+        if isinstance(obj, type) and dataclasses.is_dataclass(obj):
+            for f in dataclasses.fields(obj):
+                if f.default is not dataclasses.MISSING and f.default is not None:
+                    defaults.setdefault(f.name, set()).add(repr(f.default))
+    restated = []
+    for path in sorted((Path(config.__file__).parent).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            a = node.args
+            named = a.posonlyargs + a.args
+            pairs = list(zip(named[len(named) - len(a.defaults):], a.defaults))
+            pairs += [(k, d) for k, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None]
+            for arg, default in pairs:
+                try:
+                    value = repr(ast.literal_eval(default))
+                except ValueError:
+                    continue                                   # a name: the setting's own default, say
+                if value in defaults.get(arg.arg, ()) and (node.name, arg.arg) not in NOT_A_SETTING:
+                    restated.append(f"{path.name}:{node.lineno} {node.name}({arg.arg}={value})")
+    assert not restated, restated

@@ -12,13 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lens_ray.config import RewardConfig
 from lens_ray.core.vae import Standardizer, bounded_sizes, mlp
 
 
 class RewardHead(nn.Module):
     """r(e): (..., d) -> (...). An MLP on standardized embeddings."""
 
-    def __init__(self, dim: int, hidden_dim: int = 256, depth: int = 1, dropout: float = 0.1):
+    def __init__(self, dim: int, hidden_dim: int = RewardConfig.hidden_dim, depth: int = RewardConfig.depth,
+                 dropout: float = RewardConfig.dropout):
         super().__init__()
         self.dim, self.hidden_dim, self.depth, self.dropout = dim, hidden_dim, depth, dropout
         self.norm = Standardizer(dim)

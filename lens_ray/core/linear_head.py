@@ -102,7 +102,7 @@ def features(pos: torch.Tensor, neg: torch.Tensor, weight: torch.Tensor, p: torc
 
 def directions(pos: torch.Tensor, neg: torch.Tensor, weight: torch.Tensor, norm: str, l2s: list[float],
                shrinks: list[float], whiten_shrinkage: float,
-               loss: str = "bradley_terry") -> dict[tuple[float, float], torch.Tensor]:
+               loss: str = RewardConfig.loss) -> dict[tuple[float, float], torch.Tensor]:
     """Unit scoring directions in embedding space (d,) for each (l2, shrink), fitted on pairs (n, d) x2 with
     `loss` (a pointwise fit's bias is dropped: it does not change which response scores higher)."""
     p = transform(torch.cat([pos, neg]), norm, whiten_shrinkage)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lens_ray.config import LensConfig
+from lens_ray.config import LensConfig, RewardConfig, SelectionConfig
 from lens_ray.core.augment import needs_vae
 from lens_ray.core.fit import NonFiniteError, fit_vae
 from lens_ray.core.heads import EnsembleHead, reward_scale, rewards, standardize
@@ -49,7 +49,7 @@ def candidate_layers(depth: int, fractions: tuple[float, ...] = LAYER_FRACTIONS)
     return tuple(dict.fromkeys(-1 - round(f * depth) for f in fractions))
 
 
-def simplicity(method: str, head: str, loss: str = "bradley_terry", layers: int = 1,
+def simplicity(method: str, head: str, loss: str = RewardConfig.loss, layers: int = 1,
                seeds: int = 1) -> tuple[bool, int, bool, bool, bool]:
     """What the one-standard-error rule prefers, smallest first: no augmentation, then the simpler head, then one
     layer, then one seed, then the default loss."""
@@ -115,8 +115,8 @@ def fold_splits(groups: list[str], folds: int, val_fraction: float, seed: int) -
     return out
 
 
-def stage_one(layers: list[tuple[int, ...]], heads: tuple[str, ...], losses: tuple[str, ...] = ("bradley_terry",),
-              mlp_seeds: int = 1) -> list[Candidate]:
+def stage_one(layers: list[tuple[int, ...]], heads: tuple[str, ...], losses: tuple[str, ...] = SelectionConfig.losses,
+              mlp_seeds: int = SelectionConfig.mlp_seeds) -> list[Candidate]:
     """Every layer x head, each trained head with each loss (mean_diff fits nothing: once); with mlp_seeds > 1,
     each MLP also as a seed ensemble."""
     out = [Candidate(layer, head, loss=loss) for layer in layers for head in heads
@@ -189,7 +189,7 @@ def seed_ensemble(models: list[torch.nn.Module], train: np.ndarray) -> EnsembleH
 
 def ensemble_units(tops: tuple[int, ...], rows: list[dict], units: list[dict[str, dict | None]],
                    splits: list[FoldSplit], groups: list[str], gold: tuple[np.ndarray, np.ndarray] | None = None,
-                   objective: str = "accuracy") -> list[dict[str, dict | None]]:
+                   objective: str = SelectionConfig.objective) -> list[dict[str, dict | None]]:
     """Each fold's score of each top-k ensemble: in fold f the candidates (rows: summarized, ok, with "rewards"
     in every unit; never ensembles) are ranked by their mean objective over the other folds, and the k best's
     standardized held rewards averaged. -> one {"top-k ensemble": {"accuracy", "bon_gold"}} per fold."""
@@ -211,14 +211,14 @@ def ensemble_units(tops: tuple[int, ...], rows: list[dict], units: list[dict[str
     return out
 
 
-def members(rows: list[dict], k: int, objective: str = "accuracy") -> tuple[Candidate, ...]:
+def members(rows: list[dict], k: int, objective: str = SelectionConfig.objective) -> tuple[Candidate, ...]:
     """A top-k ensemble's members once chosen: the k best candidates (not ensembles) by mean k-fold objective."""
     mean = OBJECTIVES[objective][1]
     ok = [r for r in rows if r["status"] == "ok" and r["head_kind"] != "ensemble"]
     return tuple(Candidate.of(r) for r in sorted(ok, key=lambda r: -r[mean])[:k])
 
 
-def resolved(pick: Candidate, rows: list[dict], objective: str = "accuracy") -> Candidate:
+def resolved(pick: Candidate, rows: list[dict], objective: str = SelectionConfig.objective) -> Candidate:
     """The pick as it is refitted: a top-k ensemble with its members, on the union of their layers (in the
     members' order; each candidate layer is one, several are concatenated candidates); any other as it is."""
     if pick.head != "ensemble":
@@ -258,7 +258,7 @@ def planned_seconds(candidates: list[Candidate], seconds: dict[tuple, float], sl
     return total / max(1, slots)
 
 
-def _with_head(cfg: LensConfig, head: str, loss: str = "bradley_terry") -> LensConfig:
+def _with_head(cfg: LensConfig, head: str, loss: str = RewardConfig.loss) -> LensConfig:
     cfg = copy.deepcopy(cfg)
     if head != "mean_diff":
         cfg.reward.heads, cfg.reward.loss = (head,), loss
@@ -291,14 +291,14 @@ def _se(row: dict, objective: str) -> float:
     return 0.0 if se is None or math.isnan(se) else se
 
 
-def finalists(rows: list[dict], n: int, objective: str = "accuracy") -> list[Candidate]:
+def finalists(rows: list[dict], n: int, objective: str = SelectionConfig.objective) -> list[Candidate]:
     """The n best (layer, trained head) candidates on the original pairs, by mean k-fold objective."""
     trained = [r for r in rows if r["status"] == "ok" and r["method"] == "original" and r["head_kind"] != "mean_diff"]
     best = sorted(trained, key=lambda r: -r[OBJECTIVES[objective][1]])[:n]
     return [Candidate.of({**r, "method": "original", "factor": 1}) for r in best]
 
 
-def choose(rows: list[dict], objective: str = "accuracy") -> dict:
+def choose(rows: list[dict], objective: str = SelectionConfig.objective) -> dict:
     """The best mean of the objective, then the simplest candidate within one standard error of it (its row)."""
     mean = OBJECTIVES[objective][1]
     ok = [r for r in rows if r["status"] == "ok"]
@@ -312,7 +312,7 @@ def choose(rows: list[dict], objective: str = "accuracy") -> dict:
     return min(near, key=lambda r: (*Candidate.of(r).simplicity, -r[mean]))
 
 
-def paired_gain(a: dict, b: dict, objective: str = "accuracy") -> dict | None:
+def paired_gain(a: dict, b: dict, objective: str = SelectionConfig.objective) -> dict | None:
     """Mean and standard error over folds of a's objective minus b's (the same folds: paired); both named, since
     a lever's `candidate` need not be the pick (the head lever compares the best trained head with mean_diff)."""
     if a["status"] != "ok" or b["status"] != "ok":
@@ -325,7 +325,7 @@ def paired_gain(a: dict, b: dict, objective: str = "accuracy") -> dict | None:
 
 
 def levers(rows: list[dict], pick: dict, run_layer: tuple[int, ...],
-           objective: str = "accuracy") -> dict[str, dict | None]:
+           objective: str = SelectionConfig.objective) -> dict[str, dict | None]:
     """What each lever is worth at the pick, paired by fold: the layer (the pick's head on the original pairs
     at its layer vs at the run's layer), the head (the best trained head vs mean_diff at the pick's layer)
     and the augmentation (the pick vs its own head and layer without augmentation)."""

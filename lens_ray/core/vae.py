@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lens_ray.config import VAEConfig
+
 
 def mlp(dims: list[int], dropout: float = 0.0) -> nn.Sequential:
     """Linear layers with GELU between them (none after the last)."""
@@ -50,7 +52,8 @@ class Standardizer(nn.Module):
 class PreferenceVAE(nn.Module):
     """e (d) -> q(z|e) = N(mu, diag(exp(logvar))) (k) -> e_hat (d)."""
 
-    def __init__(self, dim: int, latent_dim: int = 16, hidden_dims: tuple[int, ...] = (64,)):
+    def __init__(self, dim: int, latent_dim: int = VAEConfig.latent_dim,
+                 hidden_dims: tuple[int, ...] = VAEConfig.hidden_dims):
         super().__init__()
         self.dim, self.latent_dim, self.hidden_dims = dim, latent_dim, tuple(hidden_dims)
         self.norm = Standardizer(dim)
@@ -129,7 +132,8 @@ def w2_diag_gaussians(mu_a, logvar_a, mu_b, logvar_b, eps: float = 1e-8) -> torc
     return (w2_sq + eps).sqrt()
 
 
-def bounded_divergence(w2: torch.Tensor, bound: str = "clamp", div_max: float = 5.0) -> torch.Tensor:
+def bounded_divergence(w2: torch.Tensor, bound: str = VAEConfig.div_bound,
+                       div_max: float = VAEConfig.div_max) -> torch.Tensor:
     """The LENS divergence term per pair, bounded below: (B,) -> (B,).
 
     -W2 is unbounded below, so minimizing it would push pairs apart forever. clamp: -min(W2, max),
@@ -152,9 +156,10 @@ class VAELoss:
     w2: torch.Tensor
 
 
-def lens_vae_loss(vae: PreferenceVAE, e_pos: torch.Tensor, e_neg: torch.Tensor, beta: float = 1.0,
-                  gamma: float = 0.1, recon: str = "mse", reduction: str = "sum",
-                  div_bound: str = "clamp", div_max: float = 5.0, forward: nn.Module | None = None) -> VAELoss:
+def lens_vae_loss(vae: PreferenceVAE, e_pos: torch.Tensor, e_neg: torch.Tensor, beta: float = VAEConfig.beta,
+                  gamma: float = VAEConfig.gamma, recon: str = VAEConfig.recon,
+                  reduction: str = VAEConfig.recon_reduction, div_bound: str = VAEConfig.div_bound,
+                  div_max: float = VAEConfig.div_max, forward: nn.Module | None = None) -> VAELoss:
     """L = mean_i [L_vae(e_i+) + L_vae(e_i-)] + gamma * mean_i bounded(-W2(q(z|e_i+), q(z|e_i-))).
 
     e_pos, e_neg: (B, d) chosen / rejected embeddings of the same B pairs. `forward` is the module

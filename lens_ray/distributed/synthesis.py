@@ -15,7 +15,7 @@ import ray
 import torch
 from ray.data import ActorPoolStrategy
 
-from lens_ray.config import ResourcesConfig
+from lens_ray.config import ResourcesConfig, ScaleConfig
 from lens_ray.core.augment import Augmenter
 from lens_ray.core.progress import Log, Progress
 from lens_ray.core.records import Cell
@@ -138,8 +138,8 @@ def _write_seeded_shards(batch: dict[str, np.ndarray], out_uri: str, total: int,
 
 
 def synthesize_at_scale(aug: Augmenter, src_pos: np.ndarray, src_neg: np.ndarray, k: int, mode: str, out: Storage,
-                        total: int, meta: dict, res: ResourcesConfig, shard_pairs: int = 16384,
-                        dtype: str = "float32", log: Log = print) -> Manifest:
+                        total: int, meta: dict, res: ResourcesConfig, shard_pairs: int = ScaleConfig.shard_pairs,
+                        dtype: str = ScaleConfig.dtype, log: Log = print) -> Manifest:
     """`total` synthetic pairs into <out>/manifest.json + part-*.parquet. Shards already committed are kept:
     a re-run after a kill writes only the missing ones, so every pair is there exactly once.
 

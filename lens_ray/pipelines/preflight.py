@@ -12,7 +12,7 @@ from lens_ray.config import ConfigError, LensConfig
 from lens_ray.core.augment import needs_vae
 from lens_ray.core.pairs import Datasets
 from lens_ray.core.records import plan_cells
-from lens_ray.data.embed import ModelLoadError, model_depth, model_positions, resolve_model
+from lens_ray.data.embed import ModelLoadError, model_depth, model_positions, reads_inner, resolve_model
 from lens_ray.data.hub import hub_unreachable
 from lens_ray.data.ingest import load_datasets
 from lens_ray.pipelines.selection import seed_gold
@@ -80,7 +80,7 @@ def check_layers(cfg: LensConfig, ds: Datasets) -> None:
     asked = [("embed.layer", e.layer), ("embed.cache_layers", e.cache_layers)]
     if sel.enabled:
         asked.append(("selection.layers", sel.layers))
-    if any(layers for _, layers in asked if layers != (-1,)):
+    if any(layers and reads_inner(layers) for _, layers in asked):
         depth = model_depth(e.model)
         for name, layers in asked:
             for layer in layers:

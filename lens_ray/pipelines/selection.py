@@ -41,7 +41,7 @@ from lens_ray.core.selection import (
     summarize,
 )
 from lens_ray.core.stats import mean_std, paired, standard_error
-from lens_ray.data.embed import INNER, model_depth
+from lens_ray.data.embed import INNER, model_depth, reads_inner
 from lens_ray.store.artifacts import reuse_model, save_model
 from lens_ray.store.storage import Storage, StorageError
 
@@ -91,7 +91,7 @@ def selection_key(cfg: LensConfig, layers: list[tuple[int, ...]], base_key: str)
     settings reuses the pick."""
     augmentation = (tuple(m for m in cfg.methods if m in AUGMENTING), cfg.factors, cfg.vae, cfg.synth) \
         if cfg.selection.finalists else ()
-    inner = [INNER] if any(x != (-1,) for x in layers) else []      # how inner layers were read
+    inner = [INNER] if any(reads_inner(x) for x in layers) else []      # how inner layers were read
     chose = {k: v for k, v in dataclasses.asdict(cfg.selection).items()       # what the pick depends on
              if k != "max_minutes" and OFF.get(k, ...) != v}
     return fingerprint(base_key, chose, [list(x) for x in layers], *augmentation, cfg.reward,

@@ -28,7 +28,7 @@ import shutil
 import torch
 from safetensors.torch import save_file
 
-from lens_ray.config import ConfigError
+from lens_ray.config import ConfigError, EmbedConfig, ServeConfig
 from lens_ray.data.embed import final_norm, format_text, plain_config, resolve_pooling
 from lens_ray.scoring.protocols import messages
 from lens_ray.scoring.reward_model import RewardModel
@@ -79,7 +79,7 @@ def _kept_layers(rm: RewardModel) -> int | None:
     return n + 1 + layer
 
 
-def export(rm: RewardModel, out_dir: str, normalize: bool = True) -> tuple[str, str]:
+def export(rm: RewardModel, out_dir: str, normalize: bool = ServeConfig.normalize) -> tuple[str, str]:
     """Write the folder; returns (its path, its form: "standard" or "lens"). normalize: the logits are the
     standardized reward (the standard form: plus its offset); else the head's raw reward."""
     cls = standard_class(rm)
@@ -162,7 +162,7 @@ def _lens(rm: RewardModel, spec: dict, scale: dict | None, dtype, out_dir: str):
 
 
 def exported_logits(model: torch.nn.Module, tokenizer, prompts: list, responses: list[str],
-                    padding_side: str = "right") -> torch.Tensor:
+                    padding_side: str = EmbedConfig.padding_side) -> torch.Tensor:
     """Rewards from an exported model, tokenized as lens-ray tokenizes (chat template, left truncation)."""
     spec = getattr(model.config, MARK)
     texts = [format_text(tokenizer, spec["causal"], messages(p), r) for p, r in zip(prompts, responses)]

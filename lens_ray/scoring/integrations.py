@@ -18,6 +18,7 @@ import os
 import urllib.request
 from typing import Any, Callable
 
+from lens_ray.config import ServeConfig
 from lens_ray.scoring.protocols import PROTOCOLS, Limits, conversation
 from lens_ray.scoring.reward_model import RewardModel
 
@@ -31,7 +32,7 @@ def _text(item: Any) -> str:
     raise TypeError(f"a completion must be a string or a list of messages, got {type(item).__name__}")
 
 
-def trl_reward(run: str, head: str | None = None, normalize: bool = True,
+def trl_reward(run: str, head: str | None = None, normalize: bool = ServeConfig.normalize,
                model: RewardModel | None = None) -> Callable[..., list[float]]:
     """f(prompts, completions, **kwargs) -> one float per completion, for TRL's `reward_funcs`; standardized
     rewards unless normalize=False. A prompt string rendered with the reward model's chat template (a plain-text

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lens_ray.config import EmbedConfig
+from lens_ray.config import EmbedConfig, ServeConfig
 from lens_ray.core.heads import standardize
 from lens_ray.data.embed import LoadedModel, Packing, combine_layers, embed_rows, load_model, tokenize
 from lens_ray.data.finished_run import FinishedRun, checked_scale
@@ -79,7 +79,7 @@ class RewardModel:
         return combine_layers(vecs, e.layer_combine)
     @torch.no_grad()
     def score(self, prompts: list[Prompt], responses: list[str], batch_size: int = 8,
-              normalize: bool = True) -> np.ndarray:
+              normalize: bool = ServeConfig.normalize) -> np.ndarray:
         """(n,) rewards, standardized (`core.heads.standardize`: mean 0, std 1 over the head's training
         responses); normalize=False: the head's raw rewards."""
         emb = self.embed(prompts, responses, batch_size)

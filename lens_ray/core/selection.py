@@ -98,6 +98,39 @@ class Candidate:
 
 
 @dataclass
+class Selection:
+    """The select stage's record of its pick: report.json's "selected" and heads/selected's meta. `of` reads every
+    stored form (records before objectives were chosen ranked by accuracy), `record` writes one."""
+    candidate: str                       # the pick's name, as its table row names it
+    pick: Candidate
+    folds: int
+    kfold_accuracy: float | None         # over the folds; optimistic: it won on them
+    kfold_se: float | None
+    accuracy: float | None = None        # held out, of the stored refit (seed 0)
+    bon_gold: float | None = None
+    kfold_bon_gold: float | None = None
+    kfold_bon_gold_se: float | None = None
+    objective: str = "accuracy"
+    head: str = "heads/selected"
+    seeds: list[dict] = field(default_factory=list)        # {seed, accuracy, bon_gold} of the pick refitted per seed
+    rule: str = ""
+    note: str = ""
+    levers: dict = field(default_factory=dict)             # layer | head | augmentation -> paired gain or None
+    candidates: list[dict] = field(default_factory=list)   # every candidate's k-fold row (`summarize`)
+    versus: dict | None = None                             # against the fixed choices, paired by seed (the run's)
+
+    @classmethod
+    def of(cls, doc: dict) -> "Selection":
+        known = {f for f in cls.__dataclass_fields__ if f != "pick"}
+        return cls(pick=Candidate.of(doc), **{k: v for k, v in doc.items() if k in known})
+
+    def record(self) -> dict:
+        out = {"candidate": self.candidate, **self.pick.record()}
+        out.update({f: getattr(self, f) for f in self.__dataclass_fields__ if f not in ("candidate", "pick")})
+        return out if self.versus is not None else {k: v for k, v in out.items() if k != "versus"}
+
+
+@dataclass
 class FoldSplit:
     train: np.ndarray     # row indices fitted on
     val: np.ndarray       # row indices the MLP early-stops on

@@ -9,7 +9,7 @@ import math
 from collections import defaultdict
 
 from lens_ray.core.records import Result, Summary
-from lens_ray.core.selection import OBJECTIVES, Candidate
+from lens_ray.core.selection import OBJECTIVES, Selection
 from lens_ray.core.stats import mean_std, paired, wilson_interval
 from lens_ray.store.storage import Storage
 
@@ -61,18 +61,23 @@ def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def selection_rows(selected: dict) -> tuple[list[str], list[list[str]]]:
+def selection_of(report: dict) -> Selection | None:
+    """A report's selection record, typed (a report of any lens-ray version); None for a run without one."""
+    return Selection.of(report["selected"]) if report.get("selected") else None
+
+
+def selection_rows(selected: Selection) -> tuple[list[str], list[list[str]]]:
     """The selection's k-fold table: every candidate, best first by the objective (mean ± standard error over
     folds); a Best-of-N gold column where the folds measured it."""
-    gold = any(OBJECTIVES["bon_gold"][1] in r for r in selected["candidates"])
-    key = OBJECTIVES[selected.get("objective", "accuracy")][1]
+    gold = any(OBJECTIVES["bon_gold"][1] in r for r in selected.candidates)
+    key = OBJECTIVES[selected.objective][1]
     header = ["candidate", "k-fold accuracy", *(["k-fold Best-of-N gold"] if gold else []), "folds"]
-    ranked = sorted(selected["candidates"], key=lambda r: -(r[key] if r.get(key) is not None else -1.0))
+    ranked = sorted(selected.candidates, key=lambda r: -(r[key] if r.get(key) is not None else -1.0))
 
     def fig(r: dict, objective: str) -> str:
         _, mean, se = OBJECTIVES[objective]
         return "failed" if r["status"] != "ok" else estimate(r[mean], r[se], len(r["folds"]))
-    rows = [[("**" + r["candidate"] + "**") if r["candidate"] == selected["candidate"] else r["candidate"],
+    rows = [[("**" + r["candidate"] + "**") if r["candidate"] == selected.candidate else r["candidate"],
              fig(r, "accuracy"), *([fig(r, "bon_gold")] if gold else []), str(len(r["folds"]))] for r in ranked]
     return header, rows
 
@@ -90,20 +95,19 @@ def default_row(report: dict, method: str, head: str) -> Summary | None:
 
 def selection_lines(report: dict) -> list[str]:
     """What the run chose as its reward model and what it is worth, then the k-fold table and its levers."""
-    sel = report.get("selected")
+    sel = selection_of(report)
     if not sel:
         return []
-    bon = f", Best-of-N gold {sel['bon_gold']:.3f}" if sel.get("bon_gold") is not None else ""
-    kgold = (f", k-fold Best-of-N gold {estimate(sel['kfold_bon_gold'], sel['kfold_bon_gold_se'], sel['folds'])}"
-             if sel.get("kfold_bon_gold") is not None else "")
-    lines = [f"reward model (heads/selected): {sel['candidate']}, by k-fold {sel.get('objective', 'accuracy')}; "
-             f"k-fold accuracy on the seed pairs {estimate(sel['kfold_accuracy'], sel['kfold_se'], sel['folds'])}"
-             f"{kgold}; held-out accuracy {sel['accuracy']:.3f}{ci(sel['accuracy'], report['eval_pairs'])}{bon} "
+    bon = f", Best-of-N gold {sel.bon_gold:.3f}" if sel.bon_gold is not None else ""
+    kgold = (f", k-fold Best-of-N gold {estimate(sel.kfold_bon_gold, sel.kfold_bon_gold_se, sel.folds)}"
+             if sel.kfold_bon_gold is not None else "")
+    lines = [f"reward model (heads/selected): {sel.candidate}, by k-fold {sel.objective}; "
+             f"k-fold accuracy on the seed pairs {estimate(sel.kfold_accuracy, sel.kfold_se, sel.folds)}"
+             f"{kgold}; held-out accuracy {sel.accuracy:.3f}{ci(sel.accuracy, report['eval_pairs'])}{bon} "
              "(its stored refit, seed 0)"]
-    if sel.get("members"):
-        lines.append("  its members, each standardized, averaged: "
-                     + "; ".join(Candidate.of(m).name for m in sel["members"]))
-    seeds = sel.get("seeds") or []
+    if sel.pick.members:
+        lines.append("  its members, each standardized, averaged: " + "; ".join(m.name for m in sel.pick.members))
+    seeds = sel.seeds
     if len(seeds) > 1:
         over = {m: mean_std(r[m] for r in seeds) for m in ("accuracy", "bon_gold")}
         lines.append(f"  the pick refitted on each of {len(seeds)} seeds' splits: held-out accuracy "
@@ -114,16 +118,16 @@ def selection_lines(report: dict) -> list[str]:
                           (f"mean_diff (layer {layer})", "mean_diff")):
         row = default_row(report, method, "mlp")
         if row and row.accuracy:
-            gain = (sel.get("versus") or {}).get(method) or {}
+            gain = (sel.versus or {}).get(method) or {}
             paired_by_seed = "; ".join(f"{name} {cell(gain[m], signed=True, spread='se')}"
                                        for m, name in (("accuracy", "accuracy"), ("bon_gold", "gold")) if gain.get(m))
             lines.append(f"  beside {label}: held-out accuracy {cell(row.accuracy)} over seeds"
                          + (f"; the pick's gain, paired by seed: {paired_by_seed}" if paired_by_seed else ""))
-    worth = [f"{k} {estimate(v['mean'], v['se'], sel['folds'], signed=True)} "
-             f"({v.get('candidate', 'the pick')} vs {v['versus']})" for k, v in sel["levers"].items() if v]
+    worth = [f"{k} {estimate(v['mean'], v['se'], sel.folds, signed=True)} "
+             f"({v.get('candidate', 'the pick')} vs {v['versus']})" for k, v in sel.levers.items() if v]
     if worth:
         lines.append("  what each lever is worth at the pick, k-fold, paired by fold: " + "; ".join(worth))
-    lines += [f"  note: {sel['note']}", "", *markdown(*selection_rows(sel)), ""]
+    lines += [f"  note: {sel.note}", "", *markdown(*selection_rows(sel)), ""]
     return lines
 
 

@@ -21,6 +21,7 @@ from lens_ray.pipelines.report import (
     cell,
     estimate,
     selection_lines,
+    selection_of,
     selection_rows,
     summary_of,
     summary_rows,
@@ -166,12 +167,12 @@ def _p(text: str, cls: str = "") -> str:
 
 def chosen_band(report: dict) -> tuple[str, float, float, float] | None:
     """The pick's held-out accuracy (its mean over seeds where refitted on several) and 95% interval."""
-    sel = report.get("selected")
-    if not sel or sel.get("accuracy") is None:
+    sel = selection_of(report)
+    if not sel or sel.accuracy is None:
         return None
-    over = mean_std(r["accuracy"] for r in sel.get("seeds") or []) or {"mean": sel["accuracy"]}
+    over = mean_std(r["accuracy"] for r in sel.seeds) or {"mean": sel.accuracy}
     low, high = wilson_interval(over["mean"], report["eval_pairs"])
-    return f"the pick: {sel['candidate']} (95% interval)", over["mean"], low, high
+    return f"the pick: {sel.candidate} (95% interval)", over["mean"], low, high
 
 
 def usage(run_uri: str) -> str:
@@ -201,7 +202,7 @@ def render(report: dict, projection_png: str | None = None, trials: list[dict] |
     parts = [f"<h1>lens-ray report: {html.escape(str(report.get('name') or report['config']['name']))}</h1>",
              _p(intro[0])]
     if report.get("selected"):
-        header, rows = selection_rows(report["selected"])
+        header, rows = selection_rows(selection_of(report))
         rows = [[c[2:-2] + " (the pick)" if c.startswith("**") else c for c in r] for r in rows]
         parts += ["<h2>The run's reward model (chosen by k-fold on the seed pairs)</h2>",
                   *[_p(line.strip(), "note" if line.strip().startswith("note") else "") for line in chosen],

@@ -24,6 +24,7 @@ from lens_ray.core.metrics import bon_oracle, bon_random, head_metrics, longer_r
 from lens_ray.core.pairs import Datasets, Split, seed_splits
 from lens_ray.core.progress import Log, Stages
 from lens_ray.core.records import Cell, Embedded, Result, SeedData, bon_draws, plan_cells, table_texts
+from lens_ray.core.selection import Selection
 from lens_ray.core.vae import PreferenceVAE
 from lens_ray.data.embed import (
     INNER,
@@ -115,7 +116,7 @@ def run(cfg: LensConfig, log: Log = print, ds: Datasets | None = None,
             return embed_stage(with_cached_layers(at, layers), ds, out, log, folder=folder)
         with t.stage("select", log):
             selected = select_stage(cfg, ds, layers, embedded_at, splits, keys.base, out, log)
-            selected["versus"] = versus_fixed(selected, results)
+            selected.versus = versus_fixed(selected, results)
     report = build_report(cfg, ds, emb, results, vaes, t.seconds, selected)
     write_report(cfg, out, report, seeds, keys, log)
     return report
@@ -421,12 +422,12 @@ def baselines(ds: Datasets) -> dict[str, float]:
 
 
 def build_report(cfg: LensConfig, ds: Datasets, emb: Embedded, results: list[Result], vaes: dict[int, FittedVAE],
-                 timings: dict[str, float], selected: dict | None = None) -> dict:
+                 timings: dict[str, float], selected: Selection | None = None) -> dict:
     report = {
         "name": cfg.run_name, "model": cfg.embed.model, "model_id": resolve_model(cfg.embed.model).model_id,
         "embedding_dim": emb.dim, "seed_pairs": len(ds.seed_pairs), "eval_pairs": len(ds.eval_pairs),
         "bon_prompts": len(ds.bon_prompts), "bon_n": cfg.data.bon_n if ds.bon_prompts else None,
-        "selected": selected,
+        "selected": selected.record() if selected else None,
         "results": [r.row() for r in results],
         "bon_random": bon_random(emb.bon_gold) if emb.bon_gold is not None else None,
         "bon_oracle": bon_oracle(emb.bon_gold) if emb.bon_gold is not None else None,

@@ -23,6 +23,7 @@ from lens_ray.core.records import Embedded, Result
 from lens_ray.core.selection import (
     OBJECTIVES,
     Candidate,
+    Selection,
     candidate_layers,
     choose,
     cost_kinds,
@@ -174,8 +175,8 @@ class Folds:
 
 def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
                  embedded_at: Callable[[tuple[int, ...]], Embedded], splits: list[Split], base_key: str,
-                 out: Storage, log: Log) -> dict:
-    """Choose, refit and store the run's reward model; returns the report's `selected` record. `embedded_at`
+                 out: Storage, log: Log) -> Selection:
+    """Choose, refit and store the run's reward model; returns its record (the report's `selected`). `embedded_at`
     gives a layer's tables; `splits`: the run's per-seed splits. The pick is refitted once per seed (the MLP
     early-stops on that seed's val part, as the per-method table's heads do, so the two pair by seed); seed
     0's refit is stored as heads/selected."""
@@ -186,8 +187,9 @@ def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
     key = selection_key(cfg, layers, base_key)
     stored = reuse_model(store, NAME, key, build_head)
     if stored and "selected" in stored[1]:
-        log(f"  reused the stored pick: {stored[1]['selected']['candidate']}")
-        return stored[1]["selected"]
+        reused = Selection.of(stored[1]["selected"])
+        log(f"  reused the stored pick: {reused.candidate}")
+        return reused
     work = Folds(cfg, ds, layers, embedded_at, key, out, log)
     concat = [tuple(x[0] for x in layers)] if sc.concat_layers and len(layers) > 1 else []
     rows = work.score(stage_one(layers + concat, sc.heads, sc.losses, sc.mlp_seeds),
@@ -209,26 +211,25 @@ def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
                                     sp.seed) for sp in splits}, cfg.resources)
     per_seed = [{"seed": seed, **head_metrics(h, emb)} for seed, h in sorted(heads.items())]
     head, held = heads[splits[0].seed], {k: per_seed[0][k] for k in ("accuracy", "bon_gold")}
-    record = {"candidate": cand.name, **cand.record(), "kfold_accuracy": pick["kfold_accuracy"],
-              "kfold_se": pick["kfold_se"], "kfold_bon_gold": pick.get("kfold_bon_gold"),
-              "kfold_bon_gold_se": pick.get("kfold_bon_gold_se"), **held, "head": f"heads/{NAME}",
-              "folds": sc.folds, "objective": sc.objective, "seeds": per_seed,
-              "rule": f"highest mean k-fold {sc.objective}, then the simplest candidate within one standard error "
-                      "of it (no augmentation, then mean_diff, linear, mlp, ensemble, then one layer, one seed, "
-                      "the bradley_terry loss)",
-              "note": NOTE, "levers": levers(rows, pick, tuple(cfg.embed.layer), sc.objective), "candidates": rows}
+    record = Selection(
+        cand.name, cand, sc.folds, pick["kfold_accuracy"], pick["kfold_se"], **held,
+        kfold_bon_gold=pick.get("kfold_bon_gold"), kfold_bon_gold_se=pick.get("kfold_bon_gold_se"),
+        objective=sc.objective, head=f"heads/{NAME}", seeds=per_seed,
+        rule=f"highest mean k-fold {sc.objective}, then the simplest candidate within one standard error of it (no "
+             "augmentation, then mean_diff, linear, mlp, ensemble, then one layer, one seed, the bradley_terry loss)",
+        note=NOTE, levers=levers(rows, pick, tuple(cfg.embed.layer), sc.objective), candidates=rows)
     r = rewards(head, torch.from_numpy(np.concatenate([emb.seed_pos, emb.seed_neg])))
     save_model(store, NAME, head.state_dict(), head.config(),
-               {"fingerprint": key, "metrics": held, "embed_layer": list(cand.layer), "selected": record,
+               {"fingerprint": key, "metrics": held, "embed_layer": list(cand.layer), "selected": record.record(),
                 "reward_norm": reward_scale(r), "inner": INNER,
                 **({"layer_combine": "concat"} if len(cand.layer) > 1 else {})})
     return record
 
 
-def versus_fixed(selected: dict, results: list[Result]) -> dict[str, dict]:
+def versus_fixed(selected: Selection, results: list[Result]) -> dict[str, dict]:
     """The pick's held-out figures against the per-method table's fixed choices at the run's layer, paired by
     seed: {"original" (the original pairs' MLP) | "mean_diff": {metric: {mean, se, n} or None}}."""
-    mine = {r["seed"]: r for r in selected["seeds"]}
+    mine = {r["seed"]: r for r in selected.seeds}
     out = {}
     for method, head in (("original", "mlp"), ("mean_diff", None)):
         base = {r.seed: r.row() for r in results if r.method == method and r.factor == 1 and r.ok

@@ -23,7 +23,7 @@ import tempfile
 
 from lens_ray.config import ConfigError
 from lens_ray.core.records import Result
-from lens_ray.pipelines.report import summary_of
+from lens_ray.pipelines.report import selection_of, summary_of
 from lens_ray.store.storage import Storage
 
 FOLDER = "tensorboard"
@@ -39,11 +39,11 @@ def scalars(report: dict) -> list[tuple[str, float, int]]:
     for r in map(Result.of, report.get("results", [])):
         if r.accuracy is not None:
             out.append((f"seeds/accuracy/{r.method}-f{r.factor}-{r.head_kind}", r.accuracy, r.seed))
-    sel = report.get("selected") or {}
-    for c in sel.get("candidates", []):
+    sel = selection_of(report)
+    for c in sel.candidates if sel else []:
         if c.get("kfold_accuracy") is not None:
             out.append((f"selection/kfold_accuracy/{c['candidate']}", c["kfold_accuracy"], 0))
-    for r in sel.get("seeds") or []:
+    for r in sel.seeds if sel else []:
         out += [(f"selection/pick/{m}", r[m], int(r["seed"])) for m in ("accuracy", "bon_gold")
                 if r.get(m) is not None]
     out += [(f"baselines/{k}", v, 0) for k, v in (report.get("baselines") or {}).items() if v is not None]

@@ -12,6 +12,7 @@ from lens_ray.core.heads import mean_diff_head, rewards
 from lens_ray.core.search import fit_method
 from lens_ray.core.selection import (
     Candidate,
+    Selection,
     candidate_layers,
     choose,
     finalists,
@@ -424,3 +425,21 @@ def test_an_ensemble_is_picked_only_beyond_one_standard_error():
     top = summarize([Candidate((), "ensemble", top=2)],
                     [{"top-2 ensemble": {"accuracy": a, "bon_gold": None}} for a in (0.80, 0.82, 0.84)])[0]
     assert choose([top, linear])["candidate"] == "top-2 ensemble"
+
+
+def test_the_selection_record_reads_every_stored_form_and_writes_the_same_keys():
+    """A record from before objectives and losses were chosen reads with their defaults; a record written and read
+    back is the same record, and `versus` (the run's) appears only once it is set."""
+    old = {"candidate": "layer -1 mlp", "layer": [-1], "head_kind": "mlp", "method": "original", "factor": 1,
+           "folds": 5, "kfold_accuracy": 0.61, "kfold_se": 0.01, "accuracy": 0.6, "bon_gold": None,
+           "head": "heads/selected", "seeds": [{"seed": 0, "accuracy": 0.6, "bon_gold": None}], "rule": "r",
+           "note": "n", "levers": {"layer": None}, "candidates": []}
+    sel = Selection.of(old)
+    assert sel.objective == "accuracy" and sel.pick == Candidate((-1,), "mlp") and sel.versus is None
+    assert sel.record() == {**old, "loss": "bradley_terry", "kfold_bon_gold": None, "kfold_bon_gold_se": None,
+                            "objective": "accuracy"}
+    sel.versus = {"original": None}
+    assert Selection.of(sel.record()) == sel and sel.record()["versus"] == {"original": None}
+    ensemble = Candidate((), "ensemble", top=2, members=(Candidate((-1,), "linear"), Candidate((-4,), "mlp")))
+    again = Selection.of(Selection("top-2 ensemble", ensemble, 5, 0.7, None).record())
+    assert again.pick.members == ensemble.members and again.pick.top == 2

@@ -133,12 +133,11 @@ def test_the_search_verdict_never_contradicts_its_k_fold_or_its_test(beats, held
 
 
 def test_an_ensemble_pick_names_its_members():
-    from lens_ray.core.selection import Candidate
+    from lens_ray.core.selection import Candidate, Selection
     from lens_ray.pipelines.report import selection_lines
-    members = [Candidate((-1,), "linear"), Candidate((-1, -2), "mlp", mlp_seeds=3)]
-    sel = {"candidate": "top-2 ensemble", "objective": "accuracy", "kfold_accuracy": 0.7, "kfold_se": 0.01,
-           "folds": 5, "accuracy": 0.69, "members": [m.record() for m in members], "levers": {}, "seeds": [],
-           "note": "n", "candidates": []}
+    members = (Candidate((-1,), "linear"), Candidate((-1, -2), "mlp", mlp_seeds=3))
+    sel = Selection("top-2 ensemble", Candidate((), "ensemble", top=2, members=members), 5, 0.7, 0.01, 0.69,
+                    note="n").record()
     lines = selection_lines({"selected": sel, "eval_pairs": 100, "config": {"embed": {"layer": [-1]}},
                              "results": [], "summary": []})
     assert lines[0].startswith("reward model (heads/selected): top-2 ensemble, by k-fold accuracy")

@@ -1,7 +1,4 @@
-"""Ray job entry point of `lens-ray tune`: the search of the synthesis settings on a finished run's embeddings.
-
-    python jobs/tune.py --from-run runs/lens-hh --num-samples 24
-    python jobs/run.py --from-tune runs/lens-hh-tune      # a full run with the chosen settings
+"""The same as jobs/search.py (`lens-ray search`), under its earlier name.
 """
 import os
 import sys
@@ -10,4 +7,4 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from lens_ray.cli import job  # noqa: E402
 
 if __name__ == "__main__":
-    job("tune", __file__)
+    job("search", __file__)

@@ -1,7 +1,7 @@
 """The `lens-ray` command: one sub-command per job (`lens-ray --help` lists them with their purpose). The Ray
 jobs are also `python jobs/<command>.py` (what `ray job submit` runs; `jobs/full.py` is `jobs/run.py`).
 
-Settings: defaults <- a YAML file (`--config`) <- a search's pick (`run --from-tune`) <- flags and
+Settings: defaults <- a YAML file (`--config`) <- a search's pick (`run --from-search`) <- flags and
 `--set section.field=value`, which reaches any field. `FLAGS` says which flag of which command sets which
 config field; the field itself holds the help, choices and bounds (config.py). Options that are not
 settings (`--from-run`, `--run`, `--out`, `--wait`, ...) are declared once, in `OPTIONS`; `OPTIONS_OF` says which
@@ -29,9 +29,9 @@ FLAGS: dict[str, dict[str, str]] = {
             "--seed-pairs": "data.seed_pairs", "--eval-pairs": "data.eval_pairs", "--bon-prompts": "data.bon_prompts",
             "--model": "embed.model", "--heads": "reward.heads", "--methods": "methods", "--factors": "factors",
             "--seeds": "seeds", "--name": "name", "--storage": "storage", "--out": "out", "--cache": "cache", **RAY},
-    "tune": {"--name": "tune.name", "--num-samples": "tune.num_samples", "--folds": "tune.folds",
-             "--repeats": "tune.repeats", "--max-concurrent": "resources.tune_max_concurrent",
-             "--cpus-per-trial": "resources.tune_cpus_per_trial", **RAY},
+    "search": {"--name": "search.name", "--num-samples": "search.num_samples", "--folds": "search.folds",
+               "--repeats": "search.repeats", "--max-concurrent": "resources.tune_max_concurrent",
+               "--cpus-per-trial": "resources.tune_cpus_per_trial", **RAY},
     "synthesize": {"--pairs": "scale.pairs", "--mode": "scale.mode", "--method": "scale.method", "--k": "scale.k",
                    "--seed": "scale.seed", "--shard-pairs": "scale.shard_pairs", "--dtype": "scale.dtype",
                    "--workers": "resources.synth_actors", "--cpus-per-worker": "resources.synth_cpus_per_actor",
@@ -54,8 +54,8 @@ OPTIONS: dict[str, dict] = {
     "--wait": {"action": "store_true", "help": "if another job holds the output folder, wait for it"},
     "--overwrite": {"action": "store_true", "help": "write into an output folder that holds other files"},
     "--yes": {"action": "store_true", "help": "write an output larger than 50 GiB (its estimate is printed first)"},
-    "--from-tune": {"metavar": "SEARCH_URI", "help": "use the settings a search (jobs/tune.py) chose; flags and "
-                    "--set still override them"},
+    "--from-search": {"metavar": "SEARCH_URI", "aliases": ("--from-tune",), "help": "use the settings a search "
+                      "(lens-ray search) chose; flags and --set still override them (--from-tune: its earlier name)"},
     "--data": {"required": True, "help": "data URI, any format the pipeline ingests"},
     "--best-of": {"type": int, "metavar": "N", "help": "Best-of-N over each prompt's first N responses"},
     "--prompt": {"help": "a prompt (one user turn)"},
@@ -64,8 +64,8 @@ OPTIONS: dict[str, dict] = {
 }
 # which of them each command takes, with its own wording where it differs
 OPTIONS_OF: dict[str, dict[str, dict]] = {
-    "run": {"--from-tune": {}, "--wait": {}},
-    "tune": {"--from-run": {"action": "append", "help": "a finished run; give several (same data, e.g. other "
+    "run": {"--from-search": {}, "--wait": {}},
+    "search": {"--from-run": {"action": "append", "help": "a finished run; give several (same data, e.g. other "
                             "pooling) to search over them too"},
              "--out": {"help": "output URI (default: <parent of the first run>/<name>)"}, "--wait": {}},
     "synthesize": {"--from-run": {}, "--out": {"required": True, "help": "output URI of the pair set"},
@@ -93,7 +93,8 @@ def parser(command: str, prog: str | None = None) -> argparse.ArgumentParser:
         p.add_argument(flag, dest=path, default=None, metavar=flag[2:].upper().replace("-", "_"),
                        help=f"{describe(f)} (--set {path}; default {value!r})", **switch)
     for flag, override in OPTIONS_OF.get(command, {}).items():
-        p.add_argument(flag, **{**OPTIONS[flag], **override})
+        spec = {**OPTIONS[flag], **override}
+        p.add_argument(flag, *spec.pop("aliases", ()), **spec)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, e.g. --set vae.beta=0.5 --set synth.noise_var=0.05")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -132,12 +133,12 @@ def run_parser(prog: str = "lens-ray run") -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> LensConfig:
-    """defaults <- YAML <- a search's chosen settings (--from-tune) <- flags and --set."""
+    """defaults <- YAML <- a search's chosen settings (--from-search) <- flags and --set."""
     cfg = load_config(args.config)
-    if getattr(args, "from_tune", None):
+    if getattr(args, "from_search", None):
         from lens_ray.store.search_results import apply_tuned, read_best
-        apply_tuned(cfg, read_best(args.from_tune))
-        cfg.from_tune = args.from_tune
+        apply_tuned(cfg, read_best(args.from_search))
+        cfg.from_search = args.from_search
     return apply_overrides(cfg, overrides(args, "run"))
 
 
@@ -147,15 +148,15 @@ def run_main(argv: list[str] | None = None, prog: str = "lens-ray run") -> dict:
     return run_job(config_from_args(args), log=_print, wait=args.wait)
 
 
-def tune_main(argv: list[str] | None = None, prog: str = "lens-ray tune") -> dict:
-    args = parser("tune", prog).parse_args(argv)
+def search_main(argv: list[str] | None = None, prog: str = "lens-ray search") -> dict:
+    args = parser("search", prog).parse_args(argv)
     from lens_ray.data.finished_run import load_run_inputs
     from lens_ray.pipelines.search import open_search, search
     from lens_ray.store.storage import Storage
     sources = [load_run_inputs(uri) for uri in args.from_run]
     for s in sources:
         _print(f"run {s.uri}: {len(s.seed_pairs)} seed pairs, embeddings {s.settings}")
-    cfg = _settings(args, "tune", sources[0].config)
+    cfg = _settings(args, "search", sources[0].config)
     name = cfg.search_name
     out = args.out or join_uri(sources[0].uri.rsplit("/", 1)[0], name)
     open_search(cfg, sources, Storage(out))           # other data or other settings: refused before Ray starts
@@ -282,11 +283,12 @@ class Command:
     main: Callable
 
 
+ALIASES = {"tune": "search"}      # earlier names of commands, still accepted (jobs/tune.py)
 COMMANDS: dict[str, Command] = {
     "run": Command("LENS end to end: embed, fit a VAE, synthesize pairs, train and compare reward models, on Ray.",
                    run_main),
-    "tune": Command("Ray Tune search of the synthesis settings on a finished run's embeddings (never re-embeds), "
-                    "k-fold paired against original.", tune_main),
+    "search": Command("Search of the synthesis settings on Ray Tune, on a finished run's embeddings (never "
+                      "re-embeds), k-fold paired against original.", search_main),
     "synthesize": Command("N synthetic pairs (up to millions) from a finished run's VAE and embeddings, streamed to "
                           "storage with Ray Data; a re-run after a kill writes only the missing shards.",
                           synthesize_main),
@@ -309,7 +311,8 @@ def usage() -> str:
     width = max(map(len, COMMANDS))
     return ("usage: lens-ray COMMAND [options]   (lens-ray COMMAND --help for its options; lens-ray --version)\n\n"
             "commands:\n"
-            + "\n".join(f"  {name:<{width}}  {c.purpose}" for name, c in COMMANDS.items()))
+            + "\n".join(f"  {name:<{width}}  {c.purpose}" for name, c in COMMANDS.items())
+            + "\n\nearlier names, still accepted: " + ", ".join(f"{a} ({c})" for a, c in ALIASES.items()))
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -329,10 +332,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     if argv[0] in ("-V", "--version"):
         print(version())
         raise SystemExit(0)
-    if argv[0] not in COMMANDS:
+    command, rest = ALIASES.get(argv[0], argv[0]), argv[1:]
+    if command not in COMMANDS:
         print(f"lens-ray: unknown command {argv[0]!r}\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
-    command, rest = argv[0], argv[1:]
     prog = prog or f"lens-ray {command}"
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)    # what a scheduler or `kill` sends: ends as Ctrl-C does

@@ -5,7 +5,7 @@ Each setting is described once, on its field: `setting(default, help, choices=..
 validation all read that metadata; nothing else repeats a default or a help text. Every option the paper
 leaves **open** (see LENS.md) is a field here, with the default LENS.md names.
 
-What a job computes (`data`, `embed`, `vae`, `synth`, `reward`, `tune`, ...) is apart from where it runs
+What a job computes (`data`, `embed`, `vae`, `synth`, `reward`, `search`, ...) is apart from where it runs
 (`resources`): fingerprints, cache keys and manifests never read `resources`, so the same job on a
 bigger cluster reuses every finished stage.
 """
@@ -197,8 +197,9 @@ class SelectionConfig:
 
 
 @dataclass
-class TuneConfig:
-    """The Ray Tune search (`jobs/tune.py`): what it spans, how it measures, what it may spend."""
+class SearchConfig:
+    """The search of the synthesis settings (`lens-ray search`, on Ray Tune): what it spans, how it measures, what it
+    may spend. Read from the section `tune` too, its earlier name."""
     name: str | None = setting(None, "search name; unset: <run name>-tune; the same name resumes", plain_name=True)
     num_samples: int = setting(24, "trials", ge=1, le=10_000)
     folds: int = setting(4, "k-fold over the seed pairs (whole prompts per fold)", ge=2, le=50)
@@ -321,14 +322,14 @@ class LensConfig:
     seeds: int = setting(5, "seeds per method (validation split, initialization, synthesis noise)", ge=1, le=100)
     ray_address: str | None = setting(None, "Ray cluster to join; unset: RAY_ADDRESS (set by `ray job submit`), "
                                       "else a local Ray")
-    from_tune: str | None = setting(None, "a search's output URI whose chosen settings this run used")
+    from_search: str | None = setting(None, "a search's output URI whose chosen settings this run used")
     data: DataConfig = field(default_factory=DataConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
-    tune: TuneConfig = field(default_factory=TuneConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     curve: CurveConfig = field(default_factory=CurveConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
@@ -346,7 +347,7 @@ class LensConfig:
 
     @property
     def search_name(self) -> str:
-        return self.tune.name or f"{self.run_name}-tune"
+        return self.search.name or f"{self.run_name}-tune"          # -tune: the folder's earlier name, kept
 
     @property
     def curve_name(self) -> str:
@@ -451,7 +452,8 @@ LEGACY = {"embed.num_actors": "resources.embed_actors", "embed.cpus_per_actor": 
           "synth.batch_size": "resources.synth_batch_size",
           "synth.num_actors": "resources.synth_actors", "synth.cpus_per_actor": "resources.synth_cpus_per_actor",
           "tune.max_concurrent": "resources.tune_max_concurrent",
-          "tune.cpus_per_trial": "resources.tune_cpus_per_trial"}
+          "tune.cpus_per_trial": "resources.tune_cpus_per_trial", "from_tune": "from_search"}
+RENAMED = {"tune": "search"}      # sections read at their new name (a stored config, an old YAML, an old --set)
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
@@ -538,7 +540,9 @@ def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for key, value in dotted.items():
         node = nested
-        *heads, last = LEGACY.get(key, key).split(".")
+        section, dot, rest = key.partition(".")
+        key = LEGACY.get(key) or (f"{RENAMED[section]}.{rest}" if dot and section in RENAMED else key)
+        *heads, last = key.split(".")
         for h in heads:
             node = node.setdefault(h, {})
         node[last] = value
@@ -548,7 +552,7 @@ def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in values.items():
-        if isinstance(v, dict) and k in {f.name for f in dataclasses.fields(LensConfig)}:
+        if isinstance(v, dict) and (k in {f.name for f in dataclasses.fields(LensConfig)} or k in RENAMED):
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v

@@ -182,7 +182,8 @@ def test_debug_shows_the_traceback_a_user_error_otherwise_hides(tmp_path):
     assert not (tmp_path / "runs").exists()                           # nothing created before the checks pass
 
 
-@pytest.mark.parametrize("job,command", [("run", "run"), ("full", "run"), ("tune", "tune"), ("curve", "curve"),
+@pytest.mark.parametrize("job,command", [("run", "run"), ("full", "run"), ("search", "search"), ("tune", "search"),
+                                         ("curve", "curve"),
                                          ("synthesize", "synthesize"), ("batch_score", "batch-score"),
                                          ("score", "batch-score")])
 def test_every_job_script_is_its_command(job, command):

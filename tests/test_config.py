@@ -1,7 +1,7 @@
 import pytest
 
 from lens_ray.cli import config_from_args, run_parser
-from lens_ray.config import ConfigError, load_config
+from lens_ray.config import ConfigError, LensConfig, load_config
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -49,7 +49,7 @@ def test_errors_name_the_field(tmp_path):
     ("embed.pooling", "max", "embed.pooling: 'max' is not one of"),
     ("methods", "lens,lens", "methods: each method once"),
     ("name", "../../x", "name: '../../x' is not a plain name"),
-    ("tune.name", "a/b", "tune.name: 'a/b' is not a plain name"),
+    ("search.name", "a/b", "search.name: 'a/b' is not a plain name"),
     ("seeds", "2.5", "seeds: cannot read"),
     ("seeds", True, "seeds: cannot read True as int"),                  # YAML `seeds: true`
     ("factors", [4, True], "factors: cannot read"),
@@ -71,8 +71,8 @@ def test_every_setting_is_described_once_and_flags_come_from_the_fields():
     helps = {a.dest: a.help for a in run_parser()._actions}
     seed_pairs = next(f for f in dataclasses.fields(LensConfig().data) if f.name == "seed_pairs")
     assert helps["data.seed_pairs"].startswith(seed_pairs.metadata["help"])       # the field's own words
-    assert "--name" in {o for a in parser("tune", "")._actions for o in a.option_strings}
-    assert {a.dest for a in parser("tune", "")._actions if "--name" in a.option_strings} == {"tune.name"}
+    assert "--name" in {o for a in parser("search", "")._actions for o in a.option_strings}
+    assert {a.dest for a in parser("search", "")._actions if "--name" in a.option_strings} == {"search.name"}
 
 
 def test_resources_never_reach_a_fingerprint():
@@ -105,12 +105,31 @@ def test_legacy_settings_are_read_at_their_new_place(tmp_path):
               "synth.num_actors": "1", "synth.cpus_per_actor": "0.5", "tune.cpus_per_trial": "1",
               "embed.cpus_per_actor": "0.5", "reward.num_workers": "1", "vae.cpus_per_worker": "0.5"}
     assert set(LEGACY) == set(values) | {"embed.num_actors", "embed.batch_size", "vae.num_workers",
-                                         "tune.max_concurrent", "reward.cpus_per_worker"}
+                                         "tune.max_concurrent", "reward.cpus_per_worker", "from_tune"}
     cfg = load_config(None, values)
     for old, new in LEGACY.items():
         if old in values:
             section, name = new.split(".")
             assert str(getattr(getattr(cfg, section), name)) in (values[old], str(float(values[old])))
+
+
+def test_the_search_section_is_read_under_its_earlier_name(tmp_path):
+    """`tune` was the search's section and `from_tune` its run setting: an old YAML, an old --set and a stored
+    config (a report's) read at their new places; the --from-tune flag is --from-search's earlier name."""
+    from lens_ray.cli import parser
+    from lens_ray.config import config_from_dict
+    f = tmp_path / "old.yaml"
+    f.write_text("tune:\n  folds: 3\n  max_concurrent: 2\nfrom_tune: runs/s\n")
+    cfg = load_config(str(f), {"tune.test_seeds": "7"})
+    assert (cfg.search.folds, cfg.search.test_seeds, cfg.resources.tune_max_concurrent) == (3, 7, 2)
+    assert cfg.from_search == "runs/s"
+    stored = {**LensConfig().to_dict(), "tune": {"repeats": 3}, "from_tune": "x"}
+    del stored["search"], stored["from_search"]
+    again = config_from_dict(stored)
+    assert again.search.repeats == 3 and again.from_search == "x"
+    assert parser("run", "").parse_args(["--from-tune", "u"]).from_search == "u"
+    with pytest.raises(ConfigError, match="search.nope: unknown option"):
+        load_config(None, {"tune.nope": "1"})
 
 
 BOMB = """\
@@ -143,8 +162,8 @@ def test_a_yaml_alias_bomb_is_refused_in_one_short_line(tmp_path):
     assert len(str(err.value)) < 300
 
 
-@pytest.mark.parametrize("setting", ["seeds", "tune.test_seeds", "tune.repeats", "tune.folds", "selection.folds",
-                                     "tune.num_samples"])
+@pytest.mark.parametrize("setting", ["seeds", "search.test_seeds", "search.repeats", "search.folds",
+                                     "selection.folds", "search.num_samples"])
 def test_the_settings_that_multiply_work_are_bounded(setting):
     with pytest.raises(ConfigError, match=rf"{setting}: must be <="):
         load_config(None, {setting: 1_000_000})

@@ -15,8 +15,8 @@ from lens_ray.config import LensConfig, ServeConfig, load_config, walk
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-JOBS = {"run": "run", "full": "run", "tune": "tune", "synthesize": "synthesize", "curve": "curve",
-        "batch_score": "batch-score", "score": "batch-score"}
+JOBS = {"run": "run", "full": "run", "search": "search", "tune": "search", "synthesize": "synthesize",
+        "curve": "curve", "batch_score": "batch-score", "score": "batch-score"}
 
 
 def _blocks(path: Path, lang: str) -> list[str]:

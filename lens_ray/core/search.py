@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lens_ray.config import LensConfig, TuneConfig, apply_overrides
+from lens_ray.config import LensConfig, SearchConfig, apply_overrides
 from lens_ray.core.augment import PairSet, needs_vae, training_pairs
 from lens_ray.core.fit import NonFiniteError, fit_reward_head, fit_vae
 from lens_ray.core.heads import mean_diff_head
@@ -48,7 +48,7 @@ def _with(choices: tuple, value) -> list:
     return sorted(set(choices) | {value}, key=lambda v: (str(type(v)), v))
 
 
-def suggest(trial, tcfg: TuneConfig, sources: int, base: LensConfig) -> None:
+def suggest(trial, tcfg: SearchConfig, sources: int, base: LensConfig) -> None:
     """Draw one point on an Optuna trial (define-by-run); categoricals include base's values."""
     method = trial.suggest_categorical("method", list(tcfg.methods))
     trial.suggest_categorical("reward.heads", list(tcfg.heads))     # the head (the paired original gets the same)
@@ -82,7 +82,7 @@ def _shape(hidden_dims: tuple[int, ...]) -> str:
 def default_point(cfg: LensConfig, sources: int) -> dict[str, Any]:
     """The run's own LENS settings (the paper's defaults unless the run changed them), as a point, so the
     search always measures them. Factor: the run's first factor the search spans."""
-    t = cfg.tune
+    t = cfg.search
     point: dict[str, Any] = {
         "method": "lens", "reward.heads": cfg.reward.heads[0] if cfg.reward.heads[0] in t.heads else t.heads[0],
         "factor": next((f for f in cfg.factors if f in t.factors), t.factors[0]),
@@ -115,7 +115,7 @@ def describe_point(point: dict[str, Any]) -> str:
 
 
 def tuned_overrides(point: dict[str, Any], source_embed: dict[str, Any]) -> dict[str, Any]:
-    """The dotted fields a run needs to use a chosen point (`jobs/full.py --from-tune`): the point's knobs
+    """The dotted fields a run needs to use a chosen point (`jobs/full.py --from-search`): the point's knobs
     and the embedding settings of the run whose embeddings it was measured on."""
     out = {k: v for k, v in point.items() if k not in KEYS}
     out.update({f"embed.{k}": source_embed[k] for k in ("model", "pooling", "max_length", "dtype", "layer",
@@ -201,4 +201,4 @@ def score_point(base: LensConfig, point: dict[str, Any], method: str, seed_pairs
                 emb: Embedded) -> list[dict]:
     """`score_choice` of `method` under a point's settings, with the search's test_seeds (original: factor 1)."""
     cfg, _, factor, _ = apply_point(base, point)
-    return score_choice(cfg, method, factor if method != "original" else 1, seed_pairs, emb, cfg.tune.test_seeds)
+    return score_choice(cfg, method, factor if method != "original" else 1, seed_pairs, emb, cfg.search.test_seeds)

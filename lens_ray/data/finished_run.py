@@ -1,5 +1,5 @@
 """The one reader of a finished run, for work that re-uses its embeddings and models (the Tune search,
-`--from-tune`, synthesis at scale, the learning curve, the reward model, batch scoring, export). No Ray.
+`--from-search`, synthesis at scale, the learning curve, the reward model, batch scoring, export). No Ray.
 
 `FinishedRun.open(uri)` reads the run's report, its typed config and its embedding manifest; `.table(name)`,
 `.vae(seed)` and `.head(name)` read verified artifacts (a head must also fit the run's embedding dimension).

@@ -61,7 +61,7 @@ def _search_trial(point: dict, base: dict, sources: list, threads: int) -> None:
     torch.set_num_threads(threads)
     cfg, method, factor, src = apply_point(config_from_dict(base), point)
     pos, neg, groups = sources[src]
-    t = cfg.tune
+    t = cfg.search
     folds = kfold_by_group(groups, t.folds, seed=cfg.data.split_seed)
     rows: list[dict] = []
     ckpt = tune.get_checkpoint()
@@ -116,7 +116,7 @@ def search_trials(cfg: LensConfig, sources: list[RunInputs], out: Storage, name:
                   default: dict, log: Log) -> None:
     """The search's trials still missing: Optuna TPE (its journal resumed from <out>) proposes, ASHA stops
     trials whose first folds are poor; each finished trial is recorded in <out>/trials/."""
-    t, res = cfg.tune, cfg.resources
+    t, res = cfg.search, cfg.resources
     total = t.folds * t.repeats
     with tempfile.TemporaryDirectory() as tmp:
         journal = os.path.join(tmp, "optuna.journal")

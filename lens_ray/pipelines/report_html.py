@@ -2,7 +2,7 @@
 
 Figures: accuracy (and Best-of-N gold) against augmentation factor per method, mean ± std over seeds;
 a 2-D PCA projection of real vs LENS-synthetic chosen / rejected embeddings; and, for a search (or a
-run made `--from-tune`), the tuning landscape: objective ± its standard error against the noise
+run made `--from-search`), the tuning landscape: objective ± its standard error against the noise
 variance and gamma, one point per trial.
 """
 from __future__ import annotations

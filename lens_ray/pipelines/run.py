@@ -455,7 +455,7 @@ def write_report(cfg: LensConfig, out: Storage, report: dict, seeds: list[SeedDa
     syn = read_synthetic(out, max(lens, key=lambda j: j.factor).synthetic_name) if lens else None
     if syn is not None:
         proj = report_html.projection(seeds[0].train_pos, seeds[0].train_neg, *syn)
-    trials = read_trials(Storage(cfg.from_tune)) if cfg.from_tune else None
+    trials = read_trials(Storage(cfg.from_search)) if cfg.from_search else None
     out.write_bytes("report.html", report_html.render(report, proj, trials, out.uri).encode())
     write_events(report, out)
     if uri := mlflow_uri(cfg.tracking.mlflow_uri):

@@ -1,4 +1,4 @@
-"""The search (`lens-ray tune`, `jobs/tune.py`): the synthesis hyperparameters and the method's open choices.
+"""The search (`lens-ray search`, `jobs/search.py`): the synthesis hyperparameters and the method's open choices.
 
 Composes the math (`core.search`: the space and the k-fold paired objective), a finished run's embeddings
 (`data.finished_run`, never re-embedded) and the Ray layer (`distributed.trials`: Tune with ASHA and the
@@ -50,12 +50,12 @@ def search(cfg: LensConfig, sources: list[RunInputs], out_uri: str, log: Log = p
     open_search(cfg, sources, out).save()
     name = cfg.search_name
     done = read_trials(out)
-    log(f"lens-ray search '{name}' -> {out.uri}: {cfg.tune.num_samples} trials ({len(done)} done before), "
-        f"{cfg.tune.folds}-fold x {cfg.tune.repeats} repeats paired against original, ASHA + Optuna TPE, "
+    log(f"lens-ray search '{name}' -> {out.uri}: {cfg.search.num_samples} trials ({len(done)} done before), "
+        f"{cfg.search.folds}-fold x {cfg.search.repeats} repeats paired against original, ASHA + Optuna TPE, "
         f"{cfg.resources.tune_max_concurrent} at once, {cfg.resources.tune_cpus_per_trial} CPU each")
     default = default_point(cfg, len(sources))
     t0 = time.time()
-    if cfg.tune.num_samples > len(done):
+    if cfg.search.num_samples > len(done):
         search_trials(cfg, sources, out, name, done, default, log)
     trials = read_trials(out)
     seconds = time.time() - t0
@@ -64,7 +64,7 @@ def search(cfg: LensConfig, sources: list[RunInputs], out_uri: str, log: Log = p
     report.update({"name": name, "sources": [s.uri for s in sources], "search_seconds_this_attempt": round(seconds, 1),
                    "search_seconds_total": round(before + seconds, 1),
                    "trial_seconds_total": round(sum(tr.get("seconds") or 0 for tr in trials), 1),
-                   "settings": cfg.to_dict()["tune"], "trials": trials})
+                   "settings": cfg.to_dict()["search"], "trials": trials})
     best = ("point", "overrides", "objective", "objective_se", "beats_original", "holds_on_test", "verdict", "test",
             "trial_id")
     out.write_json("report.json", report)                   # the data first: a report never loses results
@@ -90,7 +90,8 @@ def open_search(cfg: LensConfig, sources: list[RunInputs], out: Storage) -> Mani
     check_sources(sources)
     base = cfg.to_dict()
     return Manifest.open(out, {"name": cfg.search_name, "sources": [s.uri for s in sources],
-                               "tune": {k: v for k, v in base["tune"].items() if k not in BUDGET_KEYS},
+                               # "tune": the section's earlier name, so a search begun before the rename resumes
+                               "tune": {k: v for k, v in base["search"].items() if k not in BUDGET_KEYS},
                                "base": {k: base[k] for k in ("data", "embed", "vae", "synth", "reward", "factors")}})
 
 
@@ -98,7 +99,7 @@ def pick(trials: list[dict]) -> dict:
     """The finished trial with the highest objective minus one standard error (noise-aware, not the luckiest)."""
     full = [tr for tr in trials if tr["status"] == "finished" and tr["objective"] is not None]
     if not full:
-        raise RuntimeError("no trial finished all its folds; raise tune.num_samples or tune.grace_period")
+        raise RuntimeError("no trial finished all its folds; raise search.num_samples or search.grace_period")
     return max(full, key=lambda tr: tr["objective"] - (tr["objective_se"] or 0.0))
 
 
@@ -108,7 +109,7 @@ def choose_and_test(cfg: LensConfig, sources: list[RunInputs], trials: list[dict
     best = pick(trials)
     obj, se = best["objective"], best["objective_se"]           # se None: one unit, no spread to stand behind
     src_index = int(best["point"].get("source", 0))
-    log(f"testing original, default and tuned on the held-out test data ({cfg.tune.test_seeds} seeds) ...")
+    log(f"testing original, default and tuned on the held-out test data ({cfg.search.test_seeds} seeds) ...")
     rows = test_rows(cfg, sources, best["point"], default)
     test = compare_on_test(rows)
     beats, held = conclusions(obj, se, test["tuned"]["accuracy_vs_original"])

@@ -1,4 +1,4 @@
-"""What a Tune search leaves in storage, for its readers (`--from-tune`, report.html). No Ray.
+"""What a Tune search leaves in storage, for its readers (`--from-search`, report.html). No Ray.
 
   <search>/trials/<trial_id>.json   one per finished trial: point, objective ± se, unit rows, status
   <search>/best.json                the chosen point, the overrides a run needs, its test accuracy
@@ -22,7 +22,7 @@ def read_trials(search: Storage) -> list[dict]:
 def read_best(search_uri: str) -> dict:
     store = Storage(search_uri)
     if not store.exists(BEST):
-        raise StorageError(f"{search_uri}: no {BEST}; is it a finished lens-ray search (jobs/tune.py)?")
+        raise StorageError(f"{search_uri}: no {BEST}; is it a finished lens-ray search (jobs/search.py)?")
     return store.read_json(BEST)
 
 

@@ -7,7 +7,7 @@ import optuna
 import pytest
 import torch
 
-from lens_ray.config import ConfigError, LensConfig, TuneConfig
+from lens_ray.config import ConfigError, LensConfig, SearchConfig
 from lens_ray.core.pairs import Pair, inner_split, kfold_by_group
 from lens_ray.core.records import Embedded
 from lens_ray.core.search import (
@@ -28,7 +28,7 @@ from lens_ray.store.search_results import apply_tuned
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _points(tcfg: TuneConfig, n: int, sources: int = 1, enqueue: dict | None = None,
+def _points(tcfg: SearchConfig, n: int, sources: int = 1, enqueue: dict | None = None,
             base: LensConfig | None = None) -> list[dict]:
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     if enqueue:
@@ -43,7 +43,7 @@ def _points(tcfg: TuneConfig, n: int, sources: int = 1, enqueue: dict | None = N
 
 
 def test_each_method_draws_only_its_own_knobs():
-    points = _points(TuneConfig(), 60)
+    points = _points(SearchConfig(), 60)
     assert {p["method"] for p in points} == {"lens", "direct_perturbation", "gaussian_sampling"}
     for p in points:
         lens_knobs = {k for k in p
@@ -56,15 +56,15 @@ def test_each_method_draws_only_its_own_knobs():
 
 
 def test_open_choices_and_sources_widen_the_space():
-    narrow = _points(TuneConfig(open_choices=False, methods=("lens",)), 10)
+    narrow = _points(SearchConfig(open_choices=False, methods=("lens",)), 10)
     assert all("vae.hidden_dims" not in p and "reward.max_steps" not in p for p in narrow)
-    wide = _points(TuneConfig(methods=("lens",)), 20, sources=2)
+    wide = _points(SearchConfig(methods=("lens",)), 20, sources=2)
     assert {p["source"] for p in wide} == {0, 1} and {p["synth.residual"] for p in wide} == {False, True}
 
 
 def test_every_point_makes_a_valid_config():
     base = LensConfig()
-    for p in _points(TuneConfig(), 40):
+    for p in _points(SearchConfig(), 40):
         cfg, method, factor, _ = apply_point(base, p)
         assert method == p["method"] and factor == p["factor"]
         if method == "lens":
@@ -79,11 +79,11 @@ def test_default_point_is_the_runs_own_lens_settings_and_can_be_enqueued():
     base.factors = (8,)
     point = default_point(base, 1)
     assert point["factor"] == 8 and point["reward.max_steps"] == 100
-    first = _points(base.tune, 1, enqueue=point, base=base)[0]
+    first = _points(base.search, 1, enqueue=point, base=base)[0]
     assert first == point
     cfg, method, factor, source = apply_point(base, point)
     assert (method, factor, source) == ("lens", 8, 0) and cfg == base   # measuring the default changes nothing
-    base.tune.heads, base.reward.heads = ("mlp", "linear"), ("linear",)
+    base.search.heads, base.reward.heads = ("mlp", "linear"), ("linear",)
     assert default_point(base, 1)["reward.heads"] == "linear"           # the run's own head, where searched
     base.reward.heads = ("paper",)
     assert default_point(base, 1)["reward.heads"] == "mlp"              # else the search's first
@@ -194,7 +194,7 @@ def test_test_choice_scores_each_seed_on_the_test_data():
     assert all(r["accuracy"] > 0.6 and gold.max(1).mean() >= r["bon_gold"] >= gold.min(1).mean() for r in rows)
     # a point's test rows: its settings and seeds; `original` at factor 1 whatever the point's factor
     cfg = _small_cfg()
-    cfg.tune.test_seeds = 1
+    cfg.search.test_seeds = 1
     point = {"method": "direct_perturbation", "factor": 4, "synth.dp_noise_var": 0.05}
     assert score_point(cfg, point, "original", pairs, emb) == score_choice(cfg, "original", 1, pairs, emb, seeds=1)
     tuned, _, _, _ = apply_point(cfg, point)
@@ -217,7 +217,7 @@ def test_the_space_is_the_documented_one():
     for method in ("lens", "direct_perturbation", "gaussian_sampling"):
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
         trial = study.ask()
-        suggest(trial, TuneConfig(methods=(method,)), 1, LensConfig())
+        suggest(trial, SearchConfig(methods=(method,)), 1, LensConfig())
         drawn.update(trial.distributions)
     shown = {}
     for name, d in drawn.items():

@@ -1,18 +1,19 @@
-"""The Ray Tune search on the session's local Ray, from a finished run, results on S3 (moto); resume; --from-tune."""
+"""The search on the session's local Ray (Ray Tune), from a finished run, results on S3 (moto); resume;
+--from-search (and --from-tune, its earlier name)."""
 import base64
 import re
 
 import numpy as np
 import pytest
 
-from lens_ray.cli import run_main, tune_main
+from lens_ray.cli import run_main, search_main
 from lens_ray.config import LensConfig, apply_overrides
 from lens_ray.core.search import conclusions
 from lens_ray.store.search_results import read_trials
 from lens_ray.store.storage import Storage, StorageError
 
 SEARCH = ["--num-samples", "3", "--folds", "2", "--repeats", "1", "--name", "tt",
-          "--set", "tune.test_seeds=2", "--set", "tune.grace_period=1", "--set", "resources.tune_max_concurrent=2",
+          "--set", "search.test_seeds=2", "--set", "search.grace_period=1", "--set", "resources.tune_max_concurrent=2",
           "--set", "resources.tune_cpus_per_trial=0.5"]
 
 
@@ -35,7 +36,7 @@ def _copy(s3, src: str, dst: str) -> None:
 def search(local_run, s3_server):
     _, _, run = local_run
     out = f"s3://{s3_server['bucket']}/tune/tt"
-    report = tune_main(["--from-run", run.uri, "--out", out] + SEARCH)
+    report = search_main(["--from-run", run.uri, "--out", out] + SEARCH)
     return run, out, report
 
 
@@ -85,7 +86,7 @@ def test_rerun_with_the_same_name_resumes_and_refuses_other_settings(search, s3_
     out = f"s3://{s3_server['bucket']}/tune/tt-resumed"            # a copy: the other tests read the first search
     _copy(s3_server, "tune/tt/", "tune/tt-resumed/")
     before = {t["trial_id"]: t for t in report["trials"]}
-    again = tune_main(["--from-run", run.uri, "--out", out] + SEARCH[2:] + ["--num-samples", "4"])
+    again = search_main(["--from-run", run.uri, "--out", out] + SEARCH[2:] + ["--num-samples", "4"])
     after = {t["trial_id"]: t for t in again["trials"]}
     assert len(after) == 4 and all(after[k] == v for k, v in before.items())   # finished trials kept as they were
     import tempfile
@@ -99,7 +100,7 @@ def test_rerun_with_the_same_name_resumes_and_refuses_other_settings(search, s3_
         assert len(study.trials) == 4                                      # the searcher knew the first three
     assert Storage(out).listdir("ray_tune") == ["tt-0", "tt-1"]
     with pytest.raises(StorageError, match=r"other settings \(tune.folds: \d -> 3\)"):
-        tune_main(["--from-run", run.uri, "--out", out] + SEARCH + ["--folds", "3"])
+        search_main(["--from-run", run.uri, "--out", out] + SEARCH + ["--folds", "3"])
 
 
 def test_full_run_from_tune_uses_the_chosen_settings(search, local_run):
@@ -108,10 +109,10 @@ def test_full_run_from_tune_uses_the_chosen_settings(search, local_run):
     best = Storage(out).read_json("best.json")
     i = argv.index("--factors")
     argv = argv[:i] + argv[i + 2:]                      # a --factors flag would replace the pick's factor
-    tuned = run_main(argv + ["--from-tune", out, "--name", "t-tuned", "--seeds", "1",
+    tuned = run_main(argv + ["--from-search", out, "--name", "t-tuned", "--seeds", "1",
                              "--set", "selection.enabled=false"])      # the selection is tested on local_run
     cfg = tuned["config"]
-    assert cfg["from_tune"] == out
+    assert cfg["from_search"] == out
     flags = dict(a.split("=", 1) for a in argv[argv.index("--set") + 1::2] if "=" in a)   # --set wins over the pick
     expect = apply_overrides(LensConfig(), {**best["overrides"], **flags}).to_dict()       # parsed as the CLI parses
     for key in best["overrides"]:
@@ -132,9 +133,9 @@ def test_search_spans_several_runs_embeddings(local_run, s3_server):
     run_main(argv + ["--name", "t-mean", "--set", "embed.pooling=mean", "--methods", "original", "--seeds", "1",
                     "--set", "selection.enabled=false"])
     out = f"s3://{s3_server['bucket']}/tune/two"
-    report = tune_main(["--from-run", run.uri, "--from-run", f"{storage}/t-mean", "--out", out, "--name", "two",
-                        "--num-samples", "4", "--folds", "2", "--repeats", "1", "--set", "tune.test_seeds=2",
-                        "--set", "tune.methods=direct_perturbation", "--set", "resources.tune_cpus_per_trial=0.5"])
+    report = search_main(["--from-run", run.uri, "--from-run", f"{storage}/t-mean", "--out", out, "--name", "two",
+                        "--num-samples", "4", "--folds", "2", "--repeats", "1", "--set", "search.test_seeds=2",
+                        "--set", "search.methods=direct_perturbation", "--set", "resources.tune_cpus_per_trial=0.5"])
     sources = {t["point"]["source"] for t in report["trials"]}
     assert sources <= {0, 1} and all("source" in t["point"] for t in report["trials"])
     pooling = {0: "auto", 1: "mean"}[report["point"]["source"]]

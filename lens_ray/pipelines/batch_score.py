@@ -46,7 +46,7 @@ def _vectors(cfg: LensConfig, settings: dict, texts: list[tuple], log: Log) -> n
     """(n, d) embeddings of the texts: the run's cache first, the rest embedded with Ray Data (and cached)."""
     from lens_ray.pipelines.run import embed_texts
     keyed = {settings_key(settings, p, r): (p, r) for p, r in texts}
-    vectors, _ = embed_texts(cfg, settings, sorted(keyed), keyed, log)
+    vectors, _ = embed_texts(cfg, settings, sorted(keyed), keyed, log, tuple(cfg.embed.layer), ())
     return np.stack([vectors[settings_key(settings, p, r)] for p, r in texts])
 
 

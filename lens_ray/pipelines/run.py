@@ -8,7 +8,6 @@ fingerprint reads `resources` — and computes only the rest.
 """
 from __future__ import annotations
 
-import copy
 import functools
 import json
 from dataclasses import dataclass, replace
@@ -87,7 +86,7 @@ def run(cfg: LensConfig, log: Log = print, ds: Datasets | None = None,
         ds = ds or ingest(cfg, log)
     layers = layers_of(cfg, log)
     with t.stage("embed", log):
-        emb = embed_stage(with_cached_layers(cfg, layers), ds, out, log)
+        emb = embed_stage(cfg, ds, out, log, also_cache=candidate_extras(cfg.embed.layer, layers))
     splits = seed_splits(ds.seed_pairs, cfg.data.val_fraction, cfg.seeds, cfg.data.split_seed)
     seeds = [SeedData.of(s, emb, ds.seed_pairs) for s in splits]
     keys = StageKeys(cfg, splits, emb.dim)
@@ -109,11 +108,10 @@ def run(cfg: LensConfig, log: Log = print, ds: Datasets | None = None,
         def embedded_at(layer: tuple[int, ...]) -> Embedded:
             if layer == tuple(cfg.embed.layer):
                 return emb
-            at = copy.deepcopy(cfg)     # a layer missing from the cache brings every candidate in the same pass
-            at.embed.layer = layer
             folder = f"embeddings-layer{','.join(map(str, layer))}"
-            stale_layer_tables(out, folder, embedding_settings(at), log)
-            return embed_stage(with_cached_layers(at, layers), ds, out, log, folder=folder)
+            stale_layer_tables(out, folder, embedding_settings(cfg, layer), log)
+            # a layer missing from the cache brings every candidate in the same pass
+            return embed_stage(cfg, ds, out, log, layer, candidate_extras(layer, layers), folder)
         with t.stage("select", log):
             selected = select_stage(cfg, ds, layers, embedded_at, splits, keys.base, out, log)
             selected.versus = versus_fixed(selected, results)
@@ -156,8 +154,9 @@ class StageKeys:
 
 # ------------------------------------------------------------------ embedding
 
-def embedding_settings(cfg: LensConfig) -> dict:
-    """What an embedding depends on (its cache address): model, pooling, max length, storage and compute dtype."""
+def embedding_settings(cfg: LensConfig, layer: tuple[int, ...] | None = None) -> dict:
+    """What an embedding depends on (its cache address): model, pooling, max length, storage and compute dtype,
+    and its layer(s) (None: the run's, embed.layer)."""
     from lens_ray.distributed.embedding import gpus_per_actor
 
     e = cfg.embed
@@ -166,7 +165,7 @@ def embedding_settings(cfg: LensConfig) -> dict:
                 "storage_dtype": e.storage_dtype}
     if dtype != "float32":       # fp32 runs keep the settings (and cache) they always had
         settings["dtype"] = dtype
-    return layer_settings(settings, e.layer, e.layer_combine)
+    return layer_settings(settings, e.layer if layer is None else layer, e.layer_combine)
 
 
 def stale_layer_tables(out: Storage, folder: str, settings: dict, log: Log) -> None:
@@ -181,20 +180,18 @@ def stale_layer_tables(out: Storage, folder: str, settings: dict, log: Log) -> N
         out.delete(folder)
 
 
-def with_cached_layers(cfg: LensConfig, layers: list[tuple[int, ...]]) -> LensConfig:
-    """cfg whose embed pass also caches the selection's candidate layers (from the same forward pass)."""
-    extra = tuple(x for layer in layers for x in layer if x not in cfg.embed.layer)
-    if not extra:
-        return cfg
-    cfg = copy.deepcopy(cfg)
-    cfg.embed.cache_layers = tuple(dict.fromkeys(cfg.embed.cache_layers + extra))
-    return cfg
+def candidate_extras(layer: tuple[int, ...], candidates: list[tuple[int, ...]]) -> tuple[int, ...]:
+    """The selection's candidate layers an embed pass of `layer` also caches (from the same forward pass)."""
+    return tuple(dict.fromkeys(x for c in candidates for x in c if x not in layer))
 
 
-def embed_stage(cfg: LensConfig, ds: Datasets, out: Storage, log: Log, folder: str = "embeddings") -> Embedded:
+def embed_stage(cfg: LensConfig, ds: Datasets, out: Storage, log: Log, layer: tuple[int, ...] | None = None,
+                also_cache: tuple[int, ...] = (), folder: str = "embeddings") -> Embedded:
     """Every table's rows as content keys; a stored table is reused only when its keys match exactly, the
-    rest comes from the cache or is embedded. `folder`: where the run keeps these tables."""
-    settings = embedding_settings(cfg)
+    rest comes from the cache or is embedded. `layer`: the tables' layer(s) (None: embed.layer); `also_cache`:
+    more layers cached from the same forward pass (with embed.cache_layers); `folder`: where the run keeps them."""
+    layer = tuple(cfg.embed.layer if layer is None else layer)
+    settings = embedding_settings(cfg, layer)
     run_manifest = Manifest.open(out.child(folder), settings)   # refuses other settings, clearly
     draws, bon_gold = bon_draws(cfg, ds)
     wanted: dict[str, list[str]] = {}
@@ -217,7 +214,7 @@ def embed_stage(cfg: LensConfig, ds: Datasets, out: Storage, log: Log, folder: s
         cap = "" if cfg.data.eval_pairs or cfg.data.eval_data else \
             " (eval pairs default to all the data the seed pairs do not use: data.eval_pairs caps them)"
         log(f"  texts to read: {parts}{cap}")
-    vectors, stats = embed_texts(cfg, settings, needed, texts, log)
+    vectors, stats = embed_texts(cfg, settings, needed, texts, log, layer, also_cache)
     for name, keys in wanted.items():
         if name not in done:
             flat = np.stack([vectors[k] for k in keys])
@@ -228,9 +225,10 @@ def embed_stage(cfg: LensConfig, ds: Datasets, out: Storage, log: Log, folder: s
     return Embedded(*done["seed"], *done["eval"], bon, bon_gold, stats)
 
 
-def embed_texts(cfg: LensConfig, settings: dict, needed: list[str], texts: dict[str, tuple],
-                log: Log) -> tuple[dict[str, np.ndarray], dict]:
-    """Content keys -> vectors: from the cache where it has them, else embedded with Ray Data (and cached)."""
+def embed_texts(cfg: LensConfig, settings: dict, needed: list[str], texts: dict[str, tuple], log: Log,
+                layer: tuple[int, ...], also_cache: tuple[int, ...]) -> tuple[dict[str, np.ndarray], dict]:
+    """Content keys -> vectors of `layer`: from the cache where it has them, else embedded with Ray Data (and
+    cached, with the layers of also_cache and embed.cache_layers from the same pass)."""
     from lens_ray.distributed.embedding import EmbedItem, embed_items
 
     stats = {"texts": len(needed), "cached": 0, "embedded": 0, "truncated": 0, "response_truncated": 0,
@@ -245,9 +243,9 @@ def embed_texts(cfg: LensConfig, settings: dict, needed: list[str], texts: dict[
     log(f"  {len(needed)} distinct texts: {len(vectors)} cached, {len(todo)} to embed with {cfg.embed.model}")
     if todo:
         e = cfg.embed
-        layers = tuple(dict.fromkeys(e.layer + e.cache_layers))        # the run's layers first, then extra ones
-        primary = [layers.index(layer) for layer in e.layer]
-        per_layer = {j: layer_settings(settings, (layer,), e.layer_combine) for j, layer in enumerate(layers)}
+        layers = tuple(dict.fromkeys(layer + e.cache_layers + also_cache))   # the table's layers first, then extra
+        primary = [layers.index(x) for x in layer]
+        per_layer = {j: layer_settings(settings, (x,), e.layer_combine) for j, x in enumerate(layers)}
         per_layer = {j: EmbeddingCache(root, s) for j, s in per_layer.items() if s != settings and e.cache}
 
         def on_chunk(keys: list[str], vecs: np.ndarray) -> None:    # committed as batches arrive: a killed

@@ -60,7 +60,6 @@ def main() -> None:
     from lens_ray.core.pairs import seed_splits
     from lens_ray.core.records import Embedded
     from lens_ray.core.selection import (
-        Candidate,
         candidate_layers,
         choose,
         ensemble_units,
@@ -129,23 +128,23 @@ def main() -> None:
 
         def held_out(row):
             """A candidate (its row) resolved, refitted on each seed's split, scored on the held-out data."""
-            c = resolved(Candidate.of(row), rows)
+            c = resolved(row.candidate, rows)
             emb = table(c.layer)
             return c, {s.seed: head_metrics(refit(cfg, c, emb.seed_pos, emb.seed_neg, groups, s.train, s.val,
                                                   s.seed), emb) for s in splits}
         pick, held = held_out(pick_row)
         row = {"set": name, "pick": pick.name, "members": [m.name for m in pick.members],
-               "kfold": pick_row["kfold_accuracy"], "kfold_se": pick_row["kfold_se"], "candidates": len(cands),
+               "kfold": pick_row.kfold_accuracy, "kfold_se": pick_row.kfold_se, "candidates": len(cands),
                "select_s": round(select_s, 1), "by_seed": held}
         if today is None:
             today, today_names = held, {c.name for c in cands}
-        added = [r for r in rows if r["candidate"] not in today_names and r["status"] == "ok"]
+        added = [r for r in rows if r.name not in today_names and r.ok]
         if added:      # the best candidate this set adds, by k-fold, whether picked or not: would it have helped?
-            best = max(added, key=lambda r: r["kfold_accuracy"])
+            best = max(added, key=lambda r: r.kfold_accuracy)
             c, best_held = held_out(best)
             diffs = [best_held[k]["accuracy"] - today[k]["accuracy"] for k in best_held]
             row["best_added"] = {"candidate": c.name, "members": [m.name for m in c.members],
-                                 "kfold": best["kfold_accuracy"], "kfold_se": best["kfold_se"],
+                                 "kfold": best.kfold_accuracy, "kfold_se": best.kfold_se,
                                  "accuracy": mean_std([h["accuracy"] for h in best_held.values()]),
                                  "vs_today": {"mean": float(np.mean(diffs)), "se": standard_error(diffs)},
                                  "bon_gold": None}
@@ -166,8 +165,8 @@ def main() -> None:
               f"{row['accuracy_vs_today']['mean']:+.4f}"
               + (f", gold {row['bon_gold']['mean']:.3f} ({row['bon_gold_vs_today']['mean']:+.4f})"
                  if "bon_gold" in row else "") + f", {len(cands)} candidates ({select_s:.0f} s)", flush=True)
-        for r in sorted(rows, key=lambda r: -(r["kfold_accuracy"] or 0))[:8]:
-            print(f"    {r['candidate']}: {r['kfold_accuracy']:.3f} ± {r['kfold_se']:.3f}", flush=True)
+        for r in sorted(rows, key=lambda r: -(r.kfold_accuracy or 0))[:8]:
+            print(f"    {r.name}: {r.kfold_accuracy:.3f} ± {r.kfold_se:.3f}", flush=True)
     ep = tables[layers[0]].eval_pos
     print(f"\n{machine()}; {args.from_run}: {len(groups)} seed pairs, {len(ep)} held-out pairs, "
           f"{len(splits)} seeds; layers {[x[0] for x in layers]}\n")

@@ -65,9 +65,9 @@ def main() -> None:
             for r, c in zip(summarize(cands, units), cands):
                 head = refit(cfg, c, sp, sn, groups, np.arange(cut), np.arange(cut, len(groups)), 0)
                 held = preference_accuracy(rewards(head, torch.from_numpy(ep)), rewards(head, torch.from_numpy(en)))
-                rows.append({"layer": layer, "head": c.head, "states": how, "kfold": r["kfold_accuracy"],
-                             "kfold_se": r["kfold_se"], "held_out": held})
-                print(f"layer {layer} {c.head} {how}: k-fold {r['kfold_accuracy']:.3f} ± {r['kfold_se']:.3f}, "
+                rows.append({"layer": layer, "head": c.head, "states": how, "kfold": r.kfold_accuracy,
+                             "kfold_se": r.kfold_se, "held_out": held})
+                print(f"layer {layer} {c.head} {how}: k-fold {r.kfold_accuracy:.3f} ± {r.kfold_se:.3f}, "
                       f"held-out {held:.3f}", flush=True)
     print(f"\n{machine()}, {len(groups)} seed pairs, {len(ep)} held-out pairs\n")
     print("| layer | head | k-fold raw | k-fold normed | held-out raw | held-out normed |\n|---|---|---|---|---|---|")

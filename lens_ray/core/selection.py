@@ -98,6 +98,50 @@ class Candidate:
 
 
 @dataclass
+class Scored:
+    """One candidate's row of the k-fold table (report.json's selected.candidates): its held-fold accuracies in fold
+    order, their mean and standard error, the same of Best-of-N gold where every fold measured it (None: not
+    measured); failed if any fold's fit diverged (never picked). `of` reads a stored row, `row` writes one."""
+    name: str                            # the candidate's name (stored as "candidate")
+    candidate: Candidate
+    status: str                          # ok | failed
+    folds: list                          # accuracy per held fold (None where a fit diverged)
+    kfold_accuracy: float | None
+    kfold_se: float | None
+    gold_folds: list | None = None
+    kfold_bon_gold: float | None = None
+    kfold_bon_gold_se: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def mean(self, objective: str) -> float | None:
+        return getattr(self, OBJECTIVES[objective][1])
+
+    def se(self, objective: str) -> float:
+        """The objective's standard error over folds; 0 where there is none (one fold's worth, or failed)."""
+        se = getattr(self, OBJECTIVES[objective][2])
+        return 0.0 if se is None or math.isnan(se) else se
+
+    def fold_values(self, objective: str) -> list:
+        return getattr(self, OBJECTIVES[objective][0]) or []
+
+    @classmethod
+    def of(cls, row: dict) -> "Scored":
+        figures = {k: v for k, v in row.items() if k in cls.__dataclass_fields__ and k not in ("name", "candidate")}
+        return cls(row["candidate"], Candidate.of(row), **figures)
+
+    def row(self) -> dict:
+        out = {"candidate": self.name, **self.candidate.record(), "status": self.status, "folds": self.folds,
+               "kfold_accuracy": self.kfold_accuracy, "kfold_se": self.kfold_se}
+        if self.gold_folds is not None:
+            out.update(gold_folds=self.gold_folds, kfold_bon_gold=self.kfold_bon_gold,
+                       kfold_bon_gold_se=self.kfold_bon_gold_se)
+        return out
+
+
+@dataclass
 class Selection:
     """The select stage's record of its pick: report.json's "selected" and heads/selected's meta. `of` reads every
     stored form (records before objectives were chosen ranked by accuracy), `record` writes one."""
@@ -116,17 +160,19 @@ class Selection:
     rule: str = ""
     note: str = ""
     levers: dict = field(default_factory=dict)             # layer | head | augmentation -> paired gain or None
-    candidates: list[dict] = field(default_factory=list)   # every candidate's k-fold row (`summarize`)
+    candidates: list[Scored] = field(default_factory=list)   # every candidate's k-fold row (`summarize`)
     versus: dict | None = None                             # against the fixed choices, paired by seed (the run's)
 
     @classmethod
     def of(cls, doc: dict) -> "Selection":
-        known = {f for f in cls.__dataclass_fields__ if f != "pick"}
-        return cls(pick=Candidate.of(doc), **{k: v for k, v in doc.items() if k in known})
+        known = {f for f in cls.__dataclass_fields__ if f not in ("pick", "candidates")}
+        return cls(pick=Candidate.of(doc), candidates=[Scored.of(r) for r in doc.get("candidates") or []],
+                   **{k: v for k, v in doc.items() if k in known})
 
     def record(self) -> dict:
         out = {"candidate": self.candidate, **self.pick.record()}
         out.update({f: getattr(self, f) for f in self.__dataclass_fields__ if f not in ("candidate", "pick")})
+        out["candidates"] = [c.row() for c in self.candidates]
         return out if self.versus is not None else {k: v for k, v in out.items() if k != "versus"}
 
 
@@ -220,38 +266,36 @@ def seed_ensemble(models: list[torch.nn.Module], train: np.ndarray) -> EnsembleH
     return EnsembleHead(models, [[0]] * len(models), train.shape[1], [reward_scale(rewards(m, x)) for m in models])
 
 
-def ensemble_units(tops: tuple[int, ...], rows: list[dict], units: list[dict[str, dict | None]],
+def ensemble_units(tops: tuple[int, ...], rows: list[Scored], units: list[dict[str, dict | None]],
                    splits: list[FoldSplit], groups: list[str], gold: tuple[np.ndarray, np.ndarray] | None = None,
                    objective: str = SelectionConfig.objective) -> list[dict[str, dict | None]]:
     """Each fold's score of each top-k ensemble: in fold f the candidates (rows: summarized, ok, with "rewards"
     in every unit; never ensembles) are ranked by their mean objective over the other folds, and the k best's
     standardized held rewards averaged. -> one {"top-k ensemble": {"accuracy", "bon_gold"}} per fold."""
-    folds_key = OBJECTIVES[objective][0]
-    ok = [r for r in rows if r["status"] == "ok" and r["head_kind"] != "ensemble"
-          and all(u.get(r["candidate"]) and "rewards" in u[r["candidate"]] for u in units)]
+    ok = [r for r in rows if r.ok and r.candidate.head != "ensemble"
+          and all(u.get(r.name) and "rewards" in u[r.name] for u in units)]
     out = []
     for f, (unit, split) in enumerate(zip(units, splits)):
-        ranked = sorted(ok, key=lambda r: -np.mean([v for j, v in enumerate(r[folds_key]) if j != f]))
+        ranked = sorted(ok, key=lambda r: -np.mean([v for j, v in enumerate(r.fold_values(objective)) if j != f]))
         scores = {}
         for c in ensembles(tops):
             top = ranked[:c.top]
             if len(top) < c.top:
                 scores[c.name] = None
                 continue
-            pos, neg = (np.mean([unit[r["candidate"]]["rewards"][i] for r in top], 0) for i in (0, 1))
+            pos, neg = (np.mean([unit[r.name]["rewards"][i] for r in top], 0) for i in (0, 1))
             scores[c.name] = held_scores(pos, neg, split, groups, gold)
         out.append(scores)
     return out
 
 
-def members(rows: list[dict], k: int, objective: str = SelectionConfig.objective) -> tuple[Candidate, ...]:
+def members(rows: list[Scored], k: int, objective: str = SelectionConfig.objective) -> tuple[Candidate, ...]:
     """A top-k ensemble's members once chosen: the k best candidates (not ensembles) by mean k-fold objective."""
-    mean = OBJECTIVES[objective][1]
-    ok = [r for r in rows if r["status"] == "ok" and r["head_kind"] != "ensemble"]
-    return tuple(Candidate.of(r) for r in sorted(ok, key=lambda r: -r[mean])[:k])
+    ok = [r for r in rows if r.ok and r.candidate.head != "ensemble"]
+    return tuple(r.candidate for r in sorted(ok, key=lambda r: -r.mean(objective))[:k])
 
 
-def resolved(pick: Candidate, rows: list[dict], objective: str = SelectionConfig.objective) -> Candidate:
+def resolved(pick: Candidate, rows: list[Scored], objective: str = SelectionConfig.objective) -> Candidate:
     """The pick as it is refitted: a top-k ensemble with its members, on the union of their layers (in the
     members' order; each candidate layer is one, several are concatenated candidates); any other as it is."""
     if pick.head != "ensemble":
@@ -302,79 +346,71 @@ OBJECTIVES = {"accuracy": ("folds", "kfold_accuracy", "kfold_se"),      # a row'
               "bon_gold": ("gold_folds", "kfold_bon_gold", "kfold_bon_gold_se")}
 
 
-def summarize(candidates: list[Candidate], units: list[dict[str, dict | None]]) -> list[dict]:
+def summarize(candidates: list[Candidate], units: list[dict[str, dict | None]]) -> list[Scored]:
     """Per candidate: its fold accuracies (in fold order), mean and standard error, and the same of its
     held-out Best-of-N gold where the units have it; `failed` if any fold's fit diverged (never picked)."""
     rows = []
     for c in candidates:
         scores = [u[c.name] for u in units if c.name in u]
         failed = len(scores) < len(units) or any(s is None for s in scores)
-        row = {"candidate": c.name, **c.record(), "status": "failed" if failed else "ok"}
+        figures: dict = {}
         for metric, (folds, mean, se) in OBJECTIVES.items():
             vals = [s and s[metric] for s in scores]
             if metric == "accuracy" or (vals and all(v is not None for v in vals)):
-                row.update({folds: vals, mean: None if failed else float(np.mean(vals)),
-                            se: None if failed else standard_error(vals)})
-        rows.append(row)
+                figures.update({folds: vals, mean: None if failed else float(np.mean(vals)),
+                                se: None if failed else standard_error(vals)})
+        rows.append(Scored(c.name, c, "failed" if failed else "ok", **figures))
     return rows
 
 
-def _se(row: dict, objective: str) -> float:
-    se = row[OBJECTIVES[objective][2]]
-    return 0.0 if se is None or math.isnan(se) else se
-
-
-def finalists(rows: list[dict], n: int, objective: str = SelectionConfig.objective) -> list[Candidate]:
+def finalists(rows: list[Scored], n: int, objective: str = SelectionConfig.objective) -> list[Candidate]:
     """The n best (layer, trained head) candidates on the original pairs, by mean k-fold objective."""
-    trained = [r for r in rows if r["status"] == "ok" and r["method"] == "original" and r["head_kind"] != "mean_diff"]
-    best = sorted(trained, key=lambda r: -r[OBJECTIVES[objective][1]])[:n]
-    return [Candidate.of({**r, "method": "original", "factor": 1}) for r in best]
+    trained = [r for r in rows if r.ok and r.candidate.method == "original" and r.candidate.head != "mean_diff"]
+    best = sorted(trained, key=lambda r: -r.mean(objective))[:n]
+    return [r.candidate for r in best]
 
 
-def choose(rows: list[dict], objective: str = SelectionConfig.objective) -> dict:
+def choose(rows: list[Scored], objective: str = SelectionConfig.objective) -> Scored:
     """The best mean of the objective, then the simplest candidate within one standard error of it (its row)."""
-    mean = OBJECTIVES[objective][1]
-    ok = [r for r in rows if r["status"] == "ok"]
+    ok = [r for r in rows if r.ok]
     if not ok:
         raise NonFiniteError("every candidate's fit diverged in some fold; no reward model to choose")
-    if mean not in ok[0]:
+    if not ok[0].fold_values(objective):
         raise ValueError(f"objective {objective}: the candidates have no k-fold {objective}")
-    best = max(ok, key=lambda r: r[mean])
-    bar = best[mean] - _se(best, objective)
-    near = [r for r in ok if r[mean] >= bar]
-    return min(near, key=lambda r: (*Candidate.of(r).simplicity, -r[mean]))
+    best = max(ok, key=lambda r: r.mean(objective))
+    bar = best.mean(objective) - best.se(objective)
+    near = [r for r in ok if r.mean(objective) >= bar]
+    return min(near, key=lambda r: (*r.candidate.simplicity, -r.mean(objective)))
 
 
-def paired_gain(a: dict, b: dict, objective: str = SelectionConfig.objective) -> dict | None:
+def paired_gain(a: Scored, b: Scored, objective: str = SelectionConfig.objective) -> dict | None:
     """Mean and standard error over folds of a's objective minus b's (the same folds: paired); both named, since
     a lever's `candidate` need not be the pick (the head lever compares the best trained head with mean_diff)."""
-    if a["status"] != "ok" or b["status"] != "ok":
+    if not (a.ok and b.ok):
         return None
-    folds = OBJECTIVES[objective][0]
-    d = np.array(a[folds]) - np.array(b[folds])
+    d = np.array(a.fold_values(objective)) - np.array(b.fold_values(objective))
     se = standard_error(d)
-    return {"mean": float(d.mean()), "se": None if math.isnan(se) else se, "candidate": a["candidate"],
-            "versus": b["candidate"]}
+    return {"mean": float(d.mean()), "se": None if math.isnan(se) else se, "candidate": a.name,
+            "versus": b.name}
 
 
-def levers(rows: list[dict], pick: dict, run_layer: tuple[int, ...],
+def levers(rows: list[Scored], pick: Scored, run_layer: tuple[int, ...],
            objective: str = SelectionConfig.objective) -> dict[str, dict | None]:
     """What each lever is worth at the pick, paired by fold: the layer (the pick's head on the original pairs
     at its layer vs at the run's layer), the head (the best trained head vs mean_diff at the pick's layer)
     and the augmentation (the pick vs its own head and layer without augmentation)."""
-    mean = OBJECTIVES[objective][1]
-    find = {Candidate.of(r): r for r in rows}
-    layer, loss = tuple(pick["layer"]), pick.get("loss", "bradley_terry")
-    plain = find.get(Candidate(layer, pick["head_kind"], loss=loss))
-    at_run = find.get(Candidate(tuple(run_layer), pick["head_kind"], loss=loss))
-    trained = [r for r in rows if tuple(r["layer"]) == layer and r["method"] == "original"
-               and r["head_kind"] != "mean_diff" and r["status"] == "ok"]
+    find = {r.candidate: r for r in rows}
+    layer, loss, head = pick.candidate.layer, pick.candidate.loss, pick.candidate.head
+    plain = find.get(Candidate(layer, head, loss=loss))
+    at_run = find.get(Candidate(tuple(run_layer), head, loss=loss))
+    trained = [r for r in rows if r.candidate.layer == layer and r.candidate.method == "original"
+               and r.candidate.head != "mean_diff" and r.ok]
     md = find.get(Candidate(layer, "mean_diff"))
-    best_trained = max(trained, key=lambda r: r[mean]) if trained else None
+    best_trained = max(trained, key=lambda r: r.mean(objective)) if trained else None
     gain = lambda a, b: paired_gain(a, b, objective)  # noqa: E731
     return {"layer": gain(plain, at_run) if plain and at_run and layer != tuple(run_layer) else None,
             "head": gain(best_trained, md) if best_trained and md else None,
-            "augmentation": gain(pick, plain) if plain and pick["method"] != "original" else None}
+            "augmentation": gain(pick, plain) if plain and pick.candidate.method != "original" else None}
 
 
 def refit(cfg: LensConfig, pick: Candidate, pos: np.ndarray, neg: np.ndarray, groups: list[str],

@@ -9,7 +9,7 @@ import math
 from collections import defaultdict
 
 from lens_ray.core.records import Result, Summary
-from lens_ray.core.selection import OBJECTIVES, Selection
+from lens_ray.core.selection import OBJECTIVES, Scored, Selection
 from lens_ray.core.stats import mean_std, paired, wilson_interval
 from lens_ray.store.storage import Storage
 
@@ -69,16 +69,16 @@ def selection_of(report: dict) -> Selection | None:
 def selection_rows(selected: Selection) -> tuple[list[str], list[list[str]]]:
     """The selection's k-fold table: every candidate, best first by the objective (mean ± standard error over
     folds); a Best-of-N gold column where the folds measured it."""
-    gold = any(OBJECTIVES["bon_gold"][1] in r for r in selected.candidates)
-    key = OBJECTIVES[selected.objective][1]
+    gold = any(r.gold_folds is not None for r in selected.candidates)
+    objective = selected.objective
     header = ["candidate", "k-fold accuracy", *(["k-fold Best-of-N gold"] if gold else []), "folds"]
-    ranked = sorted(selected.candidates, key=lambda r: -(r[key] if r.get(key) is not None else -1.0))
+    ranked = sorted(selected.candidates, key=lambda r: -(r.mean(objective) if r.mean(objective) is not None else -1))
 
-    def fig(r: dict, objective: str) -> str:
-        _, mean, se = OBJECTIVES[objective]
-        return "failed" if r["status"] != "ok" else estimate(r[mean], r[se], len(r["folds"]))
-    rows = [[("**" + r["candidate"] + "**") if r["candidate"] == selected.candidate else r["candidate"],
-             fig(r, "accuracy"), *([fig(r, "bon_gold")] if gold else []), str(len(r["folds"]))] for r in ranked]
+    def fig(r: Scored, objective: str) -> str:
+        return "failed" if not r.ok else estimate(r.mean(objective), getattr(r, OBJECTIVES[objective][2]),
+                                                  len(r.folds))
+    rows = [[("**" + r.name + "**") if r.name == selected.candidate else r.name,
+             fig(r, "accuracy"), *([fig(r, "bon_gold")] if gold else []), str(len(r.folds))] for r in ranked]
     return header, rows
 
 

@@ -23,6 +23,7 @@ from lens_ray.core.records import Embedded, Result
 from lens_ray.core.selection import (
     OBJECTIVES,
     Candidate,
+    Scored,
     Selection,
     candidate_layers,
     choose,
@@ -128,7 +129,7 @@ class Folds:
             self.tables[layer] = Embedded.concat([self.tables[(x,)] for x in layer])
         return self.tables[layer]
 
-    def score(self, cands: list[Candidate], stage: str) -> list[dict]:
+    def score(self, cands: list[Candidate], stage: str) -> list[Scored]:
         """Run the candidates' units not kept from an earlier try; -> their summarized rows."""
         from lens_ray.distributed.trials import remote_calls, task_slots
         sc, n = self.cfg.selection, self.cfg.selection.folds
@@ -201,10 +202,10 @@ def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
         rows += summarize(ensembles(sc.ensembles), ensemble_units(sc.ensembles, rows, work.units, work.splits,
                                                                   work.groups, work.gold, sc.objective))
     pick = choose(rows, sc.objective)
-    cand = resolved(Candidate.of(pick), rows, sc.objective)
-    _, mean, se = OBJECTIVES[sc.objective]
-    log(f"  pick: {cand.name}, k-fold {sc.objective} {pick[mean]:.3f}"
-        + (f" ± {pick[se]:.3f}" if pick[se] is not None else "")
+    cand = resolved(pick.candidate, rows, sc.objective)
+    se = getattr(pick, OBJECTIVES[sc.objective][2])
+    log(f"  pick: {cand.name}, k-fold {sc.objective} {pick.mean(sc.objective):.3f}"
+        + (f" ± {se:.3f}" if se is not None else "")
         + (f" ({'; '.join(m.name for m in cand.members)})" if cand.members else "") + "; refitting on the seed pairs")
     emb = work.table(cand.layer)
     heads = remote_calls({sp.seed: (refit, cfg, cand, emb.seed_pos, emb.seed_neg, work.groups, sp.train, sp.val,
@@ -212,8 +213,8 @@ def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
     per_seed = [{"seed": seed, **head_metrics(h, emb)} for seed, h in sorted(heads.items())]
     head, held = heads[splits[0].seed], {k: per_seed[0][k] for k in ("accuracy", "bon_gold")}
     record = Selection(
-        cand.name, cand, sc.folds, pick["kfold_accuracy"], pick["kfold_se"], **held,
-        kfold_bon_gold=pick.get("kfold_bon_gold"), kfold_bon_gold_se=pick.get("kfold_bon_gold_se"),
+        cand.name, cand, sc.folds, pick.kfold_accuracy, pick.kfold_se, **held,
+        kfold_bon_gold=pick.kfold_bon_gold, kfold_bon_gold_se=pick.kfold_bon_gold_se,
         objective=sc.objective, head=f"heads/{NAME}", seeds=per_seed,
         rule=f"highest mean k-fold {sc.objective}, then the simplest candidate within one standard error of it (no "
              "augmentation, then mean_diff, linear, mlp, ensemble, then one layer, one seed, the bradley_terry loss)",

@@ -41,8 +41,8 @@ def scalars(report: dict) -> list[tuple[str, float, int]]:
             out.append((f"seeds/accuracy/{r.method}-f{r.factor}-{r.head_kind}", r.accuracy, r.seed))
     sel = selection_of(report)
     for c in sel.candidates if sel else []:
-        if c.get("kfold_accuracy") is not None:
-            out.append((f"selection/kfold_accuracy/{c['candidate']}", c["kfold_accuracy"], 0))
+        if c.kfold_accuracy is not None:
+            out.append((f"selection/kfold_accuracy/{c.name}", c.kfold_accuracy, 0))
     for r in sel.seeds if sel else []:
         out += [(f"selection/pick/{m}", r[m], int(r["seed"])) for m in ("accuracy", "bon_gold")
                 if r.get(m) is not None]

@@ -12,6 +12,7 @@ from lens_ray.core.heads import mean_diff_head, rewards
 from lens_ray.core.search import fit_method
 from lens_ray.core.selection import (
     Candidate,
+    Scored,
     Selection,
     candidate_layers,
     choose,
@@ -56,11 +57,10 @@ def test_each_trained_head_with_each_loss_and_the_default_loss_preferred():
     two = stage_two([one[2]], ("lens",), (4,))
     assert two[0].name == "layer -1 linear (pointwise) + lens x4" and two[0].loss == "pointwise"
     assert one[1].simplicity < one[2].simplicity < one[3].simplicity      # loss breaks a tie of head, not before
-    rows = [{**c.record(), "candidate": c.name, "status": "ok", "kfold_accuracy": acc, "kfold_se": 0.01}
-            for c, acc in zip(one[1:3], (0.640, 0.645))]
-    assert choose(rows)["candidate"] == "layer -1 linear"                    # within one se: the default loss
-    rows[1]["kfold_accuracy"] = 0.70
-    assert choose(rows)["candidate"] == "layer -1 linear (pointwise)"        # beyond it: the k-fold decides
+    rows = [Scored(c.name, c, "ok", [acc], acc, 0.01) for c, acc in zip(one[1:3], (0.640, 0.645))]
+    assert choose(rows).name == "layer -1 linear"                    # within one se: the default loss
+    rows[1].kfold_accuracy = 0.70
+    assert choose(rows).name == "layer -1 linear (pointwise)"        # beyond it: the k-fold decides
 
 
 def _groups(n: int, per: int = 2) -> list[str]:
@@ -154,7 +154,7 @@ def test_a_diverging_fit_is_none_not_an_error():
 
 
 def _row(name_layer: int, head: str, folds: list[float | None], method: str = "original", factor: int = 1,
-         gold: list[float] | None = None) -> dict:
+         gold: list[float] | None = None) -> Scored:
     c = Candidate((name_layer,), head, method, factor)
     golds = gold or [None] * len(folds)
     return summarize([c], [{c.name: None if a is None else {"accuracy": a, "bon_gold": g}}
@@ -163,28 +163,28 @@ def _row(name_layer: int, head: str, folds: list[float | None], method: str = "o
 
 def test_summarize_mean_se_and_failures():
     row = _row(-1, "mlp", [0.6, 0.7, 0.8])
-    assert row["status"] == "ok" and row["kfold_accuracy"] == pytest.approx(0.7)
-    assert row["kfold_se"] == pytest.approx(0.1 / math.sqrt(3))
-    assert _row(-1, "mlp", [0.6, None, 0.8])["status"] == "failed"
-    assert "kfold_bon_gold" not in row                                      # no gold measured, no column
+    assert row.status == "ok" and row.kfold_accuracy == pytest.approx(0.7)
+    assert row.kfold_se == pytest.approx(0.1 / math.sqrt(3))
+    assert _row(-1, "mlp", [0.6, None, 0.8]).status == "failed"
+    assert "kfold_bon_gold" not in row.row()                                     # no gold measured, no column
     c = Candidate((-1,), "mlp")
-    assert summarize([c], [{c.name: {"accuracy": 0.5, "bon_gold": None}}, {}])[0]["status"] == "failed"  # a fold
+    assert summarize([c], [{c.name: {"accuracy": 0.5, "bon_gold": None}}, {}])[0].status == "failed"  # a fold
     gold = _row(-1, "mlp", [0.6, 0.7], gold=[0.3, 0.5])
-    assert gold["gold_folds"] == [0.3, 0.5] and gold["kfold_bon_gold"] == pytest.approx(0.4)
-    assert gold["kfold_bon_gold_se"] == pytest.approx(0.1) and gold["kfold_accuracy"] == pytest.approx(0.65)
+    assert gold.gold_folds == [0.3, 0.5] and gold.kfold_bon_gold == pytest.approx(0.4)
+    assert gold.kfold_bon_gold_se == pytest.approx(0.1) and gold.kfold_accuracy == pytest.approx(0.65)
 
 
 def test_choose_prefers_the_simpler_within_one_standard_error():
     mlp = _row(-1, "mlp", [0.70, 0.74, 0.72, 0.66])          # best mean 0.705, se ~0.017
     linear = _row(-1, "linear", [0.69, 0.72, 0.70, 0.67])    # 0.695: within one se
     md = _row(-1, "mean_diff", [0.60, 0.62, 0.61, 0.59])     # far below
-    assert choose([mlp, linear, md])["candidate"] == "layer -1 linear"
+    assert choose([mlp, linear, md]).name == "layer -1 linear"
     aug = _row(-1, "linear", [0.70, 0.74, 0.72, 0.67], "lens", 4)      # best mean, by less than one se
-    assert choose([mlp, linear, md, aug])["candidate"] == "layer -1 linear"     # no augmentation first
+    assert choose([mlp, linear, md, aug]).name == "layer -1 linear"     # no augmentation first
     clear = _row(-10, "mlp", [0.80, 0.81, 0.80, 0.82])
-    assert choose([mlp, linear, md, aug, clear])["candidate"] == "layer -10 mlp"  # a clear winner wins
+    assert choose([mlp, linear, md, aug, clear]).name == "layer -10 mlp"  # a clear winner wins
     failed = _row(-16, "mean_diff", [0.99, None, 0.99, 0.99])
-    assert choose([linear, failed])["candidate"] == "layer -1 linear"             # a failed one never
+    assert choose([linear, failed]).name == "layer -1 linear"             # a failed one never
     with pytest.raises(NonFiniteError):
         choose([failed])
 
@@ -231,14 +231,14 @@ def test_refit_mean_diff_and_linear_use_every_seed_pair_the_mlp_keeps_val():
 
 def test_the_one_standard_error_bar_is_inclusive_and_no_spread_means_no_tolerance():
     mlp, md = _row(-1, "mlp", [0.75, 0.75]), _row(-1, "mean_diff", [0.5, 0.5])
-    mlp["kfold_se"] = 0.25                                              # exactly one se above mean_diff
-    assert choose([mlp, md])["candidate"] == "layer -1 mean_diff"
+    mlp.kfold_se = 0.25                                              # exactly one se above mean_diff
+    assert choose([mlp, md]).name == "layer -1 mean_diff"
     for se in (None, float("nan")):                                     # one fold: no spread, no tolerance
-        mlp["kfold_se"] = se
-        assert choose([mlp, md])["candidate"] == "layer -1 mlp"
+        mlp.kfold_se = se
+        assert choose([mlp, md]).name == "layer -1 mlp"
     # of equally simple candidates within one se, the higher estimate
     a, b = _row(-1, "linear", [0.70, 0.72, 0.74]), _row(-10, "linear", [0.71, 0.73, 0.75])
-    assert choose([a, b])["candidate"] == "layer -10 linear" and choose([b, a])["candidate"] == "layer -10 linear"
+    assert choose([a, b]).name == "layer -10 linear" and choose([b, a]).name == "layer -10 linear"
 
 
 def test_no_gain_is_paired_with_a_failed_candidate_nor_a_layer_lever_at_the_runs_own_layer():
@@ -252,8 +252,8 @@ def test_no_gain_is_paired_with_a_failed_candidate_nor_a_layer_lever_at_the_runs
 def test_mean_diff_is_the_simplest_of_all():
     md = _row(-1, "mean_diff", [0.705, 0.725, 0.685, 0.705])
     linear = _row(-1, "linear", [0.71, 0.73, 0.69, 0.71])        # higher, by less than one se
-    assert choose([linear, md])["candidate"] == "layer -1 mean_diff"
-    assert choose([linear, _row(-1, "mlp", [0.715, 0.735, 0.695, 0.715])])["candidate"] == "layer -1 linear"
+    assert choose([linear, md]).name == "layer -1 mean_diff"
+    assert choose([linear, _row(-1, "mlp", [0.715, 0.735, 0.695, 0.715])]).name == "layer -1 linear"
 
 
 def test_the_gold_objective_ranks_by_best_of_n_gold_on_the_held_prompts():
@@ -277,8 +277,8 @@ def test_the_gold_objective_ranks_by_best_of_n_gold_on_the_held_prompts():
     # the objective decides: by accuracy mlp leads, by gold linear does by more than one se
     mlp = _row(-1, "mlp", [0.80, 0.82, 0.81], gold=[0.40, 0.41, 0.40])
     linear = _row(-1, "linear", [0.70, 0.71, 0.72], gold=[0.50, 0.52, 0.51])
-    assert choose([mlp, linear])["candidate"] == "layer -1 mlp"
-    assert choose([mlp, linear], "bon_gold")["candidate"] == "layer -1 linear"
+    assert choose([mlp, linear]).name == "layer -1 mlp"
+    assert choose([mlp, linear], "bon_gold").name == "layer -1 linear"
     assert finalists([mlp, linear], 1, "bon_gold") == [Candidate((-1,), "linear")]
     assert paired_gain(linear, mlp, "bon_gold")["mean"] == pytest.approx(0.1066667)
     with pytest.raises(ValueError, match="no k-fold bon_gold"):
@@ -374,7 +374,7 @@ def test_a_top_k_ensemble_ranks_its_members_on_the_other_folds_only():
     assert got[0]["top-2 ensemble"]["accuracy"] == pytest.approx(0.5 + 0.5 * 0.5)   # ties count half
     assert got[1]["top-2 ensemble"]["accuracy"] == pytest.approx(0.875)     # (1, 1, 1, .5) vs (0, 0, 0, .5)
     assert ensemble_units((4,), rows, units, splits, groups)[0]["top-4 ensemble"] is None    # too few candidates
-    rows[2]["status"] = "failed"                                         # a failed candidate is never a member
+    rows[2].status = "failed"                                         # a failed candidate is never a member
     assert ensemble_units((3,), rows, units, splits, groups)[0]["top-3 ensemble"] is None
 
 
@@ -393,8 +393,8 @@ def test_an_ensemble_pick_is_refitted_on_its_members_layers():
     rows = [_row(-2, "linear", [0.7, 0.7]), _row(-1, "mean_diff", [0.9, 0.8]), _row(-1, "mlp", [0.5, 0.5])]
     cat = Candidate((-1, -2), "linear")
     rows.append(summarize([cat], [{cat.name: {"accuracy": 0.8, "bon_gold": None}}] * 2)[0])
-    top = Candidate.of(summarize([Candidate((), "ensemble", top=3)],
-                                 [{"top-3 ensemble": {"accuracy": 0.9, "bon_gold": None}}] * 2)[0])
+    top = summarize([Candidate((), "ensemble", top=3)],
+                    [{"top-3 ensemble": {"accuracy": 0.9, "bon_gold": None}}] * 2)[0].candidate
     pick = resolved(top, rows)
     assert [m.name for m in pick.members] == ["layer -1 mean_diff", "layer -1,-2 linear", "layer -2 linear"]
     assert pick.layer == (-1, -2) and pick.name == top.name and resolved(cat, rows) is cat
@@ -421,10 +421,10 @@ def test_an_ensemble_is_picked_only_beyond_one_standard_error():
     linear = _row(-1, "linear", [0.70, 0.72, 0.74])
     top = summarize([Candidate((), "ensemble", top=2)],
                     [{"top-2 ensemble": {"accuracy": a, "bon_gold": None}} for a in (0.71, 0.73, 0.75)])[0]
-    assert choose([top, linear])["candidate"] == "layer -1 linear"
+    assert choose([top, linear]).name == "layer -1 linear"
     top = summarize([Candidate((), "ensemble", top=2)],
                     [{"top-2 ensemble": {"accuracy": a, "bon_gold": None}} for a in (0.80, 0.82, 0.84)])[0]
-    assert choose([top, linear])["candidate"] == "top-2 ensemble"
+    assert choose([top, linear]).name == "top-2 ensemble"
 
 
 def test_the_selection_record_reads_every_stored_form_and_writes_the_same_keys():

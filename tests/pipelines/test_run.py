@@ -7,7 +7,7 @@ import torch
 
 from lens_ray.cli import run_main
 from lens_ray.config import METHODS
-from lens_ray.core.selection import choose
+from lens_ray.core.selection import Scored, choose
 from lens_ray.data.embed import resolve_model
 from lens_ray.scoring.reward_model import RewardModel
 from lens_ray.store.artifacts import read_pair_embeddings, read_synthetic
@@ -139,7 +139,8 @@ def test_full_job_on_s3_with_best_of_n(ray_cluster, tiny_llama, bon_path, s3_ser
     assert [{"accuracy": r["accuracy"], "bon_gold": r["bon_gold"]} for r in report["results"]] == again
     # the reward model chosen by the gold of each held prompt's best-rewarded response, not by accuracy
     sel = report["selected"]
-    assert sel["objective"] == "bon_gold" and choose(sel["candidates"], "bon_gold")["candidate"] == sel["candidate"]
+    assert sel["objective"] == "bon_gold"
+    assert choose([Scored.of(r) for r in sel["candidates"]], "bon_gold").name == sel["candidate"]
     assert all(len(r["gold_folds"]) == 3 and 0 <= r["kfold_bon_gold"] <= 1 for r in sel["candidates"])
     assert sel["kfold_bon_gold"] == next(r for r in sel["candidates"] if r["candidate"] == sel["candidate"])[
         "kfold_bon_gold"] and sel["bon_gold"] is not None

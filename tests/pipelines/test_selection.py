@@ -6,7 +6,7 @@ import torch
 
 from lens_ray.core.heads import rewards
 from lens_ray.core.metrics import head_metrics
-from lens_ray.core.selection import Candidate, choose, fold_scores, fold_splits
+from lens_ray.core.selection import Candidate, Scored, choose, fold_scores, fold_splits
 from lens_ray.data.embed import layer_settings
 from lens_ray.data.finished_run import FinishedRun
 from lens_ray.scoring.reward_model import RewardModel
@@ -78,7 +78,7 @@ def test_every_candidate_is_measured_and_the_pick_follows_the_rule(local_run):
     assert all(" mean_diff" not in n for n in stage_two)
     assert names[27:] == ["top-2 ensemble", "top-3 ensemble"]                 # selection.ensembles=2,3
     assert all(len(r["folds"]) == 3 for r in sel["candidates"] if r["status"] == "ok")
-    assert choose(sel["candidates"])["candidate"] == sel["candidate"]
+    assert choose([Scored.of(r) for r in sel["candidates"]]).name == sel["candidate"]
     assert sel["folds"] == 3 and sel["head"] == "heads/selected" and sel["bon_gold"] is None
     assert "optimistic" in sel["note"] and report["timings_s"]["select"] > 0
 
@@ -186,7 +186,7 @@ def test_an_ensemble_on_several_layers_is_scored_at_them_by_every_entry_point(lo
     copy = tmp_path / "run"
     shutil.copytree(out.path(), copy)
     run = FinishedRun.open(str(copy))
-    rows = [r for r in report["selected"]["candidates"] if r["head_kind"] != "ensemble"]
+    rows = [Scored.of(r) for r in report["selected"]["candidates"] if r["head_kind"] != "ensemble"]
     top = Candidate.of(next(r for r in report["selected"]["candidates"] if r["candidate"] == "top-3 ensemble"))
     pick = resolved(top, rows)
     assert len(pick.members) == 3 and set(pick.layer) == {-1, -2}

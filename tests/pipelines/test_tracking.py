@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lens_ray.core.selection import Candidate, Selection
+from lens_ray.core.selection import Candidate, Scored, Selection
 from lens_ray.pipelines.tracking import FOLDER, check_mlflow, log_mlflow, mlflow_uri, scalars, write_events
 from lens_ray.store.storage import Storage
 
@@ -37,7 +37,7 @@ REPORT = {
                 for s in range(2)] + [{"method": "lens", "factor": 8, "head_kind": "mlp", "seed": 0,
                                        "accuracy": None}],
     "selected": Selection("layer -1 linear", Candidate((-1,), "linear"), 5, 0.64, 0.01,
-                          candidates=[{"candidate": "layer -1 linear", "kfold_accuracy": 0.64}],
+                          candidates=[Scored("layer -1 linear", Candidate((-1,), "linear"), "ok", [0.64], 0.64, None)],
                           seeds=[{"seed": 0, "accuracy": 0.61, "bon_gold": None}, {"seed": 1, "accuracy": 0.62}]
                           ).record(),
     "baselines": {"chance": 0.5, "longer_response": 0.46},

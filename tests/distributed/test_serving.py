@@ -4,6 +4,7 @@ class, one client's bad items mixed with others' good ones, slow clients, the to
 callables. Then `lens-ray serve` itself in a process of its own, with --normalize false, --token-env, --replicas 2,
 --max-batch-size, --batch-wait-ms and --head: what it answers, that it listens on loopback only, the proxy's
 bounds, and SIGTERM: 503 until it closes, then "stopped"."""
+import http.client
 import json
 import os
 import random
@@ -425,13 +426,15 @@ def _held_connections(port: int) -> dict:
 
 
 def _until_refused(url: str, statuses: list[int]) -> None:
-    """POST /score in a loop, recording each status, until the server no longer accepts connections."""
+    """POST /score in a loop, recording each status, until the server no longer accepts connections. A response
+    cut off as the proxy process exits (its headers sent, its body not: IncompleteRead) is the connection ending
+    too, not a status."""
     refused = 0
     while refused < 3:
         try:
             statuses.append(_call(url, "/score", {"prompts": PROMPTS[:1], "responses": RESPONSES[:1]})[0])
             refused = 0
-        except OSError:
+        except (OSError, http.client.HTTPException):
             refused += 1
             time.sleep(0.2)
 

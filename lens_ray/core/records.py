@@ -5,6 +5,7 @@ Shapes: n = seed pairs, m = eval pairs, Q = Best-of-N prompts, N = responses per
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +46,13 @@ class Cell:
         return self.method != "mean_diff"
 
 
+def stored_fields(cls: type, doc: dict, skip: tuple[str, ...] = ()) -> dict:
+    """The values of a stored document (a report.json row or record) that are fields of the dataclass `cls`, less
+    `skip`: what its `of` builds it from. A field the document lacks keeps its default (the older form's value);
+    a key that is no field (a newer or retired one) is not read."""
+    return {f.name: doc[f.name] for f in dataclasses.fields(cls) if f.name in doc and f.name not in skip}
+
+
 @dataclass
 class Result:
     """One cell's evaluation, a row of report.json's "results": accuracy on the eval pairs, Best-of-N gold (None
@@ -63,10 +71,10 @@ class Result:
 
     @classmethod
     def of(cls, row: dict) -> "Result":
-        return cls(**{f: row[f] for f in RESULT_FIELDS if f in row})
+        return cls(**stored_fields(cls, row))
 
     def row(self) -> dict:
-        out = {f: getattr(self, f) for f in RESULT_FIELDS}
+        out = dataclasses.asdict(self)
         return out if self.reason is not None else {k: v for k, v in out.items() if k != "reason"}
 
     @property
@@ -94,14 +102,10 @@ class Summary:
 
     @classmethod
     def of(cls, row: dict) -> "Summary":
-        return cls(**{f: row[f] for f in SUMMARY_FIELDS if f in row})
+        return cls(**stored_fields(cls, row))
 
     def row(self) -> dict:
-        return {f: getattr(self, f) for f in SUMMARY_FIELDS}
-
-
-RESULT_FIELDS = tuple(Result.__dataclass_fields__)
-SUMMARY_FIELDS = tuple(Summary.__dataclass_fields__)
+        return dataclasses.asdict(self)
 
 
 def plan_cells(cfg: LensConfig) -> list[Cell]:

@@ -35,6 +35,7 @@ from lens_ray.core.fit import NonFiniteError, fit_vae
 from lens_ray.core.heads import EnsembleHead, reward_scale, rewards, standardize
 from lens_ray.core.metrics import grouped_best_gold, preference_accuracy
 from lens_ray.core.pairs import inner_split, kfold_by_group
+from lens_ray.core.records import stored_fields
 from lens_ray.core.rng import SELECTION, keyed_rng
 from lens_ray.core.search import fit_method
 from lens_ray.core.stats import standard_error
@@ -119,18 +120,15 @@ class Scored:
     def mean(self, objective: str) -> float | None:
         return getattr(self, OBJECTIVES[objective][1])
 
-    def se(self, objective: str) -> float:
-        """The objective's standard error over folds; 0 where there is none (one fold's worth, or failed)."""
-        se = getattr(self, OBJECTIVES[objective][2])
-        return 0.0 if se is None or math.isnan(se) else se
+    def se(self, objective: str) -> float | None:
+        return getattr(self, OBJECTIVES[objective][2])
 
     def fold_values(self, objective: str) -> list:
         return getattr(self, OBJECTIVES[objective][0]) or []
 
     @classmethod
     def of(cls, row: dict) -> "Scored":
-        figures = {k: v for k, v in row.items() if k in cls.__dataclass_fields__ and k not in ("name", "candidate")}
-        return cls(row["candidate"], Candidate.of(row), **figures)
+        return cls(row["candidate"], Candidate.of(row), **stored_fields(cls, row, ("name", "candidate")))
 
     def row(self) -> dict:
         out = {"candidate": self.name, **self.candidate.record(), "status": self.status, "folds": self.folds,
@@ -165,9 +163,8 @@ class Selection:
 
     @classmethod
     def of(cls, doc: dict) -> "Selection":
-        known = {f for f in cls.__dataclass_fields__ if f not in ("pick", "candidates")}
         return cls(pick=Candidate.of(doc), candidates=[Scored.of(r) for r in doc.get("candidates") or []],
-                   **{k: v for k, v in doc.items() if k in known})
+                   **stored_fields(cls, doc, ("pick", "candidates")))
 
     def record(self) -> dict:
         out = {"candidate": self.candidate, **self.pick.record()}
@@ -378,7 +375,8 @@ def choose(rows: list[Scored], objective: str = SelectionConfig.objective) -> Sc
     if not ok[0].fold_values(objective):
         raise ValueError(f"objective {objective}: the candidates have no k-fold {objective}")
     best = max(ok, key=lambda r: r.mean(objective))
-    bar = best.mean(objective) - best.se(objective)
+    se = best.se(objective)
+    bar = best.mean(objective) - (0.0 if se is None or math.isnan(se) else se)      # no spread: the best alone
     near = [r for r in ok if r.mean(objective) >= bar]
     return min(near, key=lambda r: (*r.candidate.simplicity, -r.mean(objective)))
 

@@ -431,8 +431,8 @@ def embed_layers(lm: LoadedModel, ids: list[list[int]], pooling: str, padding_si
     input_ids, mask = pad(ids, lm.tokenizer.pad_token_id, padding_side)
     position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
     input_ids, mask, position_ids = (t.to(lm.device) for t in (input_ids, mask, position_ids))
-    inner = any(layer != -1 for layer in layers)
-    out = lm.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, output_hidden_states=inner)
+    out = lm.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                   output_hidden_states=reads_inner(layers))
     states = layer_states(lm.model, out, layers)
     return torch.stack([pool(h, mask, how) for h in states], 1).float().cpu().numpy()
 
@@ -528,8 +528,8 @@ def embed_packs(lm: LoadedModel, packs: list[Pack],
     """Packs -> each packed row's last-token hidden states of `layers` (L, H) float32, one forward pass."""
     input_ids, position_ids, mask, last = pack_inputs(packs, lm.tokenizer.pad_token_id)
     input_ids, position_ids, mask = (x.to(lm.device) for x in (input_ids, position_ids, mask))
-    inner = any(layer != -1 for layer in layers)
-    out = lm.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, output_hidden_states=inner)
+    out = lm.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                   output_hidden_states=reads_inner(layers))
     states = torch.stack(layer_states(lm.model, out, layers), 1)
     return {row: states[b, :, at].float().cpu().numpy() for row, b, at in last}
 

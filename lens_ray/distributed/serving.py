@@ -135,13 +135,13 @@ class RewardServer:
             return self._health()
         if self.token_sha256 and not self._authorized(request):
             return JSONResponse({"error": "missing or wrong bearer token", "field": "Authorization"}, 401)
-        protocol = next((p for p in PROTOCOLS.values() if p.route == path), None)
-        if (request.method, path) != ("GET", "/info") and (request.method != "POST" or protocol is None):
+        if (request.method, path) == ("GET", "/info"):
+            return self.info()
+        protocol = next((p for p in PROTOCOLS.values() if p.route == path and request.method == "POST"), None)
+        if protocol is None:
             known = ", ".join(f"POST {p.route}" for p in PROTOCOLS.values()) + ", GET /info, GET /healthz"
             return JSONResponse({"error": f"no route {request.method} {path}; routes: {known}", "field": "path"}, 404)
         try:
-            if protocol is None:
-                return self.info()
             if self.rm is None:
                 return self._health()
             return await self._answer(protocol, request)

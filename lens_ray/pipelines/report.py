@@ -9,7 +9,7 @@ import math
 from collections import defaultdict
 
 from lens_ray.core.records import Result, Summary
-from lens_ray.core.selection import OBJECTIVES, Scored, Selection
+from lens_ray.core.selection import Scored, Selection
 from lens_ray.core.stats import mean_std, paired, wilson_interval
 from lens_ray.store.storage import Storage
 
@@ -75,8 +75,7 @@ def selection_rows(selected: Selection) -> tuple[list[str], list[list[str]]]:
     ranked = sorted(selected.candidates, key=lambda r: -(r.mean(objective) if r.mean(objective) is not None else -1))
 
     def fig(r: Scored, objective: str) -> str:
-        return "failed" if not r.ok else estimate(r.mean(objective), getattr(r, OBJECTIVES[objective][2]),
-                                                  len(r.folds))
+        return "failed" if not r.ok else estimate(r.mean(objective), r.se(objective), len(r.folds))
     rows = [[("**" + r.name + "**") if r.name == selected.candidate else r.name,
              fig(r, "accuracy"), *([fig(r, "bon_gold")] if gold else []), str(len(r.folds))] for r in ranked]
     return header, rows

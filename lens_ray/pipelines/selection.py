@@ -21,7 +21,6 @@ from lens_ray.core.pairs import Datasets, Split
 from lens_ray.core.progress import Log
 from lens_ray.core.records import Embedded, Result
 from lens_ray.core.selection import (
-    OBJECTIVES,
     Candidate,
     Scored,
     Selection,
@@ -203,7 +202,7 @@ def select_stage(cfg: LensConfig, ds: Datasets, layers: list[tuple[int, ...]],
                                                                   work.groups, work.gold, sc.objective))
     pick = choose(rows, sc.objective)
     cand = resolved(pick.candidate, rows, sc.objective)
-    se = getattr(pick, OBJECTIVES[sc.objective][2])
+    se = pick.se(sc.objective)
     log(f"  pick: {cand.name}, k-fold {sc.objective} {pick.mean(sc.objective):.3f}"
         + (f" ± {se:.3f}" if se is not None else "")
         + (f" ({'; '.join(m.name for m in cand.members)})" if cand.members else "") + "; refitting on the seed pairs")

@@ -63,10 +63,13 @@ class Storage:
 
     def __init__(self, uri: str):
         self.backend: Backend = backend_of(uri)
-        self.local = self.backend.local
         self.fs, self.root = self.backend.filesystem(), self.backend.root(uri)
         # local URIs become absolute: Ray workers run in other working directories
         self.uri = self.root if self.local else uri.rstrip("/")
+
+    @property
+    def local(self) -> bool:
+        return self.backend.local
 
     def child(self, rel: str) -> "Storage":
         return Storage(self.uri_of(rel))

@@ -63,6 +63,8 @@ def test_a_new_method_is_one_entry(monkeypatch):
     assert torch.allclose(pairs.pos[syn][moved_pos], (pos[src] + gap)[moved_pos])
     assert torch.allclose(pairs.neg[syn][moved_neg], (neg[src] - gap)[moved_neg])
     assert needs_vae("lens") and not needs_vae("mirror") and not needs_vae("original")
+    monkeypatch.setitem(AUGMENTERS, "latent_mirror", Method(mirror.fit, mirror.draw, vae=True))
+    assert needs_vae("latent_mirror")                                    # the entry says so, not the name
 
 
 @pytest.mark.parametrize("method", ["lens", "direct_perturbation", "gaussian_sampling"])
